@@ -1,0 +1,3 @@
+from repulse.cli import main
+
+raise SystemExit(main())

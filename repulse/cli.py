@@ -1,0 +1,75 @@
+"""The ``repulse`` command: one sub-command per trainer or workflow.
+
+Bad input raises ``UserError`` anywhere below; here it becomes one paragraph on
+stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import textwrap
+
+# sub-command -> "module:function"; each function takes argv and returns an exit code.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sft": ("repulse.trainers.sft:main", "supervised fine-tuning (incl. pretrain mode, multi-turn)"),
+    "rm": ("repulse.trainers.rm:main", "reward model (Bradley-Terry / log-exp, margin)"),
+    "prm": ("repulse.trainers.prm:main", "process reward model (Math-Shepherd)"),
+    "dpo": ("repulse.trainers.dpo:main", "DPO / IPO / cDPO"),
+    "kto": ("repulse.trainers.kto:main", "KTO on unpaired data"),
+    "kd": ("repulse.trainers.kd:main", "knowledge distillation"),
+    "rl": ("repulse.trainers.rl:main", "PPO, REINFORCE++, RLOO, GRPO, Dr. GRPO and RePULSe"),
+    "serve-rm": ("repulse.rl.reward_server:main", "serve a reward model over HTTP"),
+    "eval-tail": ("repulse.evaluation.tail_cli:main", "tail-risk evaluation: P(r < eta), CVaR, exact, IS"),
+    "plot": ("repulse.report.cli:plot_main", "training curves and reward-vs-risk frontiers"),
+    "toy": ("repulse.toy.cli:main", "build the tiny local tokenizer, models and data sets"),
+    "lora-merge": ("repulse.models.merge_cli:main", "merge a LoRA adapter into its base model"),
+    "demo": ("repulse.workflows.demo:main", "the RePULSe toy experiment end to end"),
+}
+
+
+def _usage() -> str:
+    rows = "\n".join(f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items())
+    return f"usage: repulse <command> [options]   (repulse <command> --help)\n\ncommands:\n{rows}\n"
+
+
+def _print_error(message: str) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    text = " ".join(str(message).split())
+    print(textwrap.fill(f"error: {text}", width=100), file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from repulse.errors import UserError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] in {"--version", "version"}:
+        from repulse import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        from repulse.config.schema import suggest
+
+        _print_error(f"unknown command '{name}'.{suggest(name, COMMANDS).replace('--', '')}\n{_usage()}")
+        return 2
+    target, _ = COMMANDS[name]
+    module, func = target.split(":")
+    try:
+        return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    except UserError as exc:
+        _print_error(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        _print_error("interrupted; finished checkpoints are kept.")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,402 @@
+"""Typed config sections, named as in OpenRLHF's 0.10.2 CLI (``engine`` is its ``ds``).
+
+Each command has one root dataclass built from these sections. Defaults live here
+and nowhere else; code reads ``cfg.data.max_len``, never ``getattr(cfg, ..., default)``.
+Field metadata ``help`` is shown by ``--help``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def _h(default, help: str):  # noqa: A002 - 'help' mirrors argparse
+    return field(default=default, metadata={"help": help})
+
+
+def _hf(factory, help: str):  # noqa: A002
+    return field(default_factory=factory, metadata={"help": help})
+
+
+# --------------------------------------------------------------------------- model side
+
+
+@dataclass
+class LoraSection:
+    rank: int = _h(0, "LoRA rank; 0 disables LoRA")
+    alpha: int = _h(16, "LoRA alpha")
+    dropout: float = _h(0.0, "LoRA dropout")
+    target_modules: list[str] = _hf(lambda: ["all-linear"], "modules to adapt ('all-linear' or names)")
+
+
+@dataclass
+class AdamSection:
+    lr: float = _h(5e-6, "learning rate")
+    betas: list[float] = _hf(lambda: [0.9, 0.95], "Adam betas")
+    eps: float = _h(1e-8, "Adam epsilon")
+    weight_decay: float = _h(0.0, "decoupled weight decay")
+
+
+@dataclass
+class MuonSection:
+    lr: float = _h(0.02, "learning rate of Muon's 2-D weight group (other parameters use AdamW at adam.lr)")
+    momentum: float = _h(0.95, "Muon momentum")
+    nesterov: bool = _h(True, "Nesterov momentum")
+    ns_steps: int = _h(5, "Newton-Schulz iterations")
+
+
+@dataclass
+class OptimSection:
+    name: str = _h("adam", "optimizer: adam (AdamW) | muon")
+    lr_scheduler: str = _h("cosine_with_min_lr", "cosine_with_min_lr | constant | linear")
+    lr_warmup_ratio: float = _h(0.03, "fraction of steps spent warming up linearly from 0")
+    min_lr_ratio: float = _h(0.1, "final lr / peak lr for cosine_with_min_lr")
+    max_norm: float = _h(1.0, "gradient clipping by global norm; 0 disables")
+
+
+@dataclass
+class ModelSection:
+    model_name_or_path: str | None = _h(None, "HF model directory or Hub name")
+    gradient_checkpointing_enable: bool = _h(False, "recompute activations in backward")
+    gradient_checkpointing_reentrant: bool = _h(False, "use reentrant checkpointing")
+    pretrain_mode_enable: bool = _h(False, "SFT: loss on every token (continued pre-training)")
+    aux_loss_coef: float = _h(0.0, "MoE load-balancing loss coefficient")
+    lora: LoraSection = _hf(LoraSection, "LoRA adapters")
+    load_in_4bit: bool = _h(False, "QLoRA: load the base model in 4 bit (needs CUDA + bitsandbytes)")
+    # reward model
+    loss_type: str = _h("sigmoid", "RM loss: sigmoid (Bradley-Terry) | logexp")
+    margin_loss_enable: bool = _h(False, "RM: subtract the per-pair 'margin' field inside the loss")
+    compute_fp32_loss_enable: bool = _h(False, "RM: compute the loss in fp32")
+    value_head_prefix: str = _h("score", "attribute name of the scalar head (RM / critic)")
+    # DPO family
+    beta: float = _h(0.1, "DPO/KTO temperature beta")
+    ipo_enable: bool = _h(False, "DPO: use the IPO loss")
+    label_smoothing: float = _h(0.0, "DPO: conservative DPO (cDPO) label smoothing")
+    nll_loss_coef: float = _h(0.0, "DPO: weight of the NLL loss on chosen responses")
+    # KTO
+    desirable_weight: float = _h(1.0, "KTO: weight of desirable examples")
+    undesirable_weight: float = _h(1.0, "KTO: weight of undesirable examples")
+    # PRM
+    placeholder_token: str | None = _h(None, "PRM: step placeholder token, e.g. 'ки'")
+    reward_tokens: list[str] | None = _h(None, "PRM: the two label tokens, e.g. '+' '-'")
+    # KD
+    teacher_model: str | None = _h(None, "KD: teacher model directory")
+    teacher_offload: bool = _h(False, "KD: keep the teacher on CPU between forwards")
+    kd_coef: float = _h(0.4, "KD: weight of the distillation term")
+
+
+@dataclass
+class EngineSection:
+    backend: str = _h("local", "training engine: local | fsdp | deepspeed")
+    zero_stage: int = _h(2, "ZeRO stage (deepspeed 1/2/3); for fsdp, 3 shards parameters, 1/2 do not")
+    param_dtype: str = _h("auto", "auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
+    attn_implementation: str = _h(
+        "sdpa", "eager | sdpa | flash_attention_2 (falls back to sdpa without CUDA)"
+    )
+    packing_samples: bool = _h(False, "pack several samples per row, no attention across them")
+    adam_offload: bool = _h(False, "keep optimizer state on CPU")
+    cpu_offload: bool = _h(False, "fsdp: offload parameters to CPU")
+    grad_accum_dtype: str | None = _h(None, "gradient accumulation dtype (deepspeed)")
+    overlap_comm: bool = _h(False, "overlap communication (deepspeed)")
+    zpg: int = _h(1, "ZeRO++ partition size (deepspeed)")
+    use_liger_kernel: bool = _h(False, "accepted for compatibility; no effect here")
+    deepcompile: bool = _h(False, "accepted for compatibility; no effect here")
+    ring_attn_size: int = _h(1, "accepted for compatibility; must be 1")
+    ring_attn_head_stride: int = _h(1, "accepted for compatibility")
+    tensor_parallel_size: int = _h(1, "accepted for compatibility; must be 1")
+    use_universal_ckpt: bool = _h(False, "accepted for compatibility; no effect")
+
+
+# --------------------------------------------------------------------------- data / train
+
+
+@dataclass
+class DataSection:
+    dataset: str | None = _h(
+        None, "training data: file(s), dir, json@dir, saved dataset or Hub name; comma list"
+    )
+    dataset_probs: str | None = _h(None, "mixing probabilities, comma list, one per dataset")
+    dataset_split: str = _h("train", "split to read")
+    input_key: str = _h("input", "key of the prompt / input text")
+    output_key: str | None = _h(None, "key of the response text")
+    label_key: str | None = _h(None, "key of labels (KTO label, RL reward-function label)")
+    chosen_key: str = _h("chosen", "key of the preferred response")
+    rejected_key: str = _h("rejected", "key of the dispreferred response")
+    prompt_key: str | None = _h(None, "key of the shared prompt of a pair")
+    input_template: str | None = _h(
+        None, "format string with one {} for the prompt, e.g. 'User: {}\\nAssistant: '"
+    )
+    apply_chat_template: bool = _h(False, "render with the tokenizer's chat template")
+    tokenizer_chat_template: str | None = _h(None, "override the tokenizer's chat template (jinja string)")
+    multiturn: bool = _h(False, "SFT: loss on every assistant turn (needs apply_chat_template)")
+    max_len: int = _h(2048, "max tokens per sample (prompt + response)")
+    max_samples: int = _h(100_000_000, "cap on samples read per dataset")
+    disable_fast_tokenizer: bool = _h(False, "use the slow tokenizer")
+    dataloader_num_workers: int = _h(0, "dataloader workers")
+    prompt_dataset: str | None = _h(None, "RL: prompt data")
+    prompt_probs: str | None = _h(None, "RL: mixing probabilities of prompt data")
+    prompt_split: str = _h("train", "RL: split of the prompt data")
+
+
+@dataclass
+class TrainSection:
+    batch_size: int = _h(128, "global batch size (samples per optimizer step, all processes)")
+    micro_batch_size: int = _h(8, "samples per forward per process")
+    max_epochs: int = _h(1, "passes over the training data")
+    max_steps: int = _h(-1, "stop after this many optimizer steps (-1: no limit)")
+    seed: int = _h(42, "random seed")
+    full_determinism_enable: bool = _h(False, "deterministic algorithms")
+    num_episodes: int = _h(1, "RL: passes over the prompt data")
+
+
+@dataclass
+class CkptSection:
+    output_dir: str = _h("./ckpt", "output directory: config, metrics, final HF model")
+    path: str | None = _h(None, "checkpoint directory (default: <output_dir>/checkpoints)")
+    save_steps: int = _h(-1, "save a resumable checkpoint every N steps (-1: never)")
+    max_num: int = _h(3, "keep at most this many checkpoints")
+    max_mem: float = _h(1e8, "accepted for compatibility (GB budget)")
+    load_enable: bool = _h(False, "resume from the newest checkpoint in ckpt.path")
+    save_hf: bool = _h(False, "also export an HF directory with each checkpoint")
+    disable_ds: bool = _h(False, "accepted for compatibility")
+
+
+@dataclass
+class EvalSection:
+    dataset: str | None = _h(None, "evaluation data")
+    split: str = _h("train", "split of the evaluation data")
+    steps: int = _h(-1, "evaluate every N steps (-1: once per epoch)")
+    max_samples: int = _h(100_000_000, "cap on evaluation samples")
+    temperature: float = _h(0.6, "RL: sampling temperature for evaluation (0: greedy)")
+    n_samples_per_prompt: int = _h(4, "RL: samples per evaluation prompt")
+
+
+@dataclass
+class WandbSection:
+    key: str | None = _h(None, "wandb API key (enables wandb)")
+    org: str | None = _h(None, "wandb entity")
+    group: str | None = _h(None, "wandb group")
+    project: str = _h("repulse", "wandb project")
+    run_name: str | None = _h(None, "wandb run name")
+
+
+@dataclass
+class LoggerSection:
+    logging_steps: int = _h(1, "log every N steps")
+    tensorboard_dir: str | None = _h(None, "write TensorBoard events here")
+    wandb: WandbSection = _hf(WandbSection, "Weights & Biases")
+    progress_bar: bool = _h(True, "console progress bar")
+
+
+# --------------------------------------------------------------------------- RL
+
+
+@dataclass
+class ActorSection:
+    model_name_or_path: str | None = _h(None, "policy model directory")
+    adam: AdamSection = _hf(lambda: AdamSection(lr=1e-6), "actor optimizer")
+    muon: MuonSection = _hf(MuonSection, "actor Muon optimizer")
+    optim: OptimSection = _hf(OptimSection, "actor optimizer choice, scheduler, clipping")
+    gradient_checkpointing_enable: bool = _h(False, "recompute activations")
+    gradient_checkpointing_reentrant: bool = _h(False, "reentrant checkpointing")
+    eps_clip: float = _h(0.2, "PPO clip range")
+    eps_clip_low_high: list[float] | None = _h(None, "asymmetric clip range: low high")
+    dual_clip: float | None = _h(None, "dual-clip constant c > 1")
+    entropy_coef: float | None = _h(None, "entropy bonus coefficient (0: log entropy only)")
+    policy_loss_type: str = _h("ppo", "ppo | gspo")
+    aux_loss_coef: float = _h(0.0, "MoE aux loss")
+    freeze_visual_encoder: bool = _h(False, "accepted for compatibility")
+    num_nodes: int = _h(1, "Ray: nodes for the actor")
+    num_gpus_per_node: int = _h(1, "Ray: GPUs per node for the actor")
+
+
+@dataclass
+class CriticSection:
+    model_name_or_path: str | None = _h(None, "critic init (default: the actor)")
+    adam: AdamSection = _hf(lambda: AdamSection(lr=9e-6), "critic optimizer")
+    muon: MuonSection = _hf(MuonSection, "critic Muon optimizer")
+    optim: OptimSection = _hf(OptimSection, "critic optimizer choice, scheduler, clipping")
+    value_clip: float = _h(0.5, "value clip range")
+    freezing_steps: int = _h(-1, "train only the critic for the first N steps")
+    save_value_network: bool = _h(False, "export the critic at the end")
+    num_nodes: int = _h(1, "Ray: nodes")
+    num_gpus_per_node: int = _h(1, "Ray: GPUs per node")
+
+
+@dataclass
+class RefSection:
+    model_name_or_path: str | None = _h(None, "reference model (default: the policy's start)")
+    offload: bool = _h(False, "keep the reference model on CPU")
+    num_nodes: int = _h(1, "Ray: nodes")
+    num_gpus_per_node: int = _h(1, "Ray: GPUs per node")
+
+
+@dataclass
+class RewardSection:
+    model_name_or_path: str | None = _h(None, "reward model dir(s), comma list")
+    reduction: str = _h("sum", "how several reward sources combine: sum | mean | min")
+    remote_url: str | None = _h(None, "reward server URL(s), comma list, or a .py file with reward_func")
+    normalize_enable: bool = _h(False, "normalise rewards with running mean/std")
+    clip_range: list[float] = _hf(lambda: [-10.0, 10.0], "clip rewards to [low, high]")
+    overlong_buffer_len: float | None = _h(None, "overlong penalty buffer (tokens)")
+    overlong_penalty_factor: float = _h(1.0, "overlong penalty factor")
+    stop_properly_penalty_coef: float | None = _h(None, "penalty for responses cut at max_new_tokens")
+    offload: bool = _h(False, "keep reward models on CPU")
+    max_len: int = _h(2048, "RM input cap: truncates the prompt side, never the answer")
+    input_format: str = _h("concat", "how an RM reads a sample: concat (prompt+response text) | pair | chat")
+    cap: float | None = _h(None, "upper cap on the reward")
+    chosen_label: int | None = _h(None, "score a classifier by this label's logit (e.g. non-toxic)")
+    timeout_s: float = _h(60.0, "HTTP reward timeout per request")
+    retries: int = _h(3, "HTTP retries")
+    num_nodes: int = _h(1, "Ray: nodes")
+    num_gpus_per_node: int = _h(1, "Ray: GPUs per node")
+
+
+@dataclass
+class RolloutSection:
+    backend: str = _h("hf", "hf | vllm")
+    batch_size: int = _h(8, "prompts per RL step")
+    micro_batch_size: int = _h(8, "samples per generation / experience forward")
+    n_samples_per_prompt: int = _h(1, "responses per prompt (group size)")
+    temperature: float = _h(1.0, "sampling temperature")
+    top_p: float = _h(1.0, "nucleus sampling")
+    top_k: int = _h(0, "top-k sampling (0: off)")
+    max_new_tokens: int | None = _h(None, "max response tokens (default: data.max_len - prompt length)")
+    max_tokens_per_gpu: int | None = _h(None, "accepted for compatibility")
+    vllm_generate_batch_size: int | None = _h(None, "vLLM generation batch size")
+
+
+@dataclass
+class AdvantageSection:
+    estimator: str = _h("gae", "gae | reinforce | reinforce_baseline | rloo | group_norm | dr_grpo")
+    gamma: float = _h(1.0, "discount")
+    lambd: float = _h(1.0, "GAE lambda")
+    no_std_norm: bool = _h(False, "centre advantages without dividing by the std")
+    is_correction_enable: bool = _h(False, "vLLM importance-sampling correction")
+    is_correction_threshold: list[float] = _hf(lambda: [0.5, 5.0], "IS correction thresholds")
+    is_correction_type: str = _h("tis", "tis | icepop | seq-mask-tis")
+
+
+@dataclass
+class KLSection:
+    init_coef: float = _h(0.01, "KL coefficient (in the reward, or of the loss)")
+    estimator: str = _h("k1", "k1 | k2 | k3")
+    use_loss: bool = _h(False, "KL as a loss term instead of in the reward")
+    target: float | None = _h(None, "adaptive KL target")
+    horizon: int = _h(10000, "adaptive KL horizon")
+
+
+@dataclass
+class AlgoSection:
+    advantage: AdvantageSection = _hf(AdvantageSection, "advantage estimation")
+    kl: KLSection = _hf(KLSection, "KL penalty / loss")
+    dynamic_filtering_enable: bool = _h(False, "drop groups whose mean reward is outside the range")
+    dynamic_filtering_range: list[float] = _hf(lambda: [0.0, 1.0], "kept mean-reward range")
+    max_epochs: int = _h(1, "update epochs per rollout batch")
+
+
+@dataclass
+class VllmSection:
+    num_engines: int | None = _h(None, "vLLM engines (0/None: no vLLM)")
+    tensor_parallel_size: int = _h(1, "vLLM TP size")
+    gpu_memory_utilization: float = _h(0.9, "vLLM memory fraction")
+    enable_prefix_caching: bool = _h(False, "vLLM prefix caching")
+    enforce_eager: bool = _h(False, "no CUDA graphs")
+    enable_sleep: bool = _h(False, "vLLM sleep mode")
+    sync_backend: str = _h("nccl", "weight sync backend")
+    sync_with_ray: bool = _h(False, "sync weights through Ray")
+
+
+@dataclass
+class RepulseSection:
+    method: str = _h(
+        "rl",
+        "rl (the algo.* estimator alone) | reinforce | reward_transform | p_proposal | repulse",
+    )
+    beta: float = _h(10.0, "RePULSe beta > 0: sigma(s) ∝ p(s)·exp(-beta·r(s))")
+    alpha: float = _h(0.01, "weight of the negative-training term (reference scale: N x paper alpha)")
+    proposal_lr: float = _h(1e-4, "learning rate of the proposal q")
+    q_updates_per_step: int = _h(1, "q-only CTL updates per step (N_q)")
+    p_first: bool = _h(False, "update p before q within a step (default: q first)")
+    reward_transform: str | None = _h(
+        None, "minus_alpha_exp_beta_r | minus_alpha_ind (reward_transform method)"
+    )
+    transform_a: float = _h(1.0, "reward transform a")
+    transform_b: float = _h(0.1, "reward transform b (r - a·exp(-b·r))")
+    transform_eta: float = _h(-5.0, "reward transform threshold eta (r - a·1[r<eta])")
+    bad_threshold: float = _h(-5.0, "eta: reward below this is a bad output")
+    save_negdata: str | None = _h(None, "write every sample with reward < negdata_threshold here (jsonl)")
+    negdata_threshold: float = _h(-5.0, "threshold for negative-data harvesting")
+    analytic_bad_word_calc: bool = _h(False, "toy: exact P(bad) by enumeration after each fit step")
+    bad_words: list[str] | None = _h(None, "toy: the bad words for the exact P(bad)")
+    exact_max_tokens: int = _h(2, "toy: response length enumerated exactly")
+    fit_steps: int = _h(1, "toy: outer repeats of fit with an exact evaluation after each")
+
+
+# --------------------------------------------------------------------------- roots
+
+
+@dataclass
+class CommonConfig:
+    """Sections every training command has."""
+
+    data: DataSection = _hf(DataSection, "data")
+    train: TrainSection = _hf(TrainSection, "batching, epochs, seed")
+    engine: EngineSection = _hf(EngineSection, "training engine (seed name: ds)")
+    ckpt: CkptSection = _hf(CkptSection, "outputs and checkpoints")
+    eval: EvalSection = _hf(EvalSection, "evaluation")
+    logger: LoggerSection = _hf(LoggerSection, "logging")
+
+
+@dataclass
+class OfflineConfig(CommonConfig):
+    """SFT / RM / PRM / DPO / KTO / KD: one trained model."""
+
+    model: ModelSection = _hf(ModelSection, "the trained model and its loss knobs")
+    ref: RefSection = _hf(RefSection, "reference model (DPO/KTO)")
+    adam: AdamSection = _hf(AdamSection, "AdamW")
+    muon: MuonSection = _hf(MuonSection, "Muon")
+    optim: OptimSection = _hf(OptimSection, "optimizer choice, scheduler, clipping (seed: flat flags)")
+
+
+@dataclass
+class RLConfig(CommonConfig):
+    actor: ActorSection = _hf(ActorSection, "policy")
+    critic: CriticSection = _hf(CriticSection, "value model (gae)")
+    ref: RefSection = _hf(RefSection, "reference model")
+    reward: RewardSection = _hf(RewardSection, "reward sources")
+    rollout: RolloutSection = _hf(RolloutSection, "generation")
+    algo: AlgoSection = _hf(AlgoSection, "advantages and KL")
+    vllm: VllmSection = _hf(VllmSection, "vLLM rollout engine")
+    repulse: RepulseSection = _hf(RepulseSection, "RePULSe and its baselines")
+
+
+@dataclass
+class TailSection:
+    policy: str | None = _h(None, "the policy to evaluate (HF dir)")
+    proposal: str | None = _h(
+        None, "sample from this proposal q instead and report the importance-sampling estimate"
+    )
+    passes: int = _h(1, "passes over the held-out prompts (k)")
+    kl_coef: float = _h(0.0, "λ in the return r − λ·KL(p ‖ ref) (needs --ref.model_name_or_path)")
+    eta: list[float] = _hf(
+        lambda: [-5.0], "bad-output thresholds η for the summary (any η can be used later)"
+    )
+    cvar_levels: list[float] = _hf(lambda: [0.01], "CVaR levels a")
+    exact: bool = _h(False, "exact P(bad word) by enumeration (outputs of <= exact_max_tokens tokens)")
+    bad_words: list[str] | None = _h(None, "bad words for --tail.exact (default: the toy's)")
+    exact_max_tokens: int = _h(2, "response length enumerated by --tail.exact")
+    negdata_threshold: float | None = _h(None, "also write samples with reward below this to negdata.jsonl")
+
+
+@dataclass
+class EvalTailConfig:
+    tail: TailSection = _hf(TailSection, "what to evaluate")
+    data: DataSection = _hf(DataSection, "held-out prompts (--data.prompt_dataset)")
+    rollout: RolloutSection = _hf(lambda: RolloutSection(n_samples_per_prompt=4), "sampling")
+    reward: RewardSection = _hf(RewardSection, "reward sources")
+    ref: RefSection = _hf(RefSection, "reference model for the KL in the return")
+    engine: EngineSection = _hf(EngineSection, "dtype / attention")
+    train: TrainSection = _hf(TrainSection, "seed (train.seed)")
+    ckpt: CkptSection = _hf(lambda: CkptSection(output_dir="./tail_eval"), "output directory")
+    logger: LoggerSection = _hf(LoggerSection, "logging")

@@ -1,0 +1,137 @@
+"""engine floor of repulse: one training-engine interface, three backends.
+
+``build_engine`` picks the backend named by ``--engine.backend``:
+
+* ``local``     - a plain module (one process; replicated with a gradient all-reduce
+                  under a multi-process launcher);
+* ``fsdp``      - torch FSDP2 ``fully_shard`` (gloo/CPU or NCCL/GPU);
+* ``deepspeed`` - DeepSpeed ZeRO 0-3 (optional extra).
+
+All three honour the loss-scaling contract of :mod:`repulse.engine.base` and build the
+optimizer and schedule in :mod:`repulse.engine.optim`. ``fsdp`` and ``deepspeed`` also
+run on a single process (they create a one-process group).
+
+``FrozenModel`` / ``prepare_frozen`` place models that are never trained (reference,
+reward, teacher) for forwards only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from repulse.engine._common import resolve_dtype
+from repulse.engine.base import Engine, OptimSpec
+from repulse.errors import UserError
+
+BACKENDS = ("local", "fsdp", "deepspeed")
+
+__all__ = ["BACKENDS", "Engine", "FrozenModel", "OptimSpec", "build_engine", "prepare_frozen", "resolve_dtype"]
+
+
+def build_engine(
+    model: nn.Module,
+    spec: OptimSpec,
+    cfg: Any,
+    accumulation_steps: int = 1,
+    micro_batch_size: int = 1,
+    **backend_kwargs: Any,
+) -> Engine:
+    """Wrap ``model`` (already loaded in its dtype) in the engine ``cfg.backend`` names.
+
+    ``cfg`` is an ``EngineSection``. ``accumulation_steps`` and ``micro_batch_size``
+    only feed DeepSpeed's batch bookkeeping; every engine accepts any number of
+    ``backward`` calls per ``step``. ``backend_kwargs`` go to the backend's constructor
+    (e.g. ``config_overrides`` for DeepSpeed, in tests).
+    """
+    from repulse.engine.dist import init_distributed
+
+    if cfg.backend not in BACKENDS:
+        raise UserError(f"--engine.backend {cfg.backend!r} is unknown; choose one of: {', '.join(BACKENDS)}.")
+    if cfg.ring_attn_size != 1 or cfg.tensor_parallel_size != 1:
+        raise UserError("--engine.ring_attn_size and --engine.tensor_parallel_size must be 1 in this version.")
+    _rank, _world, _local, device = init_distributed()
+    dtype = resolve_dtype(cfg.param_dtype, device)
+    if cfg.backend == "local":
+        from repulse.engine.local import LocalEngine
+
+        if cfg.cpu_offload or cfg.adam_offload:
+            raise UserError("--engine.cpu_offload / --engine.adam_offload need --engine.backend fsdp or deepspeed.")
+        return LocalEngine(model, spec, param_dtype=dtype, **backend_kwargs)
+    if cfg.backend == "fsdp":
+        from repulse.engine.fsdp import FSDPEngine
+
+        return FSDPEngine(
+            model,
+            spec,
+            param_dtype=dtype,
+            zero_stage=cfg.zero_stage,
+            offload=bool(cfg.cpu_offload or cfg.adam_offload),
+            **backend_kwargs,
+        )
+    from repulse.engine.deepspeed_engine import DeepSpeedEngine
+
+    return DeepSpeedEngine(
+        model,
+        spec,
+        cfg,
+        param_dtype=dtype,
+        accumulation_steps=max(1, int(accumulation_steps)),
+        micro_batch_size=max(1, int(micro_batch_size)),
+        **backend_kwargs,
+    )
+
+
+class FrozenModel:
+    """A model that is only ever run forward: reference, reward, teacher.
+
+    Every rank holds a full replica (nothing is sharded), in eval mode, with gradients
+    off. With ``offload=True`` the weights live on CPU and move to ``device`` only
+    inside ``with frozen.on_device(): ...`` (then back), which is what ``--ref.offload``
+    / ``--reward.offload`` / ``--model.teacher_offload`` ask for: device memory is free
+    while the trained model takes its step.
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device, offload: bool = False):
+        self.device = device
+        self.offload = offload
+        model.eval()
+        model.requires_grad_(False)
+        self.module = model.to("cpu" if offload else device)
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def on_device(self) -> Iterator[nn.Module]:
+        """The module on the compute device for the duration of the block (re-entrant)."""
+        if self.offload and self._depth == 0:
+            self.module.to(self.device)
+        self._depth += 1
+        try:
+            yield self.module
+        finally:
+            self._depth -= 1
+            if self.offload and self._depth == 0:
+                self.module.to("cpu")
+
+    @torch.no_grad()
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """One no-grad forward on the device (moving the weights there and back if offloaded)."""
+        with self.on_device() as module:
+            return module(*args, **kwargs)
+
+    def unwrapped(self) -> nn.Module:
+        return self.module
+
+
+def prepare_frozen(model: nn.Module, cfg: Any | None = None, device: torch.device | None = None, offload: bool = False) -> FrozenModel:
+    """Wrap a never-trained model for forwards. ``cfg`` (an EngineSection) is accepted for symmetry."""
+    del cfg
+    if device is None:
+        from repulse.engine.dist import init_distributed
+
+        device = init_distributed()[3]
+    return FrozenModel(model, device, offload=offload)

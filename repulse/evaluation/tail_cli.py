@@ -1,0 +1,240 @@
+"""``repulse eval-tail``: how often does a policy produce a bad output?
+
+Sampling (``repulse eval-tail --tail.policy DIR --data.prompt_dataset F --reward... ``)
+draws N samples per held-out prompt over k passes and writes **every** sample — prompt,
+response, reward, return r − λ·KL, KL and log-prob — to one ``samples.jsonl``
+(gathered across processes, written once by rank 0), plus ``tail_summary.json`` for
+the thresholds given. ``repulse eval-tail report FILE... --eta X`` recomputes the
+summary for any threshold later, with bootstrap CIs over files (= seeds/runs).
+With ``--tail.proposal Q`` the samples come from q and the summary adds the
+importance-sampling estimate of P_p(r < η); ``--tail.exact`` adds the exact P(bad).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from repulse.config import parse_config
+from repulse.config.sections import EvalTailConfig
+from repulse.errors import UserError
+
+
+def validate(cfg: EvalTailConfig) -> None:
+    if not cfg.tail.policy:
+        raise UserError("--tail.policy is required: the model directory to evaluate.")
+    if not cfg.data.prompt_dataset:
+        raise UserError("--data.prompt_dataset is required: the held-out prompts.")
+    if not (cfg.reward.model_name_or_path or cfg.reward.remote_url):
+        raise UserError("give a reward: --reward.model_name_or_path and/or --reward.remote_url.")
+    if cfg.tail.kl_coef and not cfg.ref.model_name_or_path:
+        raise UserError(
+            "--tail.kl_coef needs --ref.model_name_or_path (the reference of the KL in the return)."
+        )
+    if cfg.tail.passes < 1 or cfg.rollout.n_samples_per_prompt < 1:
+        raise UserError("--tail.passes and --rollout.n_samples_per_prompt must be at least 1.")
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "report":
+        return report_main(argv[1:])
+    cfg = parse_config("eval-tail", EvalTailConfig, argv, validate)
+    if cfg is None:
+        return 0
+    return sample_and_summarise(cfg)
+
+
+def _gather(rows: list[dict]) -> list[dict]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        parts: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, rows)
+        return [r for part in parts for r in part]
+    return rows
+
+
+@torch.no_grad()
+def sample_and_summarise(cfg: EvalTailConfig) -> int:
+    from repulse.data.prompts import PromptDataset
+    from repulse.engine.dist import init_distributed
+    from repulse.losses.kl import KL_ESTIMATORS
+    from repulse.models.loading import load_causal_lm, load_tokenizer
+    from repulse.rl.experience import batched_logprobs
+    from repulse.rl.rewards import build_reward_sources, combine
+    from repulse.rl.rollout import hf_generate
+    from repulse.trainers.common import load_split, seed_everything
+    from repulse.trainers.outputs import prepare_output_dir
+    from repulse.trainers.rl_loop import Roles, reward_input
+
+    rank, world, _, device = init_distributed()
+    seed_everything(cfg.train.seed)
+    out = Path(cfg.ckpt.output_dir)
+    if rank == 0:
+        prepare_output_dir(out)
+    t = cfg.tail
+    tok = load_tokenizer(t.policy, chat_template=cfg.data.tokenizer_chat_template, padding_side="left")
+
+    def lm(path: str):
+        return load_causal_lm(
+            path,
+            dtype=cfg.engine.param_dtype,
+            attn=cfg.engine.attn_implementation,
+            device=device,
+            trainable=False,
+        )
+
+    policy = lm(t.policy)
+    sampler = lm(t.proposal) if t.proposal else policy
+    ref = lm(cfg.ref.model_name_or_path) if cfg.ref.model_name_or_path else None
+    rewards = build_reward_sources(cfg.reward, device, cfg.rollout.micro_batch_size)
+    roles = Roles(tok, policy, ref, None, None, rewards, None, None)
+    rows_in = load_split(
+        cfg.data.prompt_dataset,
+        cfg.data.prompt_split,
+        cfg.data.max_samples,
+        None,
+        cfg.train.seed,
+        "--data.prompt_dataset",
+    )
+    prompts = PromptDataset(rows_in, tok, cfg.data)
+    mine = list(range(rank, len(prompts), world))
+    r = cfg.rollout
+    rows: list[dict] = []
+    for k in range(t.passes):
+        for s in range(0, len(mine), max(1, r.micro_batch_size // r.n_samples_per_prompt)):
+            items = [prompts[i] for i in mine[s : s + max(1, r.micro_batch_size // r.n_samples_per_prompt)]]
+            ids = [it["prompt_ids"] for it in items]
+            max_new = r.max_new_tokens or max(1, cfg.data.max_len - max(len(p) for p in ids))
+            samples = hf_generate(
+                sampler,
+                ids,
+                n_samples=r.n_samples_per_prompt,
+                max_new_tokens=max_new,
+                temperature=r.temperature,
+                top_p=r.top_p,
+                top_k=r.top_k,
+                eos_id=tok.eos_token_id,
+                pad_id=tok.pad_token_id,
+                micro_batch_size=r.micro_batch_size,
+                device=device,
+            ).to(device)
+            mask = samples.action_mask.float()
+            logp = batched_logprobs(policy, samples, r.micro_batch_size)
+            logq = batched_logprobs(sampler, samples, r.micro_batch_size) if t.proposal else logp
+            kl = (
+                (KL_ESTIMATORS["k1"](logp, batched_logprobs(ref, samples, r.micro_batch_size)) * mask).sum(-1)
+                if ref is not None
+                else torch.zeros(mask.shape[0], device=device)
+            )
+            batch = reward_input(roles, samples, items)
+            reward = combine([src(batch).float() for src in rewards], cfg.reward.reduction)
+            for i in range(mask.shape[0]):
+                row = {
+                    "prompt": batch.prompts[i],
+                    "response": batch.responses[i],
+                    "reward": float(reward[i]),
+                    "return": float(reward[i]) - t.kl_coef * float(kl[i]),
+                    "kl": float(kl[i]),
+                    "logprob": float((logp[i] * mask[i]).sum()),
+                    "pass": k,
+                    "seed": cfg.train.seed,
+                }
+                if t.proposal:
+                    row["log_q"] = float((logq[i] * mask[i]).sum())
+                rows.append(row)
+    rows = _gather(rows)
+    extra: dict[str, Any] = {}
+    if t.exact:
+        from repulse.evaluation.exact import bad_token_ids_from_words, exact_prob_bad
+        from repulse.toy import BAD_WORDS
+
+        ids = bad_token_ids_from_words(tok, t.bad_words or list(BAD_WORDS))
+        extra["exact_log_p_bad"] = float(
+            exact_prob_bad(policy, tok, prompts[0]["prompt_ids"], ids, t.exact_max_tokens, log=True)
+        )
+    if rank != 0:
+        return 0
+    path = out / "samples.jsonl"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    tmp.replace(path)
+    if t.negdata_threshold is not None:
+        bad = {(x["prompt"], x["response"]): x for x in rows if x["reward"] < t.negdata_threshold}
+        (out / "negdata.jsonl").write_text(
+            "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in bad.values())
+        )
+    summary = summarise_files([path], t.eta, t.cvar_levels, seed=cfg.train.seed)
+    summary.update(extra)
+    (out / "tail_summary.json").write_text(json.dumps(summary, indent=2))
+    print(
+        f"[repulse] wrote {len(rows)} samples to {path}; summary in {out / 'tail_summary.json'}", flush=True
+    )
+    return 0
+
+
+def read_samples(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise UserError(f"{path}: no such samples file (write one with repulse eval-tail).")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{n}: not valid JSON ({exc.msg}).") from None
+    if not rows:
+        raise UserError(f"{path}: no samples.")
+    return rows
+
+
+def summarise_files(
+    paths: list[Path], etas: list[float], levels: list[float], seed: int = 0
+) -> dict[str, Any]:
+    """One summary per threshold; each file is one seed/run. Adds the IS estimate when log_q is present."""
+    import numpy as np
+
+    from repulse.evaluation.importance import importance_prob_below
+    from repulse.evaluation.tail_stats import summarise
+
+    runs = [read_samples(Path(p)) for p in paths]
+    entries = {
+        str(p): {
+            "reward": np.array([r["reward"] for r in rows]),
+            "return": np.array([r.get("return", r["reward"]) for r in rows]),
+        }
+        for p, rows in zip(paths, runs)
+    }
+    out: dict[str, Any] = {"files": [str(p) for p in paths], "by_eta": {}}
+    for eta in etas:
+        block = summarise(entries, eta, levels, seed=seed)
+        if all("log_q" in rows[0] for rows in runs):
+            block["importance"] = [
+                importance_prob_below(
+                    [r["logprob"] for r in rows], [r["log_q"] for r in rows], [r["reward"] for r in rows], eta
+                ).as_dict()
+                for rows in runs
+            ]
+        out["by_eta"][f"{eta:g}"] = block
+    return out
+
+
+def report_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="repulse eval-tail report", description="tail summary of saved samples"
+    )
+    parser.add_argument("samples", nargs="+", help="samples.jsonl files (one per seed/run)")
+    parser.add_argument("--eta", type=float, nargs="+", required=True, help="bad-output thresholds")
+    parser.add_argument("--cvar", type=float, nargs="*", default=[0.01], help="CVaR levels")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--out", default=None, help="write the JSON here (default: print)")
+    args = parser.parse_args(argv)
+    summary = summarise_files([Path(p) for p in args.samples], args.eta, args.cvar, args.seed)
+    text = json.dumps(summary, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text)
+    return 0

@@ -1,0 +1,1 @@
+"""rl floor of repulse."""

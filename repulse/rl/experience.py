@@ -1,0 +1,116 @@
+"""Experience: everything an RL update needs about a batch of samples.
+
+One forward per model per sample set: the policy's old log-probs, the reference's
+log-probs (only when a KL term is on), the critic's values (only for ``gae``).
+All are computed with dropout off and with the same micro-batches the update uses,
+so the first update of a fresh rollout sees an importance ratio of exactly 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from repulse.rl.rollout import Samples
+
+
+@dataclass
+class Experience:
+    """A batch of samples and the tensors computed from them ([B, T] unless noted)."""
+
+    samples: Samples
+    old_logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    rewards: torch.Tensor | None = None  # [B] sequence reward after shaping
+    raw_rewards: torch.Tensor | None = None  # [B] reward sources' output
+    kl: torch.Tensor | None = None  # per-token KL estimate to the reference
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+    info: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def action_mask(self) -> torch.Tensor:
+        return self.samples.action_mask
+
+    def select(self, rows: list[int] | torch.Tensor) -> Experience:
+        rows_t = torch.as_tensor(rows, dtype=torch.long)
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "samples":
+                out[f.name] = v.select(rows_t)
+            elif f.name == "info":
+                out[f.name] = {k: t[rows_t] for k, t in v.items()}
+            elif isinstance(v, torch.Tensor):
+                out[f.name] = v[rows_t.to(v.device)]
+            else:
+                out[f.name] = v
+        return Experience(**out)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as HF ``generate`` uses them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def forward_logits(model: torch.nn.Module, samples: Samples) -> torch.Tensor:
+    """Logits predicting each response token: shape [B, T, V]."""
+    out = model(
+        input_ids=samples.sequences,
+        attention_mask=samples.attention_mask,
+        position_ids=position_ids_from_mask(samples.attention_mask),
+        use_cache=False,
+    )
+    p = samples.prompt_len
+    return out.logits[:, p - 1 : -1, :]
+
+
+def action_logprobs(
+    model: torch.nn.Module, samples: Samples, temperature: float = 1.0, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(a_t | s, a_<t) of every response token (logits / temperature), masked to 0 off actions."""
+    from repulse.models.logprobs import token_entropy, token_logprobs
+
+    logits = forward_logits(model, samples)
+    if temperature not in (0.0, 1.0):
+        logits = logits / temperature
+    logp = token_logprobs(logits, samples.response)
+    ent = token_entropy(logits) if with_entropy else None
+    mask = samples.action_mask.to(logp.dtype)
+    return logp * mask, (ent * mask if ent is not None else None)
+
+
+@torch.no_grad()
+def batched_logprobs(model, samples: Samples, micro: int, temperature: float = 1.0) -> torch.Tensor:
+    """``action_logprobs`` over micro-batches, in eval mode (dropout off)."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    for s in range(0, samples.sequences.shape[0], micro):
+        rows = list(range(s, min(s + micro, samples.sequences.shape[0])))
+        outs.append(action_logprobs(model, samples.select(rows), temperature)[0].float())
+    if was_training:
+        model.train()
+    return torch.cat(outs, 0)
+
+
+@torch.no_grad()
+def batched_values(critic, samples: Samples, micro: int) -> torch.Tensor:
+    """Critic value of every state before a response token: [B, T]."""
+    from repulse.models.loading import token_values
+
+    was_training = critic.training
+    critic.eval()
+    outs = []
+    p = samples.prompt_len
+    for s in range(0, samples.sequences.shape[0], micro):
+        sub = samples.select(list(range(s, min(s + micro, samples.sequences.shape[0]))))
+        v = token_values(
+            critic, sub.sequences, sub.attention_mask, position_ids_from_mask(sub.attention_mask)
+        )
+        outs.append(v[:, p - 1 : -1].float() * sub.action_mask)
+    if was_training:
+        critic.train()
+    return torch.cat(outs, 0)

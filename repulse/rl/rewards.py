@@ -1,0 +1,257 @@
+"""Reward sources: reward models, a Python ``reward_func`` file, and HTTP reward servers.
+
+Every source maps (queries, prompts, responses, labels) to one float per sample, where
+``queries`` are the full decoded texts (prompt + response), as OpenRLHF sends them.
+Several sources combine with ``--reward.reduction`` (sum by default).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from repulse.errors import UserError
+
+
+@dataclass
+class RewardInput:
+    queries: list[str]  # prompt + response text
+    prompts: list[str]
+    responses: list[str]
+    labels: list[Any]
+
+
+class RewardSource(Protocol):
+    name: str
+
+    def __call__(self, batch: RewardInput) -> torch.Tensor: ...
+
+
+class RewardModelSource:
+    """A frozen sequence-scalar model with its own tokenizer.
+
+    The policy's text is decoded and re-encoded with the RM's tokenizer. ``input_format``:
+    ``concat`` scores the text prompt+response; ``pair`` encodes (prompt, response) as a
+    text pair; ``chat`` renders [user: prompt, assistant: response] with the RM's chat
+    template. ``max_len`` truncates the prompt side only; ``chosen_label`` picks one
+    logit of a classifier (e.g. a toxicity model's "non-toxic" class).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        device: torch.device,
+        *,
+        max_len: int,
+        input_format: str,
+        chosen_label: int | None,
+        offload: bool,
+        micro_batch_size: int,
+    ):
+        from transformers import AutoModelForSequenceClassification
+
+        from repulse.models.loading import load_tokenizer
+
+        if input_format not in {"concat", "pair", "chat"}:
+            raise UserError(f"--reward.input_format must be concat, pair or chat, got {input_format!r}.")
+        self.name = Path(path).name or path
+        self.tokenizer = load_tokenizer(path, padding_side="right")
+        try:
+            self.model = AutoModelForSequenceClassification.from_pretrained(path)
+        except OSError as exc:
+            raise UserError(
+                f"--reward.model_name_or_path {path}: cannot load a reward model ({exc})."
+            ) from None
+        self.model.eval().requires_grad_(False)
+        self.device, self.offload = device, offload
+        self.model.to("cpu" if offload else device)
+        self.max_len, self.input_format, self.chosen_label = max_len, input_format, chosen_label
+        self.micro = micro_batch_size
+        cfg = self.model.config
+        self.mean = float(getattr(cfg, "repulse_reward_mean", 0.0) or 0.0)
+        self.std = float(getattr(cfg, "repulse_reward_std", 1.0) or 1.0)
+
+    def _encode_one(self, prompt: str, response: str) -> list[int]:
+        tok = self.tokenizer
+        if self.input_format == "chat":
+            msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+            ids = tok.apply_chat_template(msgs, tokenize=True)
+            ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+            if len(ids) >= 2 and tok.bos_token_id is not None and ids[0] == ids[1] == tok.bos_token_id:
+                ids = ids[1:]
+            answer_len = len(tok(response, add_special_tokens=False)["input_ids"]) + 2
+        elif self.input_format == "pair":
+            ids = tok(prompt, response)["input_ids"]
+            answer_len = len(tok(response, add_special_tokens=False)["input_ids"]) + 1
+        else:
+            ids = tok(prompt + response)["input_ids"]
+            answer_len = len(tok(response, add_special_tokens=False)["input_ids"]) + 1
+        if len(ids) > self.max_len:
+            # cut the prompt side (from the left), never the answer
+            keep_answer = min(answer_len, self.max_len)
+            head = self.max_len - keep_answer
+            ids = ids[:1] + ids[len(ids) - (self.max_len - 1) :] if head > 0 else ids[-self.max_len :]
+        return ids
+
+    @torch.no_grad()
+    def __call__(self, batch: RewardInput) -> torch.Tensor:
+        if self.offload:
+            self.model.to(self.device)
+        scores = []
+        pad = self.tokenizer.pad_token_id
+        for s in range(0, len(batch.prompts), self.micro):
+            encoded = [
+                self._encode_one(p, r)
+                for p, r in zip(batch.prompts[s : s + self.micro], batch.responses[s : s + self.micro])
+            ]
+            width = max(len(e) for e in encoded)
+            ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, e in enumerate(encoded):
+                ids[i, : len(e)] = torch.tensor(e)
+                mask[i, : len(e)] = 1
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            col = self.chosen_label if self.chosen_label is not None else 0
+            if logits.shape[-1] == 1 and self.chosen_label:
+                raise UserError(
+                    f"--reward.chosen_label {self.chosen_label}: the reward model has a single output."
+                )
+            scores.append(logits[:, col].float().cpu())
+        if self.offload:
+            self.model.to("cpu")
+        return torch.cat(scores)
+
+
+class PythonRewardSource:
+    """A file exposing ``reward_func(queries, prompts, labels)``, called once per batch."""
+
+    def __init__(self, path: str):
+        file = Path(path)
+        if not file.is_file():
+            raise UserError(f"--reward.remote_url {path}: no such Python file.")
+        spec = importlib.util.spec_from_file_location(f"repulse_reward_{file.stem}", file)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        try:
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        except Exception as exc:  # the user's code: report it in one line
+            raise UserError(
+                f"--reward.remote_url {path}: importing it failed: {type(exc).__name__}: {exc}"
+            ) from None
+        if not callable(getattr(module, "reward_func", None)):
+            raise UserError(
+                f"--reward.remote_url {path}: the file must define reward_func(queries, prompts, labels)."
+            )
+        self.fn = module.reward_func
+        self.name = file.stem
+
+    def __call__(self, batch: RewardInput) -> torch.Tensor:
+        out = self.fn(batch.queries, batch.prompts, batch.labels)
+        if isinstance(out, dict):
+            out = out.get("rewards")
+        rewards = torch.as_tensor(out, dtype=torch.float32).flatten()
+        if rewards.numel() != len(batch.queries):
+            raise UserError(
+                f"reward_func in {self.name} returned {rewards.numel()} rewards for {len(batch.queries)} samples."
+            )
+        return rewards
+
+
+def post_json(url: str, payload: dict, timeout: float, retries: int) -> dict:
+    """POST with retries and back-off; a server that stays down is a clear error."""
+    data = json.dumps(payload).encode()
+    last: Exception | None = None
+    for attempt in range(max(1, retries)):
+        try:
+            req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return json.loads(resp.read().decode())
+        except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as exc:
+            last = exc
+            time.sleep(min(2.0, 0.2 * 2**attempt))
+    raise UserError(
+        f"--reward.remote_url {url}: the reward server did not answer after {retries} tries "
+        f"({getattr(last, 'reason', last)}). Is it running (repulse serve-rm ...)?"
+    )
+
+
+class HTTPRewardSource:
+    """One or several reward servers; each batch is split into equal shards, one per server."""
+
+    def __init__(self, urls: list[str], timeout: float, retries: int):
+        self.urls = [
+            u if u.rstrip("/").endswith("get_reward") else u.rstrip("/") + "/get_reward" for u in urls
+        ]
+        self.timeout, self.retries = timeout, retries
+        self.name = "remote"
+
+    def __call__(self, batch: RewardInput) -> torch.Tensor:
+        from concurrent.futures import ThreadPoolExecutor
+
+        n = len(batch.queries)
+        k = len(self.urls)
+        bounds = [(i * n // k, (i + 1) * n // k) for i in range(k)]
+
+        def call(i: int) -> list[float]:
+            lo, hi = bounds[i]
+            if lo == hi:
+                return []
+            payload = {
+                "query": batch.queries[lo:hi],
+                "prompts": batch.prompts[lo:hi],
+                "labels": batch.labels[lo:hi],
+            }
+            out = post_json(self.urls[i], payload, self.timeout, self.retries)
+            rewards = out.get("rewards", out.get("scores"))
+            if rewards is None or len(rewards) != hi - lo:
+                raise UserError(f"{self.urls[i]} answered without one reward per query: {str(out)[:200]}")
+            return [float(r) for r in rewards]
+
+        with ThreadPoolExecutor(max_workers=k) as pool:
+            parts = list(pool.map(call, range(k)))
+        return torch.tensor([r for part in parts for r in part], dtype=torch.float32)
+
+
+def build_reward_sources(reward_cfg: Any, device: torch.device, micro_batch_size: int) -> list[RewardSource]:
+    sources: list[RewardSource] = []
+    if reward_cfg.model_name_or_path:
+        for path in [p.strip() for p in reward_cfg.model_name_or_path.split(",") if p.strip()]:
+            sources.append(
+                RewardModelSource(
+                    path,
+                    device,
+                    max_len=reward_cfg.max_len,
+                    input_format=reward_cfg.input_format,
+                    chosen_label=reward_cfg.chosen_label,
+                    offload=reward_cfg.offload,
+                    micro_batch_size=micro_batch_size,
+                )
+            )
+    if reward_cfg.remote_url:
+        urls = [u.strip() for u in reward_cfg.remote_url.split(",") if u.strip()]
+        py = [u for u in urls if u.endswith(".py")]
+        http = [u for u in urls if not u.endswith(".py")]
+        sources += [PythonRewardSource(u) for u in py]
+        if http:
+            sources.append(HTTPRewardSource(http, reward_cfg.timeout_s, reward_cfg.retries))
+    if not sources:
+        raise UserError("no reward source: give --reward.model_name_or_path and/or --reward.remote_url.")
+    return sources
+
+
+def combine(values: list[torch.Tensor], reduction: str) -> torch.Tensor:
+    stacked = torch.stack(values, 0)
+    if reduction == "sum":
+        return stacked.sum(0)
+    if reduction == "mean":
+        return stacked.mean(0)
+    if reduction == "min":
+        return stacked.min(0).values
+    raise UserError(f"--reward.reduction must be sum, mean or min, got {reduction!r}.")

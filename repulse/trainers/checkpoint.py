@@ -1,0 +1,103 @@
+"""Atomic, rotated, resumable checkpoints.
+
+A checkpoint is written to ``step_N.tmp`` and renamed to ``step_N`` only when every
+file (engine state, trainer state, RNG) is on disk, so a run killed mid-save never
+leaves a half-written checkpoint, and every finished one survives.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from repulse.engine.dist import barrier, is_main
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _step_of(p: Path) -> int:
+    try:
+        return int(p.name.split("_", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+class Checkpoints:
+    """``<root>/step_N/`` directories: ``engine/`` (or several engines), ``trainer.json``, ``rng_rank*.pt``."""
+
+    def __init__(self, root: str | Path, max_num: int, rank: int):
+        self.root = Path(root)
+        self.max_num = max(1, max_num)
+        self.rank = rank
+
+    def latest(self) -> Path | None:
+        if not self.root.is_dir():
+            return None
+        done = [
+            p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("step_") and _step_of(p) >= 0
+        ]
+        done = [p for p in done if (p / "trainer.json").is_file()]
+        return max(done, key=_step_of) if done else None
+
+    def save(self, step: int, engines: dict[str, Any], trainer_state: dict[str, Any]) -> Path:
+        final = self.root / f"step_{step}"
+        tmp = self.root / f"step_{step}.tmp"
+        if is_main():
+            self.root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        barrier()
+        for name, engine in engines.items():
+            engine.save(tmp / name)
+        torch.save(rng_state(), tmp / f"rng_rank{self.rank}.pt")
+        barrier()
+        if is_main():
+            (tmp / "trainer.json").write_text(json.dumps({"step": step, **trainer_state}))
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            self._rotate()
+        barrier()
+        return final
+
+    def load(self, path: Path, engines: dict[str, Any]) -> dict[str, Any]:
+        for name, engine in engines.items():
+            engine.load(path / name)
+        rng_file = path / f"rng_rank{self.rank}.pt"
+        if rng_file.exists():
+            set_rng_state(torch.load(rng_file, weights_only=False))
+        return json.loads((path / "trainer.json").read_text())
+
+    def _rotate(self) -> None:
+        done = sorted(
+            (
+                p
+                for p in self.root.iterdir()
+                if p.is_dir() and p.name.startswith("step_") and not p.name.endswith(".tmp")
+            ),
+            key=_step_of,
+        )
+        for old in done[: max(0, len(done) - self.max_num)]:
+            shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,97 @@
+"""Set-up shared by the offline trainers: process group, seed, outputs, model, engine, data."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from repulse.config import write_resolved
+from repulse.config.schema import to_dict
+from repulse.errors import UserError
+from repulse.trainers.fit import FitSpec, check_batching, total_steps
+from repulse.trainers.outputs import prepare_output_dir
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@dataclass
+class Run:
+    rank: int
+    world_size: int
+    device: torch.device
+    output_dir: Path
+
+
+def start_run(cfg: Any) -> Run:
+    """Process group, seed, a writable output dir and the resolved config, before any heavy work."""
+    from repulse.engine.dist import barrier, init_distributed
+
+    rank, world, _local, device = init_distributed()
+    seed_everything(cfg.train.seed, cfg.train.full_determinism_enable)
+    out = Path(cfg.ckpt.output_dir)
+    if rank == 0:
+        prepare_output_dir(out)
+        write_resolved(cfg, out)
+    barrier()
+    return Run(rank, world, device, out)
+
+
+def require(value: Any, flag: str, what: str) -> Any:
+    if value in (None, ""):
+        raise UserError(f"{flag} is required: {what}.")
+    return value
+
+
+def load_split(
+    spec: str, split: str, max_samples: int, probs: str | None, seed: int, flag: str
+) -> list[dict]:
+    from repulse.data.sources import load_mixture
+
+    return load_mixture(spec, probs, split=split, max_samples=max_samples, seed=seed, flag=flag)
+
+
+def fit_spec(cfg: Any, run: Run, train_set, eval_set, collate, name: str) -> FitSpec:
+    return FitSpec(
+        train_set=train_set,
+        collate=collate,
+        batch_size=cfg.train.batch_size,
+        micro_batch_size=cfg.train.micro_batch_size,
+        max_epochs=cfg.train.max_epochs,
+        max_steps=cfg.train.max_steps,
+        seed=cfg.train.seed,
+        output_dir=run.output_dir,
+        ckpt_dir=Path(cfg.ckpt.path or run.output_dir / "checkpoints"),
+        save_steps=cfg.ckpt.save_steps,
+        max_ckpt=cfg.ckpt.max_num,
+        resume=cfg.ckpt.load_enable,
+        logging_steps=max(1, cfg.logger.logging_steps),
+        eval_steps=cfg.eval.steps,
+        logger_cfg=cfg.logger,
+        run_config=to_dict(cfg),
+        eval_set=eval_set,
+        progress=cfg.logger.progress_bar,
+        name=name,
+    )
+
+
+def build_trained_engine(cfg: Any, run: Run, model: torch.nn.Module, spec: FitSpec):
+    """Wrap the trained model in the configured engine with its optimizer and scheduler."""
+    from repulse.engine import build_engine
+    from repulse.engine.spec import optim_spec_from
+
+    accum = check_batching(spec.batch_size, spec.micro_batch_size, run.world_size, len(spec.train_set))
+    ospec = optim_spec_from(cfg.adam, cfg.muon, cfg.optim, max(1, total_steps(spec, run.world_size)))
+    return build_engine(
+        model, ospec, cfg.engine, accumulation_steps=accum, micro_batch_size=spec.micro_batch_size
+    )

@@ -1,0 +1,75 @@
+"""``repulse rl``: the single-controller RL loop (PPO family and RePULSe).
+
+Per step: prompts → rollout → reward sources → experience (old/ref log-probs, values,
+KL, rewards, advantages) → updates → (weights are shared with the hf rollout backend,
+so there is nothing to sync). ``--repulse.method`` picks PPO-family RL (``rl``: the
+``--algo.advantage.estimator`` alone), or one of the RePULSe-paper methods that add a
+second sampler and extra losses on the same roles (see ``repulse.trainers.rl_methods``).
+"""
+
+from __future__ import annotations
+
+from repulse.config import parse_config
+from repulse.config.sections import RLConfig
+from repulse.errors import UserError
+
+GROUP_ESTIMATORS = {"rloo", "reinforce_baseline", "group_norm", "dr_grpo"}
+ESTIMATORS = {"gae", "reinforce"} | GROUP_ESTIMATORS
+METHODS = {"rl", "reinforce", "reward_transform", "p_proposal", "repulse"}
+
+
+def validate(cfg: RLConfig) -> None:
+    """Impossible combinations fail here, naming the flag."""
+    a, r, rp = cfg.algo, cfg.rollout, cfg.repulse
+    if a.advantage.estimator not in ESTIMATORS:
+        raise UserError(
+            f"--algo.advantage.estimator must be one of {sorted(ESTIMATORS)}, got {a.advantage.estimator!r}."
+        )
+    if a.kl.estimator not in {"k1", "k2", "k3"}:
+        raise UserError(f"--algo.kl.estimator must be k1, k2 or k3, got {a.kl.estimator!r}.")
+    if rp.method not in METHODS:
+        raise UserError(f"--repulse.method must be one of {sorted(METHODS)}, got {rp.method!r}.")
+    if rp.method == "rl" and a.advantage.estimator in GROUP_ESTIMATORS and r.n_samples_per_prompt < 2:
+        raise UserError(
+            f"--algo.advantage.estimator {a.advantage.estimator} compares samples of the same prompt: "
+            f"set --rollout.n_samples_per_prompt to 2 or more (got {r.n_samples_per_prompt})."
+        )
+    if rp.method != "rl":
+        if r.n_samples_per_prompt < 2:
+            raise UserError(
+                f"--repulse.method {rp.method} uses the leave-one-out (RLOO) baseline and per-prompt weights: "
+                f"set --rollout.n_samples_per_prompt to 2 or more (got {r.n_samples_per_prompt})."
+            )
+        if rp.method in {"repulse", "p_proposal"} and rp.beta <= 0:
+            raise UserError(
+                f"--repulse.beta must be > 0 (the target is σ(s) ∝ p(s)·exp(−β·r(s)); got {rp.beta}). "
+                "The reference code's --target_dist_beta is the negative of this β."
+            )
+        if rp.method == "reward_transform" and rp.reward_transform not in {
+            "minus_alpha_exp_beta_r",
+            "minus_alpha_ind",
+        }:
+            raise UserError(
+                "--repulse.method reward_transform needs --repulse.reward_transform minus_alpha_exp_beta_r or minus_alpha_ind."
+            )
+    if not cfg.actor.model_name_or_path:
+        raise UserError("--actor.model_name_or_path is required: the policy to train.")
+    if not cfg.data.prompt_dataset:
+        raise UserError("--data.prompt_dataset is required: the prompts to sample from.")
+    if not (cfg.reward.model_name_or_path or cfg.reward.remote_url):
+        raise UserError(
+            "give a reward: --reward.model_name_or_path (reward model dirs) and/or --reward.remote_url (HTTP server(s) or a .py file with reward_func)."
+        )
+    if r.temperature < 0:
+        raise UserError("--rollout.temperature must be >= 0.")
+    if a.max_epochs < 1:
+        raise UserError("--algo.max_epochs must be at least 1.")
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_config("rl", RLConfig, argv, validate)
+    if cfg is None:
+        return 0
+    from repulse.trainers.rl_loop import run
+
+    return run(cfg)

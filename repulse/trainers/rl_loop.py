@@ -1,0 +1,450 @@
+"""The RL controller loop: roles, one step per prompt batch, checkpoints, exports.
+
+Roles (policy, critic, reference, proposal, reward sources) live in one process by
+default, each trained role on the configured engine (local / fsdp / deepspeed), so the
+same loop runs under ``torchrun`` with several processes: every rank samples its slice
+of the prompt batch, and gradients are summed by the engines.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from repulse.config.sections import RLConfig
+from repulse.data.collate import MicroBatcher
+from repulse.errors import UserError
+from repulse.rl.experience import Experience, batched_logprobs, batched_values
+from repulse.rl.rewards import RewardInput, build_reward_sources, combine
+from repulse.rl.rollout import Samples, hf_generate
+from repulse.trainers.checkpoint import Checkpoints
+from repulse.trainers.fit import run_micro_batches
+from repulse.trainers.outputs import MetricsLog, Progress
+
+
+@dataclass
+class Roles:
+    tokenizer: Any
+    policy: Any  # engine
+    ref: Any | None  # FrozenModel
+    critic: Any | None  # engine
+    proposal: Any | None  # engine (RePULSe's q)
+    rewards: list
+    kl_ctl: Any
+    reward_norm: Any | None
+
+
+def kl_needed(cfg: RLConfig) -> bool:
+    return cfg.algo.kl.init_coef > 0
+
+
+def _engine_for(model, adam, muon, optim, cfg: RLConfig, total_steps: int, accum: int, micro: int):
+    from repulse.engine import build_engine
+    from repulse.engine.spec import optim_spec_from
+
+    spec = optim_spec_from(adam, muon, optim, max(1, total_steps))
+    return build_engine(model, spec, cfg.engine, accumulation_steps=accum, micro_batch_size=micro)
+
+
+def build_roles(cfg: RLConfig, device: torch.device, world: int, total_updates: int, accum: int) -> Roles:
+    from repulse.losses.kl import AdaptiveKLController, FixedKLController
+    from repulse.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
+    from repulse.rl.reward_shaping import RunningMeanStd
+
+    path = cfg.actor.model_name_or_path
+    tokenizer = load_tokenizer(path, chat_template=cfg.data.tokenizer_chat_template, padding_side="left")
+
+    def lm(p: str, trainable: bool, on: torch.device):
+        return load_causal_lm(
+            p,
+            dtype=cfg.engine.param_dtype,
+            attn=cfg.engine.attn_implementation,
+            gradient_checkpointing=trainable and cfg.actor.gradient_checkpointing_enable,
+            reentrant=cfg.actor.gradient_checkpointing_reentrant,
+            device=on,
+            trainable=trainable,
+        )
+
+    micro = cfg.train.micro_batch_size
+    policy = _engine_for(
+        lm(path, True, device),
+        cfg.actor.adam,
+        cfg.actor.muon,
+        cfg.actor.optim,
+        cfg,
+        total_updates,
+        accum,
+        micro,
+    )
+    ref = None
+    if kl_needed(cfg):
+        ref = lm(
+            cfg.ref.model_name_or_path or path, False, torch.device("cpu") if cfg.ref.offload else device
+        )
+    critic = None
+    if cfg.repulse.method == "rl" and cfg.algo.advantage.estimator == "gae":
+        model = load_scalar_model(
+            cfg.critic.model_name_or_path or path,
+            value_head_prefix="score",
+            pad_token_id=tokenizer.pad_token_id,
+            dtype=cfg.engine.param_dtype,
+            attn=cfg.engine.attn_implementation,
+            device=device,
+        )
+        critic = _engine_for(
+            model, cfg.critic.adam, cfg.critic.muon, cfg.critic.optim, cfg, total_updates, accum, micro
+        )
+    proposal = None
+    if cfg.repulse.method == "repulse":
+        q_adam = copy.deepcopy(cfg.actor.adam)
+        q_adam.lr = cfg.repulse.proposal_lr
+        q_total = total_updates * max(1, cfg.repulse.q_updates_per_step)
+        proposal = _engine_for(
+            lm(path, True, device), q_adam, cfg.actor.muon, cfg.actor.optim, cfg, q_total, accum, micro
+        )
+    rewards = build_reward_sources(cfg.reward, device, cfg.rollout.micro_batch_size)
+    kl = cfg.algo.kl
+    kl_ctl = (
+        AdaptiveKLController(kl.init_coef, kl.target, kl.horizon)
+        if kl.target
+        else FixedKLController(kl.init_coef)
+    )
+    norm = RunningMeanStd() if cfg.reward.normalize_enable else None
+    return Roles(tokenizer, policy, ref, critic, proposal, rewards, kl_ctl, norm)
+
+
+# ----------------------------------------------------------------------------- sampling and rewards
+
+
+def sample(
+    engine, roles: Roles, cfg: RLConfig, prompt_ids: list[list[int]], n: int, temperature: float
+) -> Samples:
+    r = cfg.rollout
+    max_new = r.max_new_tokens or max(1, cfg.data.max_len - max(len(p) for p in prompt_ids))
+    return hf_generate(
+        engine.unwrapped() if hasattr(engine, "unwrapped") else engine,
+        prompt_ids,
+        n_samples=n,
+        max_new_tokens=max_new,
+        temperature=temperature,
+        top_p=r.top_p,
+        top_k=r.top_k,
+        eos_id=roles.tokenizer.eos_token_id,
+        pad_id=roles.tokenizer.pad_token_id,
+        micro_batch_size=r.micro_batch_size,
+        device=engine.device if hasattr(engine, "device") else next(engine.parameters()).device,
+    )
+
+
+def reward_input(roles: Roles, samples: Samples, items: list[dict]) -> RewardInput:
+    tok = roles.tokenizer
+    responses = [
+        tok.decode(row[m.bool()].tolist(), skip_special_tokens=True)
+        for row, m in zip(samples.response.cpu(), samples.action_mask.cpu())
+    ]
+    prompts = [items[int(i)]["prompt"] for i in samples.prompt_index]
+    labels = [items[int(i)].get("label") for i in samples.prompt_index]
+    return RewardInput([p + r for p, r in zip(prompts, responses)], prompts, responses, labels)
+
+
+def score(
+    roles: Roles, samples: Samples, items: list[dict], reduction: str
+) -> tuple[torch.Tensor, RewardInput]:
+    batch = reward_input(roles, samples, items)
+    values = [src(batch).float() for src in roles.rewards]
+    return combine(values, reduction), batch
+
+
+def ref_logprobs(roles: Roles, samples: Samples, micro: int, temperature: float = 1.0) -> torch.Tensor | None:
+    """The frozen reference's log-probs of the response tokens (None when no KL term is on)."""
+    if roles.ref is None:
+        return None
+    with roles.ref.on_device() as model:
+        return batched_logprobs(model, samples, micro, temperature)
+
+
+# ----------------------------------------------------------------------------- PPO family
+
+
+def shape_rewards(
+    cfg: RLConfig, roles: Roles, raw: torch.Tensor, samples: Samples, max_new: int
+) -> torch.Tensor:
+    from repulse.rl.reward_shaping import clip_rewards, overlong_penalty
+
+    rc = cfg.reward
+    r = raw.clone()
+    if rc.overlong_buffer_len:
+        r = r + overlong_penalty(
+            samples.response_length.cpu(), max_new, rc.overlong_buffer_len, rc.overlong_penalty_factor
+        )
+    if rc.stop_properly_penalty_coef is not None:
+        c = rc.stop_properly_penalty_coef
+        trunc = samples.truncated.cpu()
+        r = torch.where(trunc, r * c if c >= 0 else torch.full_like(r, c), r)
+    if roles.reward_norm is not None:
+        roles.reward_norm.update(r)
+        r = roles.reward_norm.normalize(r)
+    if rc.cap is not None:
+        r = r.clamp(max=rc.cap)
+    return clip_rewards(r, rc.clip_range[0], rc.clip_range[1])
+
+
+def make_experience(cfg: RLConfig, roles: Roles, items: list[dict], metrics: dict) -> Experience:
+    from repulse.losses.kl import KL_ESTIMATORS
+    from repulse.rl.advantages import compute_advantages
+
+    t0 = time.perf_counter()
+    n = cfg.rollout.n_samples_per_prompt
+    samples = sample(roles.policy, roles, cfg, [it["prompt_ids"] for it in items], n, cfg.rollout.temperature)
+    t1 = time.perf_counter()
+    device = roles.policy.device
+    samples = samples.to(device)
+    micro = cfg.train.micro_batch_size
+    old = batched_logprobs(roles.policy.module, samples, micro, cfg.rollout.temperature)
+    mask = samples.action_mask.float()
+    ref = ref_logprobs(roles, samples, micro, cfg.rollout.temperature)
+    values = batched_values(roles.critic.module, samples, micro) if roles.critic is not None else None
+    raw, _ = score(roles, samples, items, cfg.reward.reduction)
+    raw = raw.to(device)
+    max_new = samples.action_mask.shape[1]
+    rewards = shape_rewards(cfg, roles, raw.cpu(), samples, max_new).to(device)
+    kl = KL_ESTIMATORS[cfg.algo.kl.estimator](old, ref) * mask if ref is not None else torch.zeros_like(old)
+    coef = roles.kl_ctl.value
+    token_rewards = torch.zeros_like(old)
+    if not cfg.algo.kl.use_loss:
+        token_rewards = token_rewards - coef * kl
+    last = (samples.action_mask.sum(-1) - 1).clamp(min=0)
+    token_rewards[torch.arange(len(last)), last] += rewards
+    a = cfg.algo.advantage
+    adv, ret = compute_advantages(
+        a.estimator,
+        token_rewards=token_rewards,
+        mask=mask,
+        values=values,
+        group_size=n,
+        gamma=a.gamma,
+        lambd=a.lambd,
+        no_std_norm=a.no_std_norm,
+    )
+    t2 = time.perf_counter()
+    exp = Experience(samples, old, ref, values, rewards, raw, kl, adv, ret)
+    metrics.update(
+        reward=float(raw.mean()),
+        reward_std=float(raw.std()) if raw.numel() > 1 else 0.0,
+        shaped_reward=float(rewards.mean()),
+        kl=float((kl.sum(-1)).mean()),
+        kl_coef=coef,
+        response_length=float(samples.response_length.float().mean()),
+        time_generate=t1 - t0,
+        time_experience=t2 - t1,
+    )
+    if cfg.algo.dynamic_filtering_enable:
+        from repulse.rl.advantages import dynamic_filter_groups
+
+        lo, hi = cfg.algo.dynamic_filtering_range
+        keep = dynamic_filter_groups(raw.cpu(), n, lo, hi)
+        metrics["kept_fraction"] = float(keep.float().mean())
+        if keep.any():
+            exp = exp.select(torch.nonzero(keep).flatten())
+    return exp
+
+
+def micro_slices(rows: int, micro: int) -> list[list[int]]:
+    return [list(range(s, min(s + micro, rows))) for s in range(0, rows, micro)]
+
+
+def ppo_update(cfg: RLConfig, roles: Roles, exp: Experience, step: int, accum: int, metrics: dict) -> None:
+    from repulse.trainers.rl_updates import PolicyUpdate, ValueUpdate
+
+    t0 = time.perf_counter()
+    eps = cfg.actor.eps_clip_low_high or [cfg.actor.eps_clip, cfg.actor.eps_clip]
+    kl_loss = roles.kl_ctl.value if cfg.algo.kl.use_loss else 0.0
+    policy = PolicyUpdate(
+        roles.policy,
+        eps[0],
+        eps[1],
+        cfg.actor.dual_clip,
+        cfg.rollout.temperature,
+        kl_loss,
+        cfg.algo.kl.estimator,
+        cfg.actor.entropy_coef,
+    )
+    value = ValueUpdate(roles.critic, cfg.critic.value_clip) if roles.critic is not None else None
+    train_actor = step >= cfg.critic.freezing_steps
+    slices = micro_slices(exp.action_mask.shape[0], cfg.train.micro_batch_size)
+    gen = torch.Generator().manual_seed(cfg.train.seed * 7919 + step)
+    agg: dict[str, list[float]] = {}
+    for epoch in range(cfg.algo.max_epochs):
+        order = (
+            list(range(len(slices))) if epoch == 0 else torch.randperm(len(slices), generator=gen).tolist()
+        )
+        for g in range(0, len(order), accum):
+            mbs = [exp.select(slices[i]) for i in order[g : g + accum]]
+            if train_actor:
+                out = run_micro_batches(roles.policy, policy, mbs, train=True)
+                out.update({f"actor_{k}": v for k, v in roles.policy.step().items()})
+                for k, v in out.items():
+                    agg.setdefault(k, []).append(v)
+            if value is not None:
+                out = run_micro_batches(roles.critic, value, mbs, train=True)
+                out = {("value_loss" if k == "loss" else k): v for k, v in out.items()}
+                out.update({f"critic_{k}": v for k, v in roles.critic.step().items()})
+                for k, v in out.items():
+                    agg.setdefault(k, []).append(v)
+    metrics.update({k: sum(v) / len(v) for k, v in agg.items()})
+    metrics["time_train"] = time.perf_counter() - t0
+    roles.kl_ctl.update(metrics.get("kl", 0.0), exp.action_mask.shape[0])
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def run(cfg: RLConfig) -> int:
+    from repulse.data.prompts import PromptDataset
+    from repulse.trainers.common import load_split, start_run
+
+    run_ = start_run(cfg)
+    world = run_.world_size
+    r = cfg.rollout
+    if r.batch_size % world:
+        raise UserError(
+            f"--rollout.batch_size {r.batch_size} must be a multiple of the number of processes ({world})."
+        )
+    local_prompts = r.batch_size // world
+    local_rows = local_prompts * r.n_samples_per_prompt
+    if cfg.repulse.method == "rl":
+        if local_rows % cfg.train.micro_batch_size:
+            raise UserError(
+                f"--rollout.batch_size x --rollout.n_samples_per_prompt per process ({local_rows}) must be a multiple "
+                f"of --train.micro_batch_size ({cfg.train.micro_batch_size})."
+            )
+        micro_per_step = local_rows // cfg.train.micro_batch_size
+        accum = max(1, min(micro_per_step, cfg.train.batch_size // (cfg.train.micro_batch_size * world)))
+        if micro_per_step % accum:
+            raise UserError(
+                "--train.batch_size must divide --rollout.batch_size x --rollout.n_samples_per_prompt."
+            )
+        updates_per_step = (micro_per_step // accum) * cfg.algo.max_epochs
+    else:
+        from repulse.trainers.rl_methods import repulse_accumulation
+
+        accum = repulse_accumulation(cfg, local_prompts)
+        updates_per_step = 1
+    tokenizer_path = cfg.actor.model_name_or_path
+    from repulse.models.loading import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_path, chat_template=cfg.data.tokenizer_chat_template, padding_side="left")
+    rows = load_split(
+        cfg.data.prompt_dataset,
+        cfg.data.prompt_split,
+        cfg.data.max_samples,
+        cfg.data.prompt_probs,
+        cfg.train.seed,
+        "--data.prompt_dataset",
+    )
+    prompts = PromptDataset(rows, tok, cfg.data)
+    batcher = MicroBatcher(len(prompts), local_prompts, r.batch_size, True, cfg.train.seed, run_.rank, world)
+    steps_per_episode = batcher.steps_per_epoch
+    if steps_per_episode == 0:
+        raise UserError(
+            f"--data.prompt_dataset has {len(prompts)} prompts, fewer than --rollout.batch_size {r.batch_size}."
+        )
+    fit_steps = max(1, cfg.repulse.fit_steps)
+    per_fit = steps_per_episode * cfg.train.num_episodes
+    total = per_fit * fit_steps
+    if cfg.train.max_steps > 0:
+        total = min(total, cfg.train.max_steps)
+    roles = build_roles(cfg, run_.device, world, total * updates_per_step, accum)
+    engines = {"actor": roles.policy}
+    if roles.critic is not None:
+        engines["critic"] = roles.critic
+    if roles.proposal is not None:
+        engines["proposal"] = roles.proposal
+    out_dir, ckpt_dir = (
+        Path(cfg.ckpt.output_dir),
+        Path(cfg.ckpt.path or Path(cfg.ckpt.output_dir) / "checkpoints"),
+    )
+    ckpts = Checkpoints(ckpt_dir, cfg.ckpt.max_num, run_.rank)
+    start = 0
+    if cfg.ckpt.load_enable and (latest := ckpts.latest()) is not None:
+        state = ckpts.load(latest, engines)
+        start = int(state["step"])
+        roles.kl_ctl.load_state_dict(state["kl_ctl"])
+        if roles.reward_norm is not None and state.get("reward_norm"):
+            roles.reward_norm.load_state_dict(state["reward_norm"])
+        if run_.rank == 0:
+            print(f"[repulse] resumed from {latest} at step {start}", flush=True)
+    from repulse.config.schema import to_dict
+
+    log = MetricsLog(out_dir, cfg.logger, to_dict(cfg), run_.rank == 0, start)
+    bar = Progress(
+        total,
+        start,
+        cfg.logger.progress_bar and run_.rank == 0,
+        cfg.repulse.method if cfg.repulse.method != "rl" else cfg.algo.advantage.estimator,
+    )
+    from repulse.trainers.rl_methods import exact_eval, negdata_sink, repulse_step
+
+    sink = negdata_sink(cfg, run_.rank)
+    if cfg.repulse.analytic_bad_word_calc and start == 0:
+        log.log(0, exact_eval(cfg, roles))
+    try:
+        for step in range(start, total):
+            t0 = time.perf_counter()
+            episode, k = divmod(step, steps_per_episode)
+            mine = batcher.step_indices(episode, k)[0]
+            items = [prompts[i] for i in mine]
+            metrics: dict[str, Any] = {}
+            if cfg.repulse.method == "rl":
+                exp = make_experience(cfg, roles, items, metrics)
+                if sink is not None:
+                    sink.add(roles, exp.samples, items, exp.raw_rewards)
+                ppo_update(cfg, roles, exp, step, accum, metrics)
+                n_samples = exp.action_mask.shape[0]
+            else:
+                n_samples = repulse_step(cfg, roles, items, step, accum, metrics, sink)
+            done = step + 1
+            dt = time.perf_counter() - t0
+            metrics["samples_per_s"] = n_samples * world / dt
+            metrics["time_step"] = dt
+            metrics = _mean_over_ranks(roles.policy, metrics)
+            if done % max(1, cfg.logger.logging_steps) == 0 or done == total:
+                log.log(done, metrics)
+            bar.update(done, {"reward": metrics.get("reward", math.nan)})
+            if cfg.repulse.analytic_bad_word_calc and (done % per_fit == 0 or done == total):
+                log.log(done, exact_eval(cfg, roles))
+            if cfg.ckpt.save_steps > 0 and done % cfg.ckpt.save_steps == 0 and done < total:
+                state = {
+                    "kl_ctl": roles.kl_ctl.state_dict(),
+                    "reward_norm": roles.reward_norm.state_dict() if roles.reward_norm else None,
+                }
+                ckpts.save(done, engines, state)
+    finally:
+        bar.close()
+        log.close()
+        if sink is not None:
+            sink.close()
+    roles.policy.export_hf(out_dir, roles.tokenizer)
+    if roles.critic is not None and cfg.critic.save_value_network:
+        roles.critic.export_hf(out_dir / "critic", roles.tokenizer)
+    if roles.proposal is not None:
+        roles.proposal.export_hf(out_dir / "proposal", roles.tokenizer)
+    if run_.rank == 0:
+        print(f"[repulse] saved the policy to {out_dir}", flush=True)
+    return 0
+
+
+def _mean_over_ranks(engine, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Average scalar metrics over processes (rank-local reward means, KL, ...)."""
+    if engine.world_size == 1:
+        return metrics
+    keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
+    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=engine.device)
+    t = engine.all_reduce(t, "sum") / engine.world_size
+    return {**metrics, **{k: float(v) for k, v in zip(keys, t.cpu())}}

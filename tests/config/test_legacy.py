@@ -1,0 +1,557 @@
+"""The legacy translation: every seed command runs under our names, values intact.
+
+Commands are split the way bash would (line continuations, ``$'...'`` ANSI-C quoting),
+stripped of their launcher prefix, translated, and then every resulting flag must be a
+field of our config tree and the whole argv must parse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import re
+import shlex
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+
+from repulse.config import legacy
+from repulse.config.legacy import flip_sign, split_launcher, translate_argv
+from repulse.config.sections import OfflineConfig, RLConfig
+from repulse.errors import UserError
+
+_spec = importlib.util.spec_from_file_location("seed_commands", Path(__file__).with_name("seed_commands.py"))
+seeds = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(seeds)  # type: ignore[union-attr]
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = REPO / "recipes"
+PASSTHROUGH = {"config", "dry_run", "dry-run"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+_ANSI_C = re.compile(r"\$'((?:[^'\\]|\\.)*)'")
+_ANSI_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "f": "\f", "v": "\v", "e": "\x1b"}
+
+
+def _ansi_c(body: str) -> str:
+    """Decode bash's ``$'...'`` escapes (``\\n`` is a newline, ``\\\\`` a backslash)."""
+    return re.sub(r"\\(.)", lambda m: _ANSI_ESCAPES.get(m.group(1), m.group(1)), body)
+
+
+def shell_split(text: str) -> list[str]:
+    """Split a seed command as bash would, for the shell-isms the seeds use.
+
+    Backslash-newline continues a line; a newline without one (the README's PPO command
+    misses a ``\\`` before ``--use_wandb``, heredoc bodies) is read as the intended
+    continuation. ``$'...'`` is decoded; ``{wandb_token}`` and ``$VARS`` stay literal; a
+    bare ``...`` line (an elision in the README) is dropped.
+    """
+    text = text.replace("\\\n", " ").replace("\n", " ")
+    text = _ANSI_C.sub(lambda m: shlex.quote(_ansi_c(m.group(1))), text)
+    return [tok for tok in shlex.split(text) if tok != "..."]
+
+
+def valid_fields(cls: type, prefix: str = "") -> dict[str, typing.Any]:
+    """Dotted name -> type of every settable field of a config dataclass tree."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, typing.Any] = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            out.update(valid_fields(tp, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = tp
+    return out
+
+
+OFFLINE_FIELDS = valid_fields(OfflineConfig)
+RL_FIELDS = valid_fields(RLConfig)
+
+
+def root_fields(command: str) -> dict[str, typing.Any]:
+    return RL_FIELDS if command == "rl" else OFFLINE_FIELDS
+
+
+def group(argv: list[str]) -> list[tuple[str | None, list[str]]]:
+    """``--a 1 2 --b`` -> ``[('a', ['1', '2']), ('b', [])]`` (the parser's rule: ``--x`` starts a flag)."""
+    out: list[tuple[str | None, list[str]]] = []
+    for tok in argv:
+        if tok.startswith("--") and len(tok) > 2:
+            name, eq, val = tok[2:].partition("=")
+            out.append((name, [val] if eq else []))
+        elif out and out[-1][0] is not None:
+            out[-1][1].append(tok)
+        else:
+            out.append((None, [tok]))
+    return out
+
+
+def as_dict(argv: list[str]) -> dict[str, list[str]]:
+    """Last value(s) per flag of a translated argv."""
+    return {name: vals for name, vals in group(argv) if name is not None}
+
+
+def translate_seed(name: str) -> tuple[str, list[str], list[str], list[str]]:
+    """(our command, legacy argv, translated argv, notes) for one seed command."""
+    seed = next(s for s in seeds.SEED_COMMANDS if s.name == name)
+    command, argv = split_launcher(shell_split(seed.text))
+    new, notes = translate_argv(argv, command)
+    return command, argv, new, notes
+
+
+def ignored_notes(notes: list[str]) -> list[str]:
+    return [n for n in notes if n.startswith("ignored ")]
+
+
+TRANSLATABLE = [s for s in seeds.SEED_COMMANDS if s.command is not None]
+
+
+# --------------------------------------------------------------------------- every seed command
+
+
+@pytest.mark.parametrize("seed", TRANSLATABLE, ids=lambda s: s.name)
+def test_seed_command_translates_to_valid_fields(seed):
+    command, argv = split_launcher(shell_split(seed.text))
+    assert command == seed.command
+    new, notes = translate_argv(argv, command)
+    fields = root_fields(command)
+    for name, values in group(new):
+        assert name is not None, f"stray token {values} in {new}"
+        assert name in fields, f"--{name} (from {seed.source}) is not a field of our config"
+    assert len(ignored_notes(notes)) <= 1
+
+
+@pytest.mark.parametrize("seed", TRANSLATABLE, ids=lambda s: s.name)
+def test_seed_command_parses(seed):
+    """The translated argv goes through the real parser: types convert, no unknown option."""
+    from repulse.config.schema import build, split_flags
+
+    command, argv = split_launcher(shell_split(seed.text))
+    new, _ = translate_argv(argv, command)
+    build(RLConfig if command == "rl" else OfflineConfig, [], split_flags(new))
+
+
+@pytest.mark.parametrize("seed", TRANSLATABLE, ids=lambda s: s.name)
+def test_seed_values_are_preserved(seed):
+    """Each table-mapped flag keeps its values verbatim under its new name(s)."""
+    command, argv = split_launcher(shell_split(seed.text))
+    new, notes = translate_argv(argv, command)
+    out_groups = group(new)
+    fork = command == "rl" and any(name in legacy.FORK_FLAGS for name, _ in group(argv))
+    for name, values in group(argv):
+        if name in legacy.RULE_FLAGS and (fork or name in {"prompt_max_len", "generate_max_len"}):
+            continue  # value-dependent: checked by hand below
+        dests = legacy.table_destinations(name, command)
+        if dests is None:
+            if name in root_fields(command):  # already our name: passes through untouched
+                assert (name, values) in out_groups
+            else:
+                assert f"--{name}" in ignored_notes(notes)[0], name
+            continue
+        for dest in dests:
+            dest_name, eq, const = dest.partition("=")
+            expected = (dest_name, [const] if eq else values)
+            assert expected in out_groups, f"--{name} {values} lost in translation"
+
+
+def test_every_seed_command_is_extracted():
+    """Guard against silently losing commands when the seed file is edited."""
+    assert len(seeds.SEED_COMMANDS) == 57
+    assert len({s.name for s in seeds.SEED_COMMANDS}) == len(seeds.SEED_COMMANDS)
+
+
+def test_gcg_command_has_no_translation():
+    gcg = next(s for s in seeds.SEED_COMMANDS if s.name == "gcg_eval")
+    with pytest.raises(UserError, match="evaluate_gcg_sz"):
+        split_launcher(shell_split(gcg.text))
+
+
+# --------------------------------------------------------------------------- shell-isms
+
+
+def test_shell_split_handles_ansi_c_quoting_and_placeholders():
+    _, argv, new, _ = translate_seed("readme_sft")
+    assert argv[argv.index("--input_template") + 1] == "User: {}\nAssistant: "
+    assert as_dict(new)["data.input_template"] == ["User: {}\nAssistant: "]
+    assert as_dict(new)["logger.wandb.key"] == ["{wandb_token}"]
+    # the .rst escapes its backslash inside $'...': bash gives a literal backslash-n
+    _, _, rst, _ = translate_seed("nonrl_sft")
+    assert as_dict(rst)["data.input_template"] == ["User: {}\\nAssistant: "]
+
+
+def test_missing_line_continuation_in_readme_is_joined():
+    _, argv, new, notes = translate_seed("readme_ppo_ray")
+    assert argv[-2:] == ["--use_wandb", "{wandb_token}"]
+    assert as_dict(new)["logger.wandb.key"] == ["{wandb_token}"]
+
+
+def test_heredoc_commands_keep_variables_and_empty_values():
+    _, _, new, _ = translate_seed("nonrl_rejection_sampling_sft")
+    d = as_dict(new)
+    assert d["data.dataset"] == ["$RM_OUTPUT"]
+    assert d["model.model_name_or_path"] == ["$POLICY_MODEL_PATH"]
+    assert d["data.input_template"] == [""]
+
+
+# --------------------------------------------------------------------------- hand checks
+
+
+def test_zero_stage_and_flat_offline_flags():
+    _, _, new, notes = translate_seed("readme_rm")
+    d = as_dict(new)
+    assert d["engine.zero_stage"] == ["3"]
+    assert d["model.model_name_or_path"] == ["OpenRLHF/Llama-3-8b-sft-mixture"]
+    assert d["engine.param_dtype"] == ["bf16"]
+    assert d["engine.attn_implementation"] == ["flash_attention_2"]
+    assert d["engine.packing_samples"] == []  # bare booleans stay bare
+    assert d["model.gradient_checkpointing_enable"] == []
+    assert d["adam.lr"] == ["9e-6"]
+    assert d["train.micro_batch_size"] == ["1"]
+    assert any("--zero_stage -> --engine.zero_stage" in n for n in notes)
+
+
+def test_toy_repulse_command():
+    _, _, new, notes = translate_seed("toy_kl0_repulse")
+    d = as_dict(new)
+    assert d["repulse.method"] == ["repulse"]
+    assert d["algo.advantage.estimator"] == ["rloo"]
+    assert d["repulse.beta"] == ["10"]  # --target_dist_beta -10: sign flipped
+    assert d["repulse.alpha"] == ["0.01"]
+    assert d["repulse.proposal_lr"] == ["3e-4"]  # --actor_learning_rate is q's lr here
+    assert d["actor.adam.lr"] == ["1e-4"]  # --base_actor_learning_rate is p's
+    assert d["rollout.n_samples_per_prompt"] == ["500"]
+    assert d["rollout.micro_batch_size"] == ["500"]  # 1 prompt x 500 samples
+    assert d["rollout.batch_size"] == ["1"]
+    assert d["train.num_episodes"] == ["5"]  # --harmlessness_training_num_episodes
+    assert d["repulse.q_updates_per_step"] == ["1"]  # --num_episodes in RePULSe mode
+    assert d["repulse.fit_steps"] == ["50"]
+    assert d["repulse.analytic_bad_word_calc"] == []
+    assert d["algo.kl.init_coef"] == ["0"]
+    assert d["data.max_len"] == ["1026"] and d["rollout.max_new_tokens"] == ["2"]
+    assert d["engine.param_dtype"] == ["fp32"]  # no --bf16 in the fork meant fp32
+    assert d["ckpt.save_steps"] == ["-1"]  # --save_steps_harmless
+    assert "critic.adam.lr" not in d and "actor.optim.lr_scheduler" in d
+    assert d["actor.adam.betas"] == ["0.9", "0.999"] == d["critic.adam.betas"]
+    assert any("sign flipped" in n for n in notes)
+
+
+def test_clutter_flags_produce_exactly_one_note():
+    _, _, new, notes = translate_seed("toy_kl0_ppo")
+    (note,) = ignored_notes(notes)
+    for flag in (
+        "--test_info_every",
+        "--n_seeds_f_q",
+        "--no_test_info",
+        "--save_info_path",
+        "--parameterization",
+    ):
+        assert flag in note
+    assert not any(tok in new for tok in ("--test_info_every", "--n_seeds_f_q", "--no_test_info"))
+
+
+def test_toy_ppo_command():
+    _, _, new, _ = translate_seed("toy_kl0_ppo")
+    d = as_dict(new)
+    assert d["repulse.method"] == ["rl"] and d["algo.advantage.estimator"] == ["gae"]
+    assert d["actor.adam.lr"] == ["1e-4"] and d["critic.adam.lr"] == ["3e-5"]
+    assert d["train.num_episodes"] == ["10"]  # PPO mode: passes over the data
+    assert d["algo.advantage.lambd"] == ["0.95"] and d["critic.value_clip"] == ["0.2"]  # fork defaults
+    assert "repulse.proposal_lr" not in d and "repulse.q_updates_per_step" not in d
+
+
+def test_reward_transform_command():
+    _, _, new, notes = translate_seed("setting1_transform_b0p5_a0p3")
+    d = as_dict(new)
+    assert d["repulse.method"] == ["reward_transform"]
+    assert d["repulse.reward_transform"] == ["minus_alpha_exp_beta_r"]
+    assert d["repulse.transform_a"] == ["0.3"]  # --alpha is the default transform a
+    assert d["repulse.transform_b"] == ["0.5"]  # --target_dist_beta -0.5, flipped
+    assert d["algo.advantage.estimator"] == ["rloo"]
+    assert "repulse.beta" not in d and "repulse.proposal_lr" not in d
+    (note,) = ignored_notes(notes)
+    assert "--actor_learning_rate" in note and "--critic_learning_rate" in note
+
+
+def test_reinforce_and_p_proposal_commands():
+    d = as_dict(translate_seed("toy_kl10_reinforce")[2])
+    assert d["repulse.method"] == ["reinforce"] and d["algo.kl.init_coef"] == ["10"]
+    assert "repulse.beta" not in d  # --target_dist_beta 0 is unused by plain REINFORCE
+    d = as_dict(translate_seed("setting1_p_proposal_a0p1")[2])
+    assert d["repulse.method"] == ["p_proposal"]
+    assert d["repulse.beta"] == ["30"] and d["repulse.alpha"] == ["0.1"]
+    assert d["reward.max_len"] == ["300"]
+    assert d["repulse.save_negdata"] == [
+        "/mfs1/u/stephenzhao/OpenRLHF/checkpoint/rlhfmultilen20kl2/negdata.jsonl"
+    ]
+    assert d["repulse.negdata_threshold"] == ["-5"]
+    assert d["eval.dataset"] == ["Silent-Zebra/10k_mixed_singleturn_2_1"]
+    assert d["eval.n_samples_per_prompt"] == ["5"] and d["eval.temperature"] == ["1.0"]
+
+
+def test_setting2_counts_samples_not_prompts():
+    d = as_dict(translate_seed("setting2_ppo")[2])
+    assert d["rollout.micro_batch_size"] == ["20"]  # 5 prompts x 4 samples
+    assert d["rollout.batch_size"] == ["20"] and d["rollout.n_samples_per_prompt"] == ["4"]
+    assert d["train.micro_batch_size"] == ["20"] and d["train.batch_size"] == ["80"]
+    assert d["engine.param_dtype"] == ["bf16"]
+    assert d["data.max_len"] == ["1124"] and d["rollout.max_new_tokens"] == ["100"]
+
+
+def test_upstream_ppo_critic_starts_from_the_reward_model():
+    d = as_dict(translate_seed("readme_ppo_ray")[2])
+    assert d["critic.model_name_or_path"] == ["OpenRLHF/Llama-3-8b-rm-700k"]
+    assert "repulse.method" not in d and "algo.advantage.lambd" not in d
+    assert d["algo.max_epochs"] == ["1"]  # PPO epochs per rollout batch
+    assert d["vllm.num_engines"] == ["4"] and d["vllm.enable_sleep"] == []
+    d = as_dict(translate_seed("options_reinforce_ray")[2])
+    assert d["algo.advantage.estimator"] == ["reinforce"] and "critic.model_name_or_path" not in d
+
+
+def test_0102_names():
+    d = as_dict(translate_seed("v0102_sft_lora")[2])
+    assert d["model.lora.rank"] == ["64"] and d["model.lora.alpha"] == ["64"]
+    assert d["engine.zero_stage"] == ["3"] and d["engine.packing_samples"] == []
+    d = as_dict(translate_seed("v0102_sft_muon")[2])
+    assert d["optim.name"] == ["muon"] and d["muon.lr"] == ["0.02"]
+    assert d["optim.lr_scheduler"] == ["cosine_with_min_lr"] and d["optim.max_norm"] == ["1.0"]
+    new, _ = translate_argv(
+        ["--ds.lora.target_modules", "q_proj", "v_proj", "--ds.value_head_prefix", "score"], "rm"
+    )
+    assert new == ["--model.lora.target_modules", "q_proj", "v_proj", "--model.value_head_prefix", "score"]
+    new, _ = translate_argv(
+        ["--actor.optim", "muon", "--critic.lr_scheduler", "constant", "--train.max_epochs", "2"], "rl"
+    )
+    assert new == [
+        "--actor.optim.name",
+        "muon",
+        "--critic.optim.lr_scheduler",
+        "constant",
+        "--algo.max_epochs",
+        "2",
+    ]
+    new, _ = translate_argv(["--muon.no_nesterov"], "sft")
+    assert new == ["--muon.nesterov", "false"]
+
+
+def test_nargs_and_negative_values():
+    new, _ = translate_argv(["--reward_clip_range", "-10", "10", "--adam_betas", "0.9", "0.95"], "rl")
+    assert new == [
+        "--reward.clip_range", "-10", "10",
+        "--actor.adam.betas", "0.9", "0.95", "--critic.adam.betas", "0.9", "0.95",
+    ]  # fmt: skip
+    new, _ = translate_argv(["--reward.clip_range", "-10", "10", "--adam.betas", "0.9", "0.95"], "rl")
+    assert new == ["--reward.clip_range", "-10", "10", "--adam.betas", "0.9", "0.95"]  # ours: untouched
+    new, _ = translate_argv(["--reward_tokens", "+", "-", "--placeholder_token", "ки"], "prm")
+    assert new == ["--model.reward_tokens", "+", "-", "--model.placeholder_token", "ки"]
+
+
+def test_passthrough_equals_form_and_unknown_flags():
+    argv = ["--config", "a.yaml", "--dry-run", "--data.max_len", "64", "--no_such_flag", "3"]
+    assert translate_argv(argv, "sft") == (argv, [])
+    new, _ = translate_argv(["--pretrain=toy_assets/llama", "--zero_stage=3"], "sft")
+    assert new == ["--model.model_name_or_path=toy_assets/llama", "--engine.zero_stage=3"]
+
+
+def test_serve_rm_flags():
+    argv = ["--reward_pretrain", "toy_assets/rm", "--port", "5000", "--bf16", "--value_head_prefix", "score"]
+    new, notes = translate_argv(argv + ["--normalize_reward", "--ds.param_dtype", "bf16"], "serve-rm")
+    assert new == [
+        "--reward.model_name_or_path",
+        "toy_assets/rm",
+        "--port",
+        "5000",
+        "--reward.normalize_enable",
+    ]
+    for flag in ("--bf16", "--value_head_prefix", "--ds.param_dtype"):
+        assert flag in ignored_notes(notes)[0]
+
+
+def test_unsupported_features_fail_loudly():
+    with pytest.raises(UserError, match="agent_func_path"):
+        translate_argv(["--agent_func_path", "agent.py", "--enable_ema"], "rl")
+    with pytest.raises(UserError, match="lora_rank"):
+        translate_argv(["--lora_rank", "8"], "rl")
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (
+            ["--do_harmlessness_training", "--harmlessness_training_loss_type", "neg_reinforce"],
+            "neg_reinforce",
+        ),
+        (["--actor_loss_type", "dpg"], "proposal"),
+        (["--rm_type", "indicator_below_threshold"], "rm_type"),
+        (["--parameterization", "modulation_model"], "parameterization"),
+        (
+            [
+                "--do_harmlessness_training",
+                "--harmlessness_training_loss_type",
+                "neg_training",
+                "--actor_loss_type",
+                "sixo",
+            ],
+            "CTL",
+        ),
+        (
+            ["--heldout_prompt_data", "x", "--input_key", "prompt", "--heldout_input_key", "question"],
+            "same key",
+        ),
+    ],
+)
+def test_unsupported_fork_combinations(argv, match):
+    with pytest.raises(UserError, match=match):
+        translate_argv(argv, "rl")
+
+
+def test_reward_transform_explicit_parameters_win():
+    argv = [
+        "--do_harmlessness_training", "--harmlessness_training_loss_type", "reinforce",
+        "--reinforce_baseline_type", "expectation", "--reward_transform", "minus_alpha_exp_beta_r",
+        "--alpha", "5", "--target_dist_beta", "-1", "--rew_trans_alpha", "2", "--rew_trans_beta", "-0.3",
+    ]  # fmt: skip
+    new, notes = translate_argv(argv, "rl")
+    d = as_dict(new)
+    assert d["repulse.transform_a"] == ["2"] and d["repulse.transform_b"] == ["0.3"]
+    note = ignored_notes(notes)[0]
+    assert "--alpha" in note and "--target_dist_beta" in note
+
+
+def test_user_flags_in_our_names_win_over_derived_ones():
+    new, _ = translate_argv(["--target_dist_beta", "-10", "--do_harmlessness_training",
+                             "--harmlessness_training_loss_type", "neg_training", "--actor_loss_type", "ctl",
+                             "--repulse.beta", "3"], "rl")  # fmt: skip
+    assert as_dict(new)["repulse.beta"] == ["3"]  # the parser keeps the last occurrence
+
+
+def test_flip_sign():
+    assert flip_sign("-10") == "10"
+    assert flip_sign("-0.1") == "0.1"
+    assert flip_sign("3e-4") == "-3e-4"
+    assert flip_sign("0") == "0" and flip_sign("-0") == "0"
+    assert flip_sign("+2") == "-2"
+
+
+def test_unknown_command_is_refused():
+    with pytest.raises(UserError):
+        translate_argv([], "ppo")
+
+
+# --------------------------------------------------------------------------- coverage of the spec's flag tables
+
+# 0.10.2 / flat flags naming features repulse does not have: translation refuses them (UserError).
+EXPECTED_UNSUPPORTED = {
+    ("--train.agent_func_path", "rl"), ("--train.enable_ema", "rl"), ("--train.ema_beta", "rl"),
+    ("--data.image_key", "rl"), ("--data.max_images_per_prompt", "rl"), ("--ds.load_in_4bit", "rl"),
+    ("--ds.lora.alpha", "rl"), ("--ds.lora.dropout", "rl"), ("--ds.lora.rank", "rl"),
+    ("--ds.lora.target_modules", "rl"), ("--lora_rank", "rl"), ("--lora_alpha", "rl"), ("--lora_dropout", "rl"),
+    ("--target_modules", "rl"), ("--load_in_4bit", "rl"), ("--agent_func_path", "rl"), ("--enable_ema", "rl"),
+    ("--ema_beta", "rl"), ("--image_key", "rl"), ("--max_images_per_prompt", "rl"),
+}  # fmt: skip
+
+
+def _check_flag(flag: str, command: str) -> None:
+    try:
+        new, notes = translate_argv([flag], command)
+    except UserError:
+        assert (flag, command) in EXPECTED_UNSUPPORTED, f"{flag} ({command}) refused unexpectedly"
+        return
+    assert (flag, command) not in EXPECTED_UNSUPPORTED
+    if ignored_notes(notes):
+        assert flag in ignored_notes(notes)[0]
+        assert new == []
+        return
+    fields = root_fields(command)
+    names = [name for name, _ in group(new)]
+    assert names, f"{flag} ({command}) vanished without a note"
+    for name in names:
+        assert name in fields, f"{flag} ({command}) -> --{name}, not a field of our config"
+
+
+@pytest.mark.parametrize(("flag", "clis"), sorted(seeds.FLAGS_0102.items()))
+def test_every_0102_flag_has_a_destination(flag, clis):
+    for cli in clis:
+        _check_flag(flag, cli)
+        if cli in ("sft", "rm", "dpo"):  # PRM/KTO/KD share the offline root
+            _check_flag(flag, "kto")
+
+
+@pytest.mark.parametrize(("flag", "clis"), sorted(seeds.MIGRATION_OLD_FLAGS.items()))
+def test_every_old_flat_flag_has_a_destination(flag, clis):
+    for cli in clis:
+        _check_flag(flag, cli)
+
+
+def test_every_fork_flag_is_handled():
+    handled = set(legacy._RL.renames) | set(legacy._RL.ignored) | set(legacy._RL.unsupported)
+    handled |= legacy.RULE_FLAGS | set(legacy._TRAIN_COMMON.renames)
+    for flag in seeds.FORK_FLAGS_SPEC:
+        assert flag[2:] in handled, flag
+    generic = {"top_k", "lr_scheduler", "gradient_accumulation_steps"}
+    assert {f[2:] for f in seeds.FORK_FLAGS_SPEC} - generic == set(legacy.FORK_FLAGS)
+
+
+@pytest.mark.parametrize(("command", "argv"), seeds.SEED_OPTION_FLAGS, ids=lambda x: str(x))
+def test_documented_option_flags(command, argv):
+    new, _ = translate_argv(argv, command)
+    fields = root_fields(command)
+    for name, _ in group(new):
+        assert name in fields, f"{argv} -> --{name}"
+
+
+# --------------------------------------------------------------------------- recipes
+
+RECIPE_DIR_COMMAND = {
+    "sft": "sft",
+    "rm": "rm",
+    "prm": "prm",
+    "dpo": "dpo",
+    "kto": "kto",
+    "kd": "kd",
+    "rl": "rl",
+}
+RECIPE_DIR_COMMAND["repulse"] = "rl"
+RECIPE_FILES = sorted(RECIPES.glob("*/*.yaml"))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, typing.Any]:
+    out: dict[str, typing.Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@pytest.mark.parametrize("path", RECIPE_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_recipe_keys_are_fields_of_the_right_root(path):
+    command = RECIPE_DIR_COMMAND[path.parent.name]
+    data = yaml.safe_load(path.read_text())
+    flat = _flatten(data)
+    fields = root_fields(command)
+    for key in flat:
+        assert key in fields, f"{path.relative_to(REPO)}: '{key}' is not a field of our {command} config"
+    assert flat["ckpt.output_dir"] == f"runs/recipes/{path.parent.name}/{path.stem}"
+    for key, value in flat.items():
+        if key.endswith(("model_name_or_path", "dataset", "prompt_dataset", "teacher_model")) and value:
+            assert str(value).startswith("toy_assets/"), f"{path.name}: {key}={value} is not a toy asset"
+
+
+@pytest.mark.parametrize("path", RECIPE_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_recipe_loads_with_the_parser(path):
+    from repulse.config.schema import build
+
+    build(RLConfig if RECIPE_DIR_COMMAND[path.parent.name] == "rl" else OfflineConfig, [str(path)], [])
+
+
+def test_every_seed_command_has_a_recipe():
+    readme = (RECIPES / "README.md").read_text()
+    for seed in TRANSLATABLE:
+        assert f"`{seed.name}`" in readme, f"no recipe lists the seed command {seed.name}"
+    for path in RECIPE_FILES:
+        assert f"{path.parent.name}/{path.name}" in readme, f"{path} is not in recipes/README.md"
