@@ -62,7 +62,9 @@ class ToyAssets:
             "toy_prompt": "toy_prompt.jsonl",
             "toy_rm_pairs": "toy_rm_pairs.jsonl",
         }
-        return cls(root, root / "tokenizer", root / "llama", root / "gpt2", **{k: root / v for k, v in files.items()})
+        return cls(
+            root, root / "tokenizer", root / "llama", root / "gpt2", **{k: root / v for k, v in files.items()}
+        )
 
 
 def build_tokenizer(out_dir: Path, seed: int = 0, vocab_size: int = 1024):
@@ -96,13 +98,25 @@ def build_tokenizer(out_dir: Path, seed: int = 0, vocab_size: int = 1024):
     return fast
 
 
-def build_model(out_dir: Path, tokenizer_dir: Path, arch: str = "llama", seed: int = 0, hidden_size: int = 128, num_layers: int = 4) -> Path:
+def build_model(
+    out_dir: Path,
+    tokenizer_dir: Path,
+    arch: str = "llama",
+    seed: int = 0,
+    hidden_size: int = 128,
+    num_layers: int = 4,
+) -> Path:
     """A randomly initialised tiny causal LM (about 1M parameters) saved with its tokenizer."""
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    ids = dict(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(seed)
     if arch == "llama":
         config = LlamaConfig(

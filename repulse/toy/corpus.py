@@ -37,7 +37,10 @@ def instruction(rng: random.Random) -> dict[str, str]:
         words = rng.sample(ANIMALS + FRUITS, 3)
         return {"input": f"repeat: {' '.join(words)}", "output": " ".join(words) + "."}
     fruit = rng.choice(FRUITS)
-    return {"input": f"what color is the {fruit}?", "output": f"the {fruit} is {COLORS[FRUITS.index(fruit)]}."}
+    return {
+        "input": f"what color is the {fruit}?",
+        "output": f"the {fruit} is {COLORS[FRUITS.index(fruit)]}.",
+    }
 
 
 def multiturn(rng: random.Random) -> dict[str, list[dict[str, str]]]:
@@ -91,7 +94,11 @@ def this_man_is_a(rng: random.Random) -> dict[str, str]:
 
 
 def rm_pair(rng: random.Random) -> dict[str, str]:
-    return {"prompt": TOY_PROMPT, "chosen": f" {rng.choice(GOOD_WORDS)}.", "rejected": f" {rng.choice(BAD_WORDS)}."}
+    return {
+        "prompt": TOY_PROMPT,
+        "chosen": f" {rng.choice(GOOD_WORDS)}.",
+        "rejected": f" {rng.choice(BAD_WORDS)}.",
+    }
 
 
 def tokenizer_corpus(rng: random.Random) -> list[str]:
@@ -103,7 +110,9 @@ def tokenizer_corpus(rng: random.Random) -> list[str]:
             lines.append(" ".join(str(v) for v in row.values() if isinstance(v, str)))
     vocab = NUMBERS + COLORS + ANIMALS + FRUITS + GOOD_WORDS + list(BAD_WORDS)
     vocab += [w for phrase in POLITE + RUDE for w in phrase.split()]
-    vocab += "what is plus comes after repeat color the say many times check this man a user assistant".split()
+    vocab += (
+        "what is plus comes after repeat color the say many times check this man a user assistant".split()
+    )
     for _ in range(20):
         lines.append(" ".join(vocab))
         lines.append(" ".join(w.capitalize() for w in vocab))

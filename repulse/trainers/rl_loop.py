@@ -84,9 +84,10 @@ def build_roles(cfg: RLConfig, device: torch.device, world: int, total_updates: 
     )
     ref = None
     if kl_needed(cfg):
-        ref = lm(
-            cfg.ref.model_name_or_path or path, False, torch.device("cpu") if cfg.ref.offload else device
-        )
+        from repulse.engine import prepare_frozen
+
+        frozen = lm(cfg.ref.model_name_or_path or path, False, device)
+        ref = prepare_frozen(frozen, device=device, offload=cfg.ref.offload)
     critic = None
     if cfg.repulse.method == "rl" and cfg.algo.advantage.estimator == "gae":
         model = load_scalar_model(
@@ -175,29 +176,30 @@ def ref_logprobs(roles: Roles, samples: Samples, micro: int, temperature: float 
 def shape_rewards(
     cfg: RLConfig, roles: Roles, raw: torch.Tensor, samples: Samples, max_new: int
 ) -> torch.Tensor:
+    """Length penalties, running normalisation and cap, then the estimator's group baseline, then the clip."""
+    from repulse.rl.advantages import shape_group_rewards
     from repulse.rl.reward_shaping import clip_rewards, overlong_penalty
 
     rc = cfg.reward
     r = raw.clone()
     if rc.overlong_buffer_len:
-        r = r + overlong_penalty(
-            samples.response_length.cpu(), max_new, rc.overlong_buffer_len, rc.overlong_penalty_factor
-        )
+        lengths = samples.response_length.cpu()
+        r = r + overlong_penalty(lengths, max_new, rc.overlong_buffer_len, rc.overlong_penalty_factor)
     if rc.stop_properly_penalty_coef is not None:
         c = rc.stop_properly_penalty_coef
-        trunc = samples.truncated.cpu()
-        r = torch.where(trunc, r * c if c >= 0 else torch.full_like(r, c), r)
+        r = torch.where(samples.truncated.cpu(), r * c if c >= 0 else torch.full_like(r, c), r)
     if roles.reward_norm is not None:
         roles.reward_norm.update(r)
         r = roles.reward_norm.normalize(r)
     if rc.cap is not None:
         r = r.clamp(max=rc.cap)
+    r = shape_group_rewards(cfg.algo.advantage.estimator, r, cfg.rollout.n_samples_per_prompt)
     return clip_rewards(r, rc.clip_range[0], rc.clip_range[1])
 
 
 def make_experience(cfg: RLConfig, roles: Roles, items: list[dict], metrics: dict) -> Experience:
     from repulse.losses.kl import KL_ESTIMATORS
-    from repulse.rl.advantages import compute_advantages
+    from repulse.rl.advantages import compute_advantages, token_rewards
 
     t0 = time.perf_counter()
     n = cfg.rollout.n_samples_per_prompt
@@ -216,21 +218,17 @@ def make_experience(cfg: RLConfig, roles: Roles, items: list[dict], metrics: dic
     rewards = shape_rewards(cfg, roles, raw.cpu(), samples, max_new).to(device)
     kl = KL_ESTIMATORS[cfg.algo.kl.estimator](old, ref) * mask if ref is not None else torch.zeros_like(old)
     coef = roles.kl_ctl.value
-    token_rewards = torch.zeros_like(old)
-    if not cfg.algo.kl.use_loss:
-        token_rewards = token_rewards - coef * kl
-    last = (samples.action_mask.sum(-1) - 1).clamp(min=0)
-    token_rewards[torch.arange(len(last)), last] += rewards
+    penalty = None if cfg.algo.kl.use_loss else coef * kl
     a = cfg.algo.advantage
     adv, ret = compute_advantages(
         a.estimator,
-        token_rewards=token_rewards,
+        token_rewards=token_rewards(rewards, penalty, mask),
         mask=mask,
         values=values,
-        group_size=n,
         gamma=a.gamma,
         lambd=a.lambd,
         no_std_norm=a.no_std_norm,
+        reduce=(lambda t: roles.policy.all_reduce(t, "sum")) if roles.policy.world_size > 1 else None,
     )
     t2 = time.perf_counter()
     exp = Experience(samples, old, ref, values, rewards, raw, kl, adv, ret)

@@ -4,11 +4,12 @@ Each test launches ``engine_dist_worker.py`` (see its docstring for the pattern)
 compares rank 0's results with :func:`engine_dist_worker.train` run here on one process
 with the local engine over the full batch.
 
-Tolerances (fp32): per-step global loss and grad norm within 1e-5 absolute; final
-weights within 1e-5 absolute for AdamW. Muon's weights get 1e-3: its Newton-Schulz
-runs in bf16 (as torch.optim.Muon's) and amplifies the ~1e-7 differences that a
-different reduction order leaves in the gradients; a per-shard (wrong) orthogonalisation
-would be off by ~1e-2. Save -> load -> continue must be bit-identical.
+Tolerances (fp32): with AdamW, per-step global loss and grad norm within 1e-5 and final
+weights within 1e-5 (absolute; measured ~1e-7). Muon gets loss 1e-4 and weights 3e-3:
+its Newton-Schulz runs in bf16 (as torch.optim.Muon's) and amplifies the ~1e-7
+differences a different reduction order leaves in the gradients (measured after 5 steps:
+loss 1.4e-5, weights 4.6e-4), while a wrong, per-shard orthogonalisation is off by 5.8e-4
+in loss and 1.9e-2 in weights. Save -> load -> continue must be bit-identical.
 """
 
 from __future__ import annotations
@@ -56,14 +57,14 @@ def launch(tmp_path: Path, runs: str, nproc: int | None, timeout: int) -> dict:
 def check_matches_reference(name: str, res: dict) -> None:
     optim = name.split(":")[1]
     ref = reference(optim)
+    loss_tol, weight_tol = (1e-4, 3e-3) if optim == "muon" else (1e-5, 1e-5)
     for got, exp in zip(res["metrics"], ref["metrics"]):
-        assert got["loss"] == pytest.approx(exp["loss"], abs=1e-5), name
-        assert got["grad_norm"] == pytest.approx(exp["grad_norm"], abs=1e-5), name
+        assert got["loss"] == pytest.approx(exp["loss"], abs=loss_tol), name
+        assert got["grad_norm"] == pytest.approx(exp["grad_norm"], abs=loss_tol), name
         assert got["lr"] == pytest.approx(exp["lr"], rel=1e-12), name
-    tol = 1e-3 if optim == "muon" else 1e-5
     assert set(res["state"]) == set(ref["state"])
     for k, v in ref["state"].items():
-        torch.testing.assert_close(res["state"][k].float(), v, atol=tol, rtol=0, msg=f"{name}: {k}")
+        torch.testing.assert_close(res["state"][k].float(), v, atol=weight_tol, rtol=0, msg=f"{name}: {k}")
 
 
 def check_resume_exact(name: str, res: dict) -> None:

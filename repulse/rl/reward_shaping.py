@@ -1,0 +1,48 @@
+"""Reward shaping before the advantage: length penalties, running normalisation, clipping."""
+
+from __future__ import annotations
+
+import torch
+
+
+def overlong_penalty(
+    lengths: torch.Tensor, max_new_tokens: int, buffer_len: float, factor: float
+) -> torch.Tensor:
+    """DAPO overlong penalty: e = len − (L_max − B); penalty = −min(e, B)/B·f where e > 0, else 0."""
+    excess = lengths.float() - (max_new_tokens - buffer_len)
+    return torch.where(
+        excess > 0, -excess.clamp(max=buffer_len) / buffer_len * factor, torch.zeros_like(excess)
+    )
+
+
+def clip_rewards(r: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    return r.clamp(min=low, max=high)
+
+
+class RunningMeanStd:
+    """Running mean and variance over every reward seen (parallel-variance update, Chan et al.)."""
+
+    def __init__(self, eps: float = 1e-8):
+        self.mean, self.var, self.count, self.eps = 0.0, 1.0, 0.0, eps
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.double().flatten()
+        n = float(x.numel())
+        if n == 0:
+            return
+        b_mean, b_var = float(x.mean()), float(x.var(unbiased=False))
+        total = self.count + n
+        delta = b_mean - self.mean
+        m2 = self.var * self.count + b_var * n + delta * delta * self.count * n / total
+        self.mean += delta * n / total
+        self.var, self.count = m2 / total, total
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """(x − μ)/sqrt(σ² + eps)."""
+        return ((x.double() - self.mean) / (self.var + self.eps) ** 0.5).to(x.dtype)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
