@@ -30,7 +30,15 @@ from repulse.errors import UserError
 
 BACKENDS = ("local", "fsdp", "deepspeed")
 
-__all__ = ["BACKENDS", "Engine", "FrozenModel", "OptimSpec", "build_engine", "prepare_frozen", "resolve_dtype"]
+__all__ = [
+    "BACKENDS",
+    "Engine",
+    "FrozenModel",
+    "OptimSpec",
+    "build_engine",
+    "prepare_frozen",
+    "resolve_dtype",
+]
 
 
 def build_engine(
@@ -53,14 +61,18 @@ def build_engine(
     if cfg.backend not in BACKENDS:
         raise UserError(f"--engine.backend {cfg.backend!r} is unknown; choose one of: {', '.join(BACKENDS)}.")
     if cfg.ring_attn_size != 1 or cfg.tensor_parallel_size != 1:
-        raise UserError("--engine.ring_attn_size and --engine.tensor_parallel_size must be 1 in this version.")
+        raise UserError(
+            "--engine.ring_attn_size and --engine.tensor_parallel_size must be 1 in this version."
+        )
     _rank, _world, _local, device = init_distributed()
     dtype = resolve_dtype(cfg.param_dtype, device)
     if cfg.backend == "local":
         from repulse.engine.local import LocalEngine
 
         if cfg.cpu_offload or cfg.adam_offload:
-            raise UserError("--engine.cpu_offload / --engine.adam_offload need --engine.backend fsdp or deepspeed.")
+            raise UserError(
+                "--engine.cpu_offload / --engine.adam_offload need --engine.backend fsdp or deepspeed."
+            )
         return LocalEngine(model, spec, param_dtype=dtype, **backend_kwargs)
     if cfg.backend == "fsdp":
         from repulse.engine.fsdp import FSDPEngine
@@ -127,7 +139,9 @@ class FrozenModel:
         return self.module
 
 
-def prepare_frozen(model: nn.Module, cfg: Any | None = None, device: torch.device | None = None, offload: bool = False) -> FrozenModel:
+def prepare_frozen(
+    model: nn.Module, cfg: Any | None = None, device: torch.device | None = None, offload: bool = False
+) -> FrozenModel:
     """Wrap a never-trained model for forwards. ``cfg`` (an EngineSection) is accepted for symmetry."""
     del cfg
     if device is None:

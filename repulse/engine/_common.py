@@ -13,6 +13,7 @@ from torch import nn
 
 from repulse.errors import UserError
 
+
 def resolve_dtype(param_dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """``--engine.param_dtype`` as a torch dtype (the models floor owns the rule: auto = bf16 on CUDA)."""
     from repulse.models.loading import resolve_dtype as _resolve

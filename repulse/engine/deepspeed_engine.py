@@ -138,14 +138,34 @@ class DeepSpeedEngine:
         self.spec = spec
         self.zero_stage = check_zero_stage(cfg.zero_stage)
         self.compute_dtype = param_dtype
-        config = ds_config(cfg, spec, param_dtype, accumulation_steps, micro_batch_size, self.world_size, device.type == "cuda")
+        config = ds_config(
+            cfg,
+            spec,
+            param_dtype,
+            accumulation_steps,
+            micro_batch_size,
+            self.world_size,
+            device.type == "cuda",
+        )
         _deep_update(config, config_overrides or {})
         model = model.to(device)
         if spec.name == "muon":
             if cfg.adam_offload:
-                raise UserError("--optim.name muon does not work with --engine.adam_offload (DeepSpeed's Muon keeps its state on the device).")
+                raise UserError(
+                    "--optim.name muon does not work with --engine.adam_offload (DeepSpeed's Muon keeps its state on the device)."
+                )
             if not spec.muon_nesterov or spec.muon_ns_steps != 5:
-                warn_once("ds-muon", "DeepSpeed's Muon always uses Nesterov and 5 Newton-Schulz steps; --muon.nesterov/--muon.ns_steps are ignored.")
+                warn_once(
+                    "ds-muon",
+                    "DeepSpeed's Muon always uses Nesterov and 5 Newton-Schulz steps; --muon.nesterov/--muon.ns_steps are ignored.",
+                )
+            if spec.max_norm > 0:
+                warn_once(
+                    "ds-muon-clip",
+                    "with DeepSpeed's Muon, gradient clipping and the reported grad_norm apply to the "
+                    "orthogonalised update (norm ~ sqrt(sum of min(rows, cols))), which clipping then shrinks; "
+                    "consider --optim.max_norm 0.",
+                )
             trainable = [p for p in model.parameters() if p.requires_grad]
             engine, *_ = deepspeed.initialize(
                 model=model,
@@ -158,7 +178,12 @@ class DeepSpeedEngine:
                 from deepspeed.ops.adam import DeepSpeedCPUAdam
 
                 optimizer = DeepSpeedCPUAdam(
-                    param_groups(model, spec), lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=0.0, adamw_mode=True
+                    param_groups(model, spec),
+                    lr=spec.lr,
+                    betas=spec.betas,
+                    eps=spec.eps,
+                    weight_decay=0.0,
+                    adamw_mode=True,
                 )
             else:
                 optimizer = build_optimizer(model, spec)
@@ -202,7 +227,10 @@ class DeepSpeedEngine:
         directory.mkdir(parents=True, exist_ok=True)
         self.ds.save_checkpoint(str(directory), tag=TAG)
         if rdist.is_main():
-            write_meta(directory, {"backend": self.backend, "world_size": self.world_size, "zero_stage": self.zero_stage})
+            write_meta(
+                directory,
+                {"backend": self.backend, "world_size": self.world_size, "zero_stage": self.zero_stage},
+            )
         rdist.barrier()
 
     def load(self, directory: Path) -> None:

@@ -108,7 +108,9 @@ class FSDPEngine:
                 for t in list(model.parameters()) + list(model.buffers()):
                     dist.broadcast(t.data, src=0)
         mesh = init_device_mesh(device.type, (self.world_size,))
-        kwargs: dict[str, Any] = dict(mesh=mesh, reshard_after_forward=reshard, mp_policy=mp, offload_policy=offload_policy)
+        kwargs: dict[str, Any] = dict(
+            mesh=mesh, reshard_after_forward=reshard, mp_policy=mp, offload_policy=offload_policy
+        )
         for layer in decoder_layers(model):
             fully_shard(layer, **kwargs)
         fully_shard(model, **kwargs)
@@ -123,7 +125,10 @@ class FSDPEngine:
         from torch.distributed.fsdp import FSDPModule
 
         units = [m for m in model.modules() if isinstance(m, FSDPModule)]
-        if all(hasattr(u, "set_gradient_divide_factor") and hasattr(u, "set_force_sum_reduction_for_comms") for u in units):
+        if all(
+            hasattr(u, "set_gradient_divide_factor") and hasattr(u, "set_force_sum_reduction_for_comms")
+            for u in units
+        ):
             for u in units:
                 u.set_gradient_divide_factor(1.0)
                 u.set_force_sum_reduction_for_comms(True)
@@ -181,7 +186,9 @@ class FSDPEngine:
         model_sd, optim_sd = get_state_dict(self.module, self.optimizer)
         state = {"model": model_sd, "optim": optim_sd}
         dcp.load(state, checkpoint_id=str(directory))
-        set_state_dict(self.module, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        set_state_dict(
+            self.module, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+        )
         self.scheduler.load_state_dict(torch.load(directory / SCHED_FILE, weights_only=True))
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:

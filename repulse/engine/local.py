@@ -134,9 +134,13 @@ class LocalEngine:
 
         directory = Path(directory)
         check_meta(directory, self.backend)
-        missing, unexpected = load_model(self.module, str(directory / MODEL_FILE), strict=True, device=str(self.device))
+        missing, unexpected = load_model(
+            self.module, str(directory / MODEL_FILE), strict=True, device=str(self.device)
+        )
         del missing, unexpected
-        self.optimizer.load_state_dict(torch.load(directory / OPTIM_FILE, map_location=self.device, weights_only=True))
+        self.optimizer.load_state_dict(
+            torch.load(directory / OPTIM_FILE, map_location=self.device, weights_only=True)
+        )
         self.scheduler.load_state_dict(torch.load(directory / SCHED_FILE, weights_only=True))
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:

@@ -412,11 +412,12 @@ def run(cfg: RLConfig) -> int:
             metrics["samples_per_s"] = n_samples * world / dt
             metrics["time_step"] = dt
             metrics = _mean_over_ranks(roles.policy, metrics)
-            if done % max(1, cfg.logger.logging_steps) == 0 or done == total:
+            boundary = cfg.repulse.analytic_bad_word_calc and (done % per_fit == 0 or done == total)
+            if boundary:
+                metrics.update(exact_eval(cfg, roles))
+            if boundary or done % max(1, cfg.logger.logging_steps) == 0 or done == total:
                 log.log(done, metrics)
             bar.update(done, {"reward": metrics.get("reward", math.nan)})
-            if cfg.repulse.analytic_bad_word_calc and (done % per_fit == 0 or done == total):
-                log.log(done, exact_eval(cfg, roles))
             if cfg.ckpt.save_steps > 0 and done % cfg.ckpt.save_steps == 0 and done < total:
                 state = {
                     "kl_ctl": roles.kl_ctl.state_dict(),

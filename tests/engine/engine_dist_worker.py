@@ -97,13 +97,27 @@ def opt_spec(name: str) -> OptimSpec:
 
 
 def make_engine(backend: str, optim: str, zero_stage: int, seed: int = 0, dtype: str = "fp32"):
+    """Build the engine; ``fsdp-lossscale`` is FSDP with its fallback for a torch without
+    ``set_force_sum_reduction_for_comms`` (loss x world size instead of a SUM reduction)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accum = GLOBAL_BATCH // (MICRO * world)
-    cfg = EngineSection(backend=backend, zero_stage=zero_stage, param_dtype=dtype)
+    cfg = EngineSection(backend=backend.split("-")[0], zero_stage=zero_stage, param_dtype=dtype)
     extra: dict[str, Any] = {}
     if backend == "deepspeed":  # partition even tiny parameters, so ZeRO-3 gathering is exercised
         extra["config_overrides"] = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}
-    return build_engine(tiny_llama(seed), opt_spec(optim), cfg, accumulation_steps=accum, micro_batch_size=MICRO, **extra)
+    build = lambda: build_engine(  # noqa: E731
+        tiny_llama(seed), opt_spec(optim), cfg, accumulation_steps=accum, micro_batch_size=MICRO, **extra
+    )
+    if backend != "fsdp-lossscale":
+        return build()
+    from repulse.engine.fsdp import FSDPEngine
+
+    original = FSDPEngine._sum_reduction
+    FSDPEngine._sum_reduction = lambda self, model: setattr(self, "_loss_scale", float(self.world_size))
+    try:
+        return build()
+    finally:
+        FSDPEngine._sum_reduction = original
 
 
 def train_step(engine, step: int) -> dict[str, float]:
@@ -111,7 +125,10 @@ def train_step(engine, step: int) -> dict[str, float]:
     rank, world = engine.rank, engine.world_size
     ids, labels = global_batch(step)
     per_rank = GLOBAL_BATCH // world
-    ids, labels = ids[rank * per_rank : (rank + 1) * per_rank], labels[rank * per_rank : (rank + 1) * per_rank]
+    ids, labels = (
+        ids[rank * per_rank : (rank + 1) * per_rank],
+        labels[rank * per_rank : (rank + 1) * per_rank],
+    )
     shifted = labels[:, 1:]
     local_units = float((shifted != -100).sum())
     total = engine.all_reduce(torch.tensor([local_units], dtype=torch.float64, device=engine.device), "sum")
@@ -129,7 +146,9 @@ def train_step(engine, step: int) -> dict[str, float]:
     return out
 
 
-def train(backend: str, optim: str, zero_stage: int = 3, ckpt_dir: Path | None = None, dtype: str = "fp32") -> dict[str, Any]:
+def train(
+    backend: str, optim: str, zero_stage: int = 3, ckpt_dir: Path | None = None, dtype: str = "fp32"
+) -> dict[str, Any]:
     """Train STEPS steps; with ``ckpt_dir`` also check that save -> load -> continue is exact."""
     engine = make_engine(backend, optim, zero_stage, dtype=dtype)
     engine.train()
@@ -143,7 +162,9 @@ def train(backend: str, optim: str, zero_stage: int = 3, ckpt_dir: Path | None =
         export = ckpt_dir.parent / (ckpt_dir.name + "_hf")
         engine.export_hf(export)
         result["export_dir"] = str(export)
-        resumed = make_engine(backend, optim, zero_stage, seed=123, dtype=dtype)  # different init: load must overwrite
+        resumed = make_engine(
+            backend, optim, zero_stage, seed=123, dtype=dtype
+        )  # different init: load must overwrite
         resumed.load(ckpt_dir)
         resumed.train()
         result["resumed_metrics"] = [train_step(resumed, step) for step in range(SAVE_AFTER, STEPS)]
@@ -166,7 +187,11 @@ def main() -> None:
         backend, optim = parts[0], parts[1]
         stage = int(parts[2]) if len(parts) > 2 else 3
         dtype = parts[3] if len(parts) > 3 else "fp32"
-        ckpt = Path(args.ckpt_dir) / run.replace(":", "_") if args.ckpt_dir and backend != "local" else None
+        ckpt = (
+            Path(args.ckpt_dir) / run.replace(":", "_")
+            if args.ckpt_dir and backend in ("fsdp", "deepspeed")
+            else None
+        )
         results[run] = train(backend, optim, stage, ckpt, dtype)
     if rdist.is_main():
         torch.save(results, args.out)

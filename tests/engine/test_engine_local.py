@@ -37,7 +37,9 @@ def test_peft_model_exports_merged(tmp_path):
     peft = pytest.importorskip("peft")
     from transformers import AutoModelForCausalLM
 
-    model = peft.get_peft_model(w.tiny_llama(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    model = peft.get_peft_model(
+        w.tiny_llama(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -48,7 +50,9 @@ def test_peft_model_exports_merged(tmp_path):
     ids, _ = w.global_batch(0)
     model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(merged(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            merged(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5, rtol=1e-5
+        )
     rollout = engine.state_for_rollout()
     assert set(rollout) == set(merged.state_dict()) and not any("lora" in k for k in rollout)
 

@@ -113,7 +113,10 @@ def test_unknown_names_name_the_flag():
 
 def test_optim_spec_from_sections():
     s = optim_spec_from(
-        AdamSection(lr=3e-4, betas=[0.8, 0.9], weight_decay=0.05), MuonSection(lr=0.01, nesterov=False), OptimSection(name="muon"), 7
+        AdamSection(lr=3e-4, betas=[0.8, 0.9], weight_decay=0.05),
+        MuonSection(lr=0.01, nesterov=False),
+        OptimSection(name="muon"),
+        7,
     )
     assert (s.name, s.lr, s.betas, s.weight_decay, s.muon_lr, s.muon_nesterov, s.total_steps) == (
         "muon",
@@ -124,7 +127,12 @@ def test_optim_spec_from_sections():
         False,
         7,
     )
-    assert (s.lr_scheduler, s.warmup_ratio, s.min_lr_ratio, s.max_norm) == ("cosine_with_min_lr", 0.03, 0.1, 1.0)
+    assert (s.lr_scheduler, s.warmup_ratio, s.min_lr_ratio, s.max_norm) == (
+        "cosine_with_min_lr",
+        0.03,
+        0.1,
+        1.0,
+    )
 
 
 def tiny_llama(cls_name: str = "LlamaForCausalLM", **extra):
@@ -154,7 +162,9 @@ def test_muon_split_hidden_matrices_vs_rest():
     groups = param_groups(model, spec(name="muon"))
     muon = _names(model, [p for g in groups if g["use_muon"] for p in g["params"]])
     adam_decay = _names(model, groups[0]["params"])
-    no_decay = _names(model, [p for g in groups if not g["use_muon"] and g["weight_decay"] == 0.0 for p in g["params"]])
+    no_decay = _names(
+        model, [p for g in groups if not g["use_muon"] and g["weight_decay"] == 0.0 for p in g["params"]]
+    )
     expected = {f"model.layers.{i}.self_attn.{h}_proj.weight" for i in range(2) for h in "qkvo"}
     expected |= {f"model.layers.{i}.mlp.{h}_proj.weight" for i in range(2) for h in ("gate", "up", "down")}
     assert muon == expected
@@ -162,7 +172,9 @@ def test_muon_split_hidden_matrices_vs_rest():
     assert no_decay and all("norm" in n for n in no_decay)
     # a reward/value head stays on AdamW, whatever its shape
     rm = tiny_llama("LlamaForSequenceClassification", num_labels=2)
-    rm_muon = _names(rm, [p for g in param_groups(rm, spec(name="muon")) if g["use_muon"] for p in g["params"]])
+    rm_muon = _names(
+        rm, [p for g in param_groups(rm, spec(name="muon")) if g["use_muon"] for p in g["params"]]
+    )
     assert "score.weight" not in rm_muon and len(rm_muon) == 14
 
 
@@ -170,7 +182,10 @@ def test_adam_groups_exempt_biases_and_norms():
     model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
     groups = param_groups(model, spec())
     assert _names(model, groups[0]["params"]) == {"0.weight"} and groups[0]["weight_decay"] == 0.1
-    assert _names(model, groups[1]["params"]) == {"0.bias", "1.weight", "1.bias"} and groups[1]["weight_decay"] == 0.0
+    assert (
+        _names(model, groups[1]["params"]) == {"0.bias", "1.weight", "1.bias"}
+        and groups[1]["weight_decay"] == 0.0
+    )
 
 
 def test_one_muon_step_changes_every_weight():
@@ -205,7 +220,9 @@ def test_muon_matches_torch_muon_and_adamw_matches_torch_adamw():
         ns_steps=5,
     )
     ref_muon = torch.optim.Muon([ref_w], lr=0.02, weight_decay=0.1, momentum=0.9, nesterov=True, ns_steps=5)
-    ref_adam = torch.optim.AdamW([ref_b], lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, foreach=False)
+    ref_adam = torch.optim.AdamW(
+        [ref_b], lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, foreach=False
+    )
     for step in range(3):
         g = torch.Generator().manual_seed(step)
         gw, gb = torch.randn(12, 5, generator=g), torch.randn(5, generator=g)
