@@ -25,12 +25,12 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check repulse tests bench
-	$(VENV)/bin/ruff format --check repulse tests bench
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix repulse tests bench
-	$(VENV)/bin/ruff format repulse tests bench
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)
 	bash bench/run_all.sh

@@ -140,10 +140,13 @@ class FrozenModel:
 
 
 def prepare_frozen(
-    model: nn.Module, cfg: Any | None = None, device: torch.device | None = None, offload: bool = False
+    model: nn.Module, device: torch.device | None = None, offload: bool = False
 ) -> FrozenModel:
-    """Wrap a never-trained model for forwards. ``cfg`` (an EngineSection) is accepted for symmetry."""
-    del cfg
+    """Wrap a never-trained model for forwards on this process's device.
+
+    ``offload`` is the role's flag (``cfg.ref.offload``, ``cfg.reward.offload``,
+    ``cfg.model.teacher_offload``); ``device`` defaults to :func:`init_distributed`'s.
+    """
     if device is None:
         from repulse.engine.dist import init_distributed
 

@@ -20,10 +20,14 @@ Offload: ``--engine.cpu_offload`` or ``--engine.adam_offload`` -> ``CPUOffloadPo
 
 Loss scaling (the contract in :mod:`repulse.engine.base`): FSDP2 *averages* gradients
 over ranks by default. Where torch has both ``set_gradient_divide_factor`` and
-``set_force_sum_reduction_for_comms`` (2.8+, incl. 2.11 and 2.13) every FSDP unit is set to
-divide by 1 with SUM-only collectives, so the reduce-scatter is an exact sum (this also
-works on gloo, which has no AVG/PREMUL_SUM). Otherwise ``backward`` multiplies the loss by
-the world size, which undoes the average.
+``set_force_sum_reduction_for_comms`` (checked at runtime; torch 2.13 has both) every FSDP
+unit is set to divide by 1 with SUM-only collectives, so the reduce-scatter is an exact
+sum (this also works on gloo, which has no AVG/PREMUL_SUM: a divide factor alone would
+ask for PREMUL_SUM). Otherwise ``backward`` multiplies the loss by the world size, which
+undoes the average (the tests run this fallback too).
+
+bf16 with LoRA: all parameters of an FSDP unit must share one dtype, so frozen base
+weights are upcast to fp32 as well (memory cost; the trained adapters need fp32 masters).
 
 Checkpoints: torch.distributed.checkpoint (DCP) writes the sharded model and optimizer
 state (reshardable to another world size), plus ``scheduler.pt`` and ``engine.json``.

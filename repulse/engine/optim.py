@@ -36,7 +36,7 @@ from repulse.errors import UserError
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_EPS = 1e-7
 
-# Names (last module-path component) of heads that stay on AdamW under Muon even
+# Module names (anywhere on a parameter's path) of heads that stay on AdamW under Muon even
 # though their weight is 2-D: output layers are not "hidden" matrices.
 HEAD_NAMES = ("lm_head", "score", "value_head", "classifier", "embed_out")
 

@@ -128,6 +128,10 @@ def hf_generate(
             pad_token_id=pad_id,
             eos_token_id=eos_id,
             use_cache=True,
+            # sharded engines (FSDP2, ZeRO-3) gather weights in every forward: ranks must step together
+            synced_gpus=torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1,
         )
         if temperature > 0:
             kwargs.update(

@@ -300,6 +300,31 @@ def ppo_update(cfg: RLConfig, roles: Roles, exp: Experience, step: int, accum: i
     roles.kl_ctl.update(metrics.get("kl", 0.0), exp.action_mask.shape[0])
 
 
+@torch.no_grad()
+def evaluate(cfg: RLConfig, roles: Roles, eval_prompts: Any) -> dict[str, float]:
+    """Mean reward of ``--eval.n_samples_per_prompt`` samples per held-out prompt at ``--eval.temperature``
+    (0: greedy), this rank's share of ``--eval.dataset``; averaged over ranks by the caller."""
+    rank, world = roles.policy.rank, roles.policy.world_size
+    usable = len(eval_prompts) // world * world  # equal shares: sharded engines need equal forward counts
+    mine = list(range(rank, usable, world))
+    rewards = []
+    n = cfg.eval.n_samples_per_prompt if cfg.eval.temperature > 0 else 1
+    per = max(1, cfg.rollout.micro_batch_size // n)
+    for s in range(0, len(mine), per):
+        items = [eval_prompts[i] for i in mine[s : s + per]]
+        samples = sample(
+            roles.policy, roles, cfg, [it["prompt_ids"] for it in items], n, cfg.eval.temperature
+        )
+        r, _ = score(roles, samples, items, cfg.reward.reduction)
+        rewards.append(r)
+    r = torch.cat(rewards) if rewards else torch.zeros(0)
+    bad = (r < cfg.repulse.bad_threshold).float()
+    return {
+        "eval_reward": float(r.mean()) if r.numel() else math.nan,
+        "eval_p_bad": float(bad.mean()) if r.numel() else math.nan,
+    }
+
+
 # ----------------------------------------------------------------------------- driver
 
 
@@ -353,6 +378,12 @@ def run(cfg: RLConfig) -> int:
         raise UserError(
             f"--data.prompt_dataset has {len(prompts)} prompts, fewer than --rollout.batch_size {r.batch_size}."
         )
+    eval_prompts = None
+    if cfg.eval.dataset:
+        eval_rows = load_split(
+            cfg.eval.dataset, cfg.eval.split, cfg.eval.max_samples, None, cfg.train.seed, "--eval.dataset"
+        )
+        eval_prompts = PromptDataset(eval_rows, tok, cfg.data)
     fit_steps = max(1, cfg.repulse.fit_steps)
     per_fit = steps_per_episode * cfg.train.num_episodes
     total = per_fit * fit_steps
@@ -415,6 +446,12 @@ def run(cfg: RLConfig) -> int:
             boundary = cfg.repulse.analytic_bad_word_calc and (done % per_fit == 0 or done == total)
             if boundary:
                 metrics.update(exact_eval(cfg, roles))
+            if (
+                eval_prompts is not None
+                and cfg.eval.steps > 0
+                and (done % cfg.eval.steps == 0 or done == total)
+            ):
+                metrics.update(_mean_over_ranks(roles.policy, evaluate(cfg, roles, eval_prompts)))
             if boundary or done % max(1, cfg.logger.logging_steps) == 0 or done == total:
                 log.log(done, metrics)
             bar.update(done, {"reward": metrics.get("reward", math.nan)})

@@ -56,7 +56,11 @@ def _rm_config(toy, base: Path, out: Path, quick: bool):
 
 
 def rl_config(toy, lm: Path, rm: Path, out: Path, method: str, seed: int, quick: bool):
-    """The toy RL settings (spec §4.2, scaled to CPU): one prompt, 2-token responses, exact P(bad)."""
+    """The toy RL settings (spec §4.2, scaled to 2 CPU cores): one prompt, 2-token responses, exact P(bad).
+
+    As in the paper, KL 0, constant lr, Adam(0.9, 0.999), β = 10, and RePULSe gets half the
+    p updates of the baselines (it draws twice the samples per step).
+    """
     from repulse.config.sections import RLConfig
 
     cfg = RLConfig()
@@ -64,7 +68,6 @@ def rl_config(toy, lm: Path, rm: Path, out: Path, method: str, seed: int, quick:
     cfg.reward.model_name_or_path = str(rm)
     cfg.reward.clip_range = [-1e4, 1e4]
     cfg.data.prompt_dataset = str(toy.toy_prompt)
-    cfg.data.input_key = "input"
     cfg.rollout.batch_size = 1
     cfg.rollout.n_samples_per_prompt = 64 if quick else 128
     cfg.rollout.micro_batch_size = 256
@@ -79,17 +82,14 @@ def rl_config(toy, lm: Path, rm: Path, out: Path, method: str, seed: int, quick:
     rp = cfg.repulse
     rp.method = method
     rp.analytic_bad_word_calc = True
-    rp.fit_steps = 3 if quick else 10
-    # the paper gives RePULSe half the p updates of the baselines (it draws twice the samples)
+    rp.bad_threshold = 0.0
+    rp.fit_steps = 2 if quick else 6
     cfg.train.num_episodes = 5 if method == "repulse" else 10
-    if quick:
-        cfg.train.num_episodes = max(1, cfg.train.num_episodes // 5)
     rp.beta = 10.0
-    rp.alpha = 0.01 * cfg.rollout.n_samples_per_prompt / 500 * 100
+    rp.alpha = 50.0
     rp.proposal_lr = 3e-3
     if method == "reward_transform":
         rp.reward_transform, rp.transform_a, rp.transform_b = "minus_alpha_exp_beta_r", 1.0, 1.0
-    rp.bad_threshold = 0.0
     cfg.ckpt.output_dir = str(out / "runs" / f"{method}_seed{seed}")
     cfg.logger.progress_bar = False
     return cfg

@@ -97,13 +97,19 @@ def opt_spec(name: str) -> OptimSpec:
 
 
 def make_engine(backend: str, optim: str, zero_stage: int, seed: int = 0, dtype: str = "fp32"):
-    """Build the engine; ``fsdp-lossscale`` is FSDP with its fallback for a torch without
-    ``set_force_sum_reduction_for_comms`` (loss x world size instead of a SUM reduction)."""
+    """Build the engine. Variants: ``fsdp-lossscale`` is FSDP with its fallback for a torch
+    without ``set_force_sum_reduction_for_comms`` (loss x world size instead of a SUM
+    reduction); ``deepspeed-offload`` is ZeRO with ``adam_offload`` (DeepSpeed's CPU Adam)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accum = GLOBAL_BATCH // (MICRO * world)
-    cfg = EngineSection(backend=backend.split("-")[0], zero_stage=zero_stage, param_dtype=dtype)
+    cfg = EngineSection(
+        backend=backend.split("-")[0],
+        zero_stage=zero_stage,
+        param_dtype=dtype,
+        adam_offload=backend == "deepspeed-offload",
+    )
     extra: dict[str, Any] = {}
-    if backend == "deepspeed":  # partition even tiny parameters, so ZeRO-3 gathering is exercised
+    if backend.startswith("deepspeed"):  # partition even tiny parameters, so ZeRO-3 gathering is exercised
         extra["config_overrides"] = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}
     build = lambda: build_engine(  # noqa: E731
         tiny_llama(seed), opt_spec(optim), cfg, accumulation_steps=accum, micro_batch_size=MICRO, **extra
@@ -187,11 +193,7 @@ def main() -> None:
         backend, optim = parts[0], parts[1]
         stage = int(parts[2]) if len(parts) > 2 else 3
         dtype = parts[3] if len(parts) > 3 else "fp32"
-        ckpt = (
-            Path(args.ckpt_dir) / run.replace(":", "_")
-            if args.ckpt_dir and backend in ("fsdp", "deepspeed")
-            else None
-        )
+        ckpt = Path(args.ckpt_dir) / run.replace(":", "_") if args.ckpt_dir and backend != "local" else None
         results[run] = train(backend, optim, stage, ckpt, dtype)
     if rdist.is_main():
         torch.save(results, args.out)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from repulse.config.sections import EngineSection
-from repulse.engine import BACKENDS, FrozenModel, build_engine
+from repulse.engine import BACKENDS, build_engine, prepare_frozen
 from repulse.errors import UserError
 
 
@@ -80,7 +80,7 @@ def test_local_engine_trains_bf16_parameters_directly():
 
 def test_frozen_model_offload_moves_on_demand():
     model = w.tiny_llama()
-    frozen = FrozenModel(model, torch.device("cpu"), offload=True)
+    frozen = prepare_frozen(model, torch.device("cpu"), offload=True)
     assert not frozen.module.training and not any(p.requires_grad for p in frozen.module.parameters())
     ids, _ = w.global_batch(0)
     out = frozen(input_ids=ids[:2])

@@ -1,0 +1,108 @@
+"""RL samples/s: repulse GRPO / RLOO vs TRL ``GRPOTrainer`` / ``RLOOTrainer``.
+
+Run inside bench/.venv: ``bench/.venv/bin/python bench/bench_rl.py [--rounds 5] [--quick]``.
+Writes ``bench/results/rl.json``.
+
+One optimizer step on both sides = one rollout batch: 8 prompts x 4 samples = 32 completions of
+at most 32 new tokens (temperature 1, top_p 1), scored by the same rule (count of the prompt's
+target word), one policy update in micro-batches of 8 (gradient accumulation 4), no KL term and
+so no reference model (``--algo.kl.init_coef 0`` / ``beta=0``), fp32. samples/s = completions per
+step x timed steps / time between the ends of the first and last timed optimizer steps
+(generation, scoring, log-probs, advantages and the update all fall inside it).
+
+Known asymmetries (reported, not hidden): with one update per rollout TRL's GRPO skips the
+old-policy log-prob forward (ratio = 1 by construction), repulse computes it; TRL generates the
+whole batch in one ``generate`` call, and repulse is given the same generation batch
+(``--rollout.micro_batch_size 32``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+
+ESTIMATORS = {"grpo": "group_norm", "rloo": "rloo"}
+
+
+def repulse_cmd(w: dict, algo: str, out: Path) -> list[str]:
+    return harness.python_cmd() + [
+        str(harness.BENCH_DIR / "repulse_worker.py"), "rl",
+        "--actor.model_name_or_path", w["model"],
+        "--data.prompt_dataset", w["data"],
+        "--data.input_key", "input",
+        "--data.label_key", "label",
+        "--reward.remote_url", str(harness.BENCH_DIR / "reward_func.py"),
+        "--algo.advantage.estimator", ESTIMATORS[algo],
+        "--algo.kl.init_coef", "0",
+        "--rollout.n_samples_per_prompt", str(w["n_samples"]),
+        "--rollout.batch_size", str(w["batch_size"] // w["n_samples"]),
+        "--rollout.micro_batch_size", str(w["batch_size"]),
+        "--rollout.max_new_tokens", str(w["max_new_tokens"]),
+        "--rollout.temperature", str(w["temperature"]),
+        "--train.batch_size", str(w["batch_size"]),
+        "--train.micro_batch_size", str(w["micro_batch_size"]),
+        "--train.max_steps", str(w["warmup"] + w["steps"]),
+        "--train.num_episodes", "100000",
+        "--train.seed", str(w["seed"]),
+        "--actor.adam.lr", str(w["lr"]),
+        "--engine.param_dtype", "fp32",
+        "--ckpt.output_dir", str(out),
+        "--logger.progress_bar", "false",
+    ]  # fmt: skip
+
+
+def trl_cmd(w: dict, algo: str, out: Path) -> list[str]:
+    return harness.python_cmd() + [
+        str(harness.BENCH_DIR / "trl_worker.py"),
+        algo,
+        json.dumps({**w, "output_dir": str(out)}),
+    ]
+
+
+def build_cases(args, assets) -> list[harness.Case]:
+    warmup, steps = (1, 3) if args.quick else (2, 8)
+    w = {
+        "model": str(assets.llama),
+        "data": str(assets.prompts),
+        "n_samples": 4,
+        "batch_size": 32,  # completions per optimizer step (8 prompts x 4)
+        "micro_batch_size": 8,
+        "max_new_tokens": 32,
+        "temperature": 1.0,
+        "lr": 1e-6,
+        "seed": 42,
+        "warmup": warmup,
+        "steps": steps,
+    }
+    work = harness.WORK / "rl"
+    cases = []
+    for algo in ("grpo", "rloo"):
+        cases.append(
+            harness.Case(
+                name=algo,
+                unit="samples/s",
+                commands={
+                    "repulse": repulse_cmd(w, algo, work / f"repulse_{algo}"),
+                    "trl": trl_cmd(w, algo, work / f"trl_{algo}"),
+                },
+                units_per_step=float(w["batch_size"]),
+                warmup=warmup,
+                env={"repulse": {"BENCH_COUNT_TOKENS": "0"}},
+                workload={**w, "repulse_estimator": ESTIMATORS[algo]},
+                goal=2.0,
+            )
+        )
+    return cases
+
+
+def main(argv: list[str] | None = None) -> int:
+    return harness.drive("rl", __doc__.splitlines()[0], build_cases, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
