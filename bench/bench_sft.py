@@ -12,9 +12,9 @@ What is compared (see README "Methodology"):
 - **padded**: the same global batch of samples and micro-batch on both sides;
 - **packed**: repulse packs every micro-batch of samples into one row with restarting position
   ids (``--engine.packing_samples``); TRL packs the dataset into ``max_len`` bins (``bfd``,
-  padding-free). TRL's batch then counts bins, not samples, so its bins per step are chosen to
-  carry the same number of tokens per optimizer step as our samples per step (measured and
-  reported as ``tokens_per_step``).
+  padding-free). TRL's batch then counts bins, not samples, so our samples per step are chosen to
+  carry the same number of tokens as TRL's 12 bins (both measured and reported as
+  ``tokens_per_step``).
 """
 
 from __future__ import annotations
@@ -28,9 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
 
-def mean_tokens(assets, max_len: int) -> float:
-    """Mean tokenized sample length, as both sides will see it (repulse's SFTDataset)."""
+def token_stats(assets, max_len: int) -> tuple[float, float]:
+    """(mean tokens per sample, mean tokens per TRL ``bfd`` bin) of the data both sides train on.
+
+    Why: TRL's packed batch counts bins, ours counts samples; these two numbers let us give both
+    sides the same number of tokens per optimizer step.
+    """
+    from datasets import Dataset
     from transformers import AutoTokenizer
+    from trl.data_utils import pack_dataset
 
     from repulse.config.sections import DataSection
     from repulse.data.sft import SFTDataset
@@ -38,7 +44,11 @@ def mean_tokens(assets, max_len: int) -> float:
     tok = AutoTokenizer.from_pretrained(assets.llama)
     rows = [json.loads(x) for x in Path(assets.sft).read_text().splitlines() if x.strip()]
     items = SFTDataset(rows, tok, DataSection(input_key="input", output_key="output", max_len=max_len)).items
-    return sum(len(it["input_ids"]) for it in items) / len(items)
+    per_sample = sum(len(it["input_ids"]) for it in items) / len(items)
+    ds = Dataset.from_list([{"input_ids": it["input_ids"]} for it in items])
+    bins = pack_dataset(ds, max_len, "bfd")
+    per_bin = sum(len(x) for x in bins["input_ids"]) / len(bins)
+    return per_sample, per_bin
 
 
 def repulse_cmd(w: dict, out: Path) -> list[str]:
@@ -85,7 +95,7 @@ def build_cases(args, assets) -> list[harness.Case]:
         "steps": steps,
         "data_section": {"input_key": "input", "output_key": "output", "max_len": max_len},
     }
-    avg = mean_tokens(assets, max_len)
+    avg, per_bin = token_stats(assets, max_len)
     work = harness.WORK / "sft"
     cases = []
     # padded: identical batches of samples on both sides
@@ -104,8 +114,8 @@ def build_cases(args, assets) -> list[harness.Case]:
         )
     )
     # packed: same tokens per optimizer step (repulse counts samples, TRL counts max_len bins)
-    samples, accum = 128, 2
-    bins = max(accum, round(samples * avg / max_len / accum) * accum)
+    bins, accum = 12, 2
+    samples = round(bins * per_bin / avg / accum) * accum
     ours = {**base, "packing": True, "batch_size": samples, "micro_batch_size": samples // accum}
     theirs = {**base, "packing": True, "batch_size": bins, "micro_batch_size": bins // accum}
     cases.append(
@@ -124,6 +134,7 @@ def build_cases(args, assets) -> list[harness.Case]:
                 "repulse_batch": f"{samples} samples in {accum} micro-batches (one packed row each)",
                 "trl_batch": f"{bins} bins of {max_len} tokens in {accum} micro-batches (bfd, padding-free)",
                 "mean_tokens_per_sample": avg,
+                "mean_tokens_per_trl_bin": per_bin,
             },
             goal=1.5,
         )

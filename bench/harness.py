@@ -256,6 +256,10 @@ def run_trial(
         out = Path(tmp) / "trial.json"
         full_env = {**os.environ, **(env or {}), TRIAL_OUT_ENV: str(out)}
         full_env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        threads = os.environ.get("BENCH_THREADS")
+        if threads:
+            # Same intra-op thread count for every worker (see driver_parser --threads).
+            full_env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
         full_env.setdefault("PYTHONUNBUFFERED", "1")
         log_path = Path(tmp) / "trial.log"
         t0 = time.perf_counter()
@@ -486,6 +490,14 @@ def driver_parser(description: str, rounds: int, timeout: float):
     p.add_argument("--quick", action="store_true", help="1 round, fewer steps: a smoke test, not a result")
     p.add_argument("--only", default=None, help="comma list of case names to run")
     p.add_argument("--name", default=None, help="results file name (default: the benchmark's)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads per worker process (OMP_NUM_THREADS), the same for both sides; "
+        "0 leaves torch's default. Default 1: on a small shared machine, OpenMP threads that spin "
+        "while other processes hold the cores make step times swing by 3-10x.",
+    )
     return p
 
 
@@ -506,6 +518,8 @@ def drive(
     args = driver_parser(description, rounds, timeout).parse_args(argv)
     if args.quick:
         args.rounds = 1
+    if args.threads > 0:
+        os.environ["BENCH_THREADS"] = str(args.threads)
     assets = toy_assets()
     cases = build_cases(args, assets)
     if args.only:
@@ -516,7 +530,7 @@ def drive(
     path = write_results(
         args.name or (f"{name}_quick" if args.quick else name),
         summary,
-        {"rounds": args.rounds, "timeout_s": args.timeout, "quick": args.quick},
+        {"rounds": args.rounds, "timeout_s": args.timeout, "quick": args.quick, "threads": args.threads},
         notes,
     )
     print(f"[bench] wrote {path}", flush=True)

@@ -12,8 +12,10 @@ Parity choices (each one is a TRL default we override, and why):
 - ``attn_implementation="sdpa"``: repulse's default.
 - Data is **pre-tokenized with repulse's own dataset classes** (SFT: ``input_ids`` +
   ``completion_mask``; RM: ``chosen_ids``/``rejected_ids``; DPO: ``prompt_ids`` + completions),
-  so both sides train on identical token sequences and loss masks. TRL accepts tokenized
-  datasets and then skips its own tokenization.
+  so both sides train on identical token sequences and loss masks. TRL's SFT and Reward trainers
+  accept tokenized datasets and skip their own tokenization; its DPOTrainer always re-tokenizes
+  strings, so a subclass skips ``_prepare_dataset`` for our tokenized columns (data preparation
+  only, before the timed window).
 - ``beta=0`` for GRPO and RLOO (no reference model), as ``--algo.kl.init_coef 0`` on our side.
 - ``logging_steps=1``: repulse writes metrics every step by default; TRL then logs every step too.
 - ``save_strategy="no"``, ``report_to="none"``, ``disable_tqdm=True``: no I/O inside the timed window.
@@ -171,7 +173,19 @@ def run_dpo(w: dict[str, Any], clock: StepClock, out_dir: str) -> None:
         beta=w["beta"],
         padding_free=bool(w.get("packing", False)),
     )
-    trainer = DPOTrainer(
+    class TokenizedDPOTrainer(DPOTrainer):
+        """DPOTrainer that accepts our pre-tokenized pairs (TRL 1.16 always re-tokenizes strings).
+
+        Only data preparation (before training, untimed) is skipped; everything TRL does per
+        step is TRL's own code.
+        """
+
+        def _prepare_dataset(self, dataset, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+            if {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(dataset.column_names):
+                return dataset
+            return super()._prepare_dataset(dataset, *args, **kwargs)
+
+    trainer = TokenizedDPOTrainer(
         model=_causal_lm(w["model"]),
         args=args,
         train_dataset=Dataset.from_list(rows),

@@ -1017,7 +1017,7 @@ def translate_argv(argv: list[str], command: str) -> tuple[list[str], list[str]]
     repulse does not have, and for RePULSe-fork mode combinations it does not implement.
     """
     if command not in COMMANDS:
-        raise UserError(f"legacy translation: unknown command {command!r} (one of {', '.join(COMMANDS)}).")
+        return argv, []  # a command the seed documents never had (eval-tail, lora-merge, ...)
     flags = _group(argv)
     ctx = _Ctx(flags)
     ctx.fork = command == "rl" and ctx.has(*FORK_FLAGS)

@@ -45,17 +45,23 @@ def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | tuple[int, ...] |
 
 
 def masked_mean(
-    x: torch.Tensor, mask: torch.Tensor, dim: int | tuple[int, ...] | None = None
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    dim: int | tuple[int, ...] | None = None,
+    eps: float = 1e-8,
 ) -> torch.Tensor:
-    """Σ_i m_i x_i / Σ_i m_i over ``dim`` (all elements when ``None``).
+    """Σ_i m_i x_i / max(Σ_i m_i, eps) over ``dim`` (all elements when ``None``).
 
-    Where the mask is empty (Σ m = 0) the result is 0, not ``nan``. ``mask`` is bool or
-    numeric and broadcastable to ``x``.
+    Where the mask is empty (Σ m = 0) the result is exactly 0, not ``nan``, for any
+    ``eps`` ≥ 0. The ``eps`` floor only matters for tiny positive weight totals; with a
+    0/1 mask the result is the exact mean. ``mask`` is bool or numeric and broadcastable
+    to ``x``.
     """
     num = masked_sum(x, mask, dim)
     m = torch.broadcast_to(mask, x.shape).to(num.dtype)
     den = m.sum() if dim is None else m.sum(dim=dim)
-    return num / torch.where(den == 0, torch.ones_like(den), den)
+    den = torch.where(den == 0, torch.ones_like(den), den)
+    return num / (den.clamp(min=eps) if eps > 0 else den)
 
 
 def token_sum_and_count(per_token: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -60,7 +60,8 @@ def pairwise_logexp_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: M
     **Convention (differs from OpenRLHF):** OpenRLHF's ``LogExpLoss`` silently ignores
     the margin. Here a given margin is applied (the same m as in
     :func:`pairwise_sigmoid_loss`), so ``margin_loss_enable`` means the same thing for
-    both loss types.
+    both loss types. To reproduce OpenRLHF exactly, the trainer passes ``margin=None``
+    for the log-exp loss.
     """
     _check_pair(chosen, rejected)
     x = rejected - chosen
@@ -96,7 +97,7 @@ def dpo_loss(
     beta: float,
     label_smoothing: float = 0.0,
     ipo: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DPO / cDPO / IPO loss per pair (OpenRLHF ``DPOLoss``).
 
     With sequence log-probs of the policy π_θ and the frozen reference π_ref,
@@ -119,11 +120,12 @@ def dpo_loss(
     With sums, the IPO target 1/(2β) applies to the whole-sequence log-ratio.
 
     To add the NLL regulariser ("Llama 3.1 style", ``--model.nll_loss_coef`` c), use
-    ``ℓ + c · nll_term(policy_chosen_logps, chosen_len)`` per pair before averaging.
+    ``ℓ + c · nll_term(policy_chosen_logps, chosen_len)`` per pair before averaging:
+    total = mean(ℓ_DPO) + c · mean(nll).
 
-    Returns ``(ℓ [B], r_c [B], r_r [B], metrics)``. The metrics are detached means:
-    ``reward_acc`` = 1[r_c > r_r], ``reward_margin`` = r_c − r_r, ``chosen_reward``, and
-    ``rejected_reward``.
+    Returns ``(ℓ [B], r_c [B], r_r [B])``; the rewards are detached. For OpenRLHF's
+    logged metrics (reward accuracy 1[r_c > r_r], chosen/rejected reward means, margin),
+    call :func:`rm_metrics` on ``(r_c, r_r)``.
     """
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
@@ -145,13 +147,7 @@ def dpo_loss(
             losses = losses - label_smoothing * F.logsigmoid(-beta * h)
     chosen_rewards = beta * chosen_logratio.detach()
     rejected_rewards = beta * rejected_logratio.detach()
-    metrics = {
-        "reward_acc": (chosen_rewards > rejected_rewards).to(chosen_rewards.dtype).mean(),
-        "reward_margin": (chosen_rewards - rejected_rewards).mean(),
-        "chosen_reward": chosen_rewards.mean(),
-        "rejected_reward": rejected_rewards.mean(),
-    }
-    return losses, chosen_rewards, rejected_rewards, metrics
+    return losses, chosen_rewards, rejected_rewards
 
 
 def nll_term(chosen_logp_sum: torch.Tensor, chosen_len: torch.Tensor) -> torch.Tensor:
@@ -160,8 +156,8 @@ def nll_term(chosen_logp_sum: torch.Tensor, chosen_len: torch.Tensor) -> torch.T
     ``chosen_logp_sum`` [B] is the response-token sum of log π_θ and ``chosen_len`` [B] is
     the number of response tokens (clamped to ≥ 1). OpenRLHF's DPO trainer takes the mean
     of this over the micro-batch and adds it as ``loss + nll_loss_coef · nll`` (Llama 3.1
-    report). Per pair, that is ``dpo_loss(...)[0] + nll_loss_coef · nll_term(...)``, then
-    the mean.
+    report): total = dpo + nll_loss_coef · nll. Per pair, that is
+    ``dpo_loss(...)[0] + nll_loss_coef · nll_term(...)``, then the mean.
     """
     _check_pair(chosen_logp_sum, chosen_len)
     return -chosen_logp_sum / chosen_len.to(chosen_logp_sum.dtype).clamp(min=1)

@@ -63,58 +63,58 @@ def gather_prm_steps(
     return step_logits, torch.where(match.any(dim=-1), mapped, torch.full_like(mapped, IGNORE_INDEX))
 
 
-def prm_loss(
-    logits_at_steps: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Cross-entropy at the step positions: ``(loss_sum, n_steps, metrics)``.
+def prm_valid(labels: torch.Tensor) -> torch.Tensor:
+    """Bool [N]: the steps that :func:`prm_loss` trains on.
 
-    ``logits_at_steps`` [N, K] are the logits at the N placeholder positions, restricted
-    to the reward tokens (K = 2, e.g. ("+", "−")) or over the whole vocabulary (K = V).
+    Hard labels (integer dtype) count when ≥ 0, so ``IGNORE_INDEX`` is skipped. Soft labels
+    (floating dtype) count when they lie in [0, 1].
+    """
+    if labels.is_floating_point():
+        return (labels >= 0) & (labels <= 1)
+    return labels >= 0
 
-    - **Hard labels** (integer dtype, [N]): class indices in [0, K). A label < 0 (e.g.
-      ``IGNORE_INDEX`` = −100) is ignored.
+
+def prm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy at the step positions: ``(per_step_loss [N], correct [N])``.
+
+    ``logits`` [N, K] are the logits at the N placeholder positions. They are either
+    restricted to the reward tokens (K = 2, column 0 = the positive "+" token, column 1 =
+    "−") or span the whole vocabulary (K = V). Computed in fp32 or wider.
+
+    - **Hard labels** (integer dtype, [N]): class indices in [0, K).
 
           ℓ_i = −log softmax(z_i)[y_i]
 
-    - **Soft labels** (floating dtype, [N]; requires K = 2): p_i = probability that the
-      step is good (column 0). A label outside [0, 1] (e.g. −100) is ignored.
+    - **Soft labels** (floating dtype, [N]; requires K = 2): p_i = P(step is positive).
 
           ℓ_i = −p_i log softmax(z_i)[0] − (1 − p_i) log softmax(z_i)[1]
               = BCE(σ(z_i0 − z_i1), p_i)
 
-    Returns ``loss_sum`` = Σ_i ℓ_i over the non-ignored steps, ``n_steps`` = their
-    number, and detached metrics: ``acc`` = fraction of steps with argmax_k z_ik equal to
-    the label. For soft labels, the label class is 0 if p ≥ ½, else 1 (ties go to "good",
-    as ``argmax([p, 1 − p])`` does in OpenRLHF). ``loss`` is the micro-batch mean. Both
-    metrics are 0 when there are no steps. OpenRLHF's loss is ``loss_sum / n_steps`` per
-    micro-batch. A trainer may instead divide by a global step count
-    (``repulse.losses.aggregation``).
+    ``correct`` (bool, detached) is ``argmax_k z_ik == y_i`` for hard labels and
+    ``(p_i ≥ ½) == (argmax_k z_ik == 0)`` for soft labels. Ties p = ½ count as positive,
+    as ``argmax([p, 1 − p])`` does in OpenRLHF.
+
+    Ignored steps (see :func:`prm_valid`: hard label < 0, e.g. ``IGNORE_INDEX``, or a
+    soft label outside [0, 1]) get ℓ_i = 0 and ``correct`` False. OpenRLHF's loss is the
+    mean of ℓ over the valid steps: ``per_step_loss.sum() / prm_valid(labels).sum()``.
+    Its accuracy is ``correct.sum()`` over the same count. A trainer may divide instead
+    by a global step count (``repulse.losses.aggregation``).
     """
-    if logits_at_steps.dim() != 2 or labels.shape != logits_at_steps.shape[:1]:
+    if logits.dim() != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(
-            f"expected logits [N, K] and labels [N], got {tuple(logits_at_steps.shape)} and {tuple(labels.shape)}"
+            f"expected logits [N, K] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}"
         )
-    logp = torch.log_softmax(
-        logits_at_steps.to(torch.promote_types(logits_at_steps.dtype, torch.float32)), dim=-1
-    )
-    pred = logits_at_steps.detach().argmax(dim=-1)
+    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    pred = logits.detach().argmax(dim=-1)
+    valid = prm_valid(labels)
     if labels.is_floating_point():
-        if logits_at_steps.shape[-1] != 2:
-            raise ValueError(f"soft PRM labels need 2 reward-token logits, got {logits_at_steps.shape[-1]}")
-        valid = (labels >= 0) & (labels <= 1)
+        if logits.shape[-1] != 2:
+            raise ValueError(f"soft PRM labels need 2 reward-token logits, got {logits.shape[-1]}")
         p = torch.where(valid, labels, torch.zeros_like(labels)).to(logp.dtype)
         per_step = -(p * logp[:, 0] + (1 - p) * logp[:, 1])
         target = torch.where(p >= 0.5, 0, 1)
     else:
-        valid = labels >= 0
         target = torch.where(valid, labels, torch.zeros_like(labels)).long()
         per_step = -logp.gather(-1, target[:, None]).squeeze(-1)
     zero = torch.zeros((), dtype=per_step.dtype, device=per_step.device)
-    loss_sum = torch.where(valid, per_step, zero).sum()
-    n_steps = valid.to(per_step.dtype).sum()
-    den = n_steps.clamp(min=1)
-    metrics = {
-        "acc": ((pred == target) & valid).to(per_step.dtype).sum() / den,
-        "loss": loss_sum.detach() / den,
-    }
-    return loss_sum, n_steps, metrics
+    return torch.where(valid, per_step, zero), (pred == target) & valid

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from repulse.errors import UserError
 from repulse.toy.datasets import SIZES
 
 MARKER = ".complete"
@@ -90,7 +91,10 @@ def build_all(out_dir: str | Path, seed: int = 0) -> ToyAssets:
     if is_complete(out, seed):
         return ToyAssets.at(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
-        raise FileExistsError(f"{out} exists and is not a toy assets directory; choose another --out")
+        raise UserError(
+            f"{out} exists and is not a toy assets directory (no {MARKER} file); it is left as it is. "
+            "Choose an empty or new directory for --out."
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
     try:

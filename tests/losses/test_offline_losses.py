@@ -18,7 +18,7 @@ from repulse.losses.preference import (
     pairwise_sigmoid_loss,
     rm_metrics,
 )
-from repulse.losses.prm import IGNORE_INDEX, gather_prm_steps, prm_loss
+from repulse.losses.prm import IGNORE_INDEX, gather_prm_steps, prm_loss, prm_valid
 from repulse.losses.sft import sft_loss
 
 T = torch.tensor
@@ -44,6 +44,10 @@ def test_masked_mean_and_sum_with_a_mask():
     assert masked_mean(x, mb, dim=1).tolist() == approx([2.0, 0.0])
     # weighted mask: (0.5·1 + 2·3) / (0.5 + 2) = 6.5 / 2.5 = 2.6
     assert masked_mean(x[0], T([0.5, 0.0, 2.0])).item() == approx(2.6)
+    # eps floors a tiny positive weight total: 1e-9·1 / max(1e-9, 1e-8) = 0.1 ; eps=0 gives the exact 1
+    assert masked_mean(x[0], T([1e-9, 0.0, 0.0]), eps=1e-8).item() == approx(0.1)
+    assert masked_mean(x[0], T([1e-9, 0.0, 0.0]), eps=0.0).item() == approx(1.0)
+    assert masked_mean(x, torch.zeros(2, 3), eps=0.0).item() == 0.0  # empty mask → 0 even without eps
 
 
 def test_token_sum_and_count():
@@ -147,18 +151,20 @@ DPO_ARGS = (T([-10.0]), T([-12.0]), T([-11.0]), T([-11.0]))
 
 
 def test_dpo_loss_and_implicit_rewards():
-    loss, rc, rr, metrics = dpo_loss(*DPO_ARGS, beta=0.1)
+    pc = T([-10.0], requires_grad=True)
+    loss, rc, rr = dpo_loss(pc, *DPO_ARGS[1:], beta=0.1)
     # βh = 0.2: σ(0.2) = 0.549834, −log → 0.598139
     assert loss.item() == approx(0.598139)
-    # implicit rewards β·(log π − log π_ref): 0.1·1 = 0.1 and 0.1·(−1) = −0.1
+    # implicit rewards β·(log π − log π_ref): 0.1·1 = 0.1 and 0.1·(−1) = −0.1, detached
     assert (rc.item(), rr.item()) == (approx(0.1), approx(-0.1))
-    assert metrics["reward_acc"].item() == 1.0
-    assert metrics["reward_margin"].item() == approx(0.2)
-    assert not rc.requires_grad
+    assert not rc.requires_grad and loss.requires_grad
+    metrics = rm_metrics(rc, rr)  # the logged DPO metrics
+    assert metrics["acc"].item() == 1.0
+    assert metrics["margin"].item() == approx(0.2)
 
 
 def test_cdpo_label_smoothing():
-    loss, *_ = dpo_loss(*DPO_ARGS, beta=0.1, label_smoothing=0.1)
+    loss, _, _ = dpo_loss(*DPO_ARGS, beta=0.1, label_smoothing=0.1)
     # 0.9·(−log σ(0.2)) + 0.1·(−log σ(−0.2)) = 0.9·0.598139 + 0.1·0.798139 = 0.538325 + 0.079814 = 0.618139
     assert loss.item() == approx(0.618139)
     # ε = 0.5 makes the loss symmetric in h: ½(0.598139 + 0.798139) = 0.698139
@@ -178,7 +184,7 @@ def test_ipo_loss():
 
 def test_dpo_gradient_raises_chosen_and_lowers_rejected():
     pc, pr = T([-10.0], requires_grad=True), T([-12.0], requires_grad=True)
-    loss, *_ = dpo_loss(pc, pr, T([-11.0]), T([-11.0]), beta=0.1)
+    loss, _, _ = dpo_loss(pc, pr, T([-11.0]), T([-11.0]), beta=0.1)
     loss.sum().backward()
     # dℓ/dh = −β·σ(−βh) = −0.1·σ(−0.2) = −0.1·0.450166 = −0.045017 ; dh/dπ_c = 1, dh/dπ_r = −1
     assert pc.grad.item() == approx(-0.045017)
@@ -192,7 +198,7 @@ def test_nll_term_and_the_combined_dpo_objective():
     nll = nll_term(T([-6.0, -10.0, -1.0]), T([3, 4, 0]))
     assert nll.tolist() == approx([2.0, 2.5, 1.0])
     # Llama-3.1-style objective: mean(ℓ_DPO + c·nll) with c = 0.2 → 0.598139 + 0.2·2 = 0.998139
-    loss, *_ = dpo_loss(*DPO_ARGS, beta=0.1)
+    loss, _, _ = dpo_loss(*DPO_ARGS, beta=0.1)
     assert (loss + 0.2 * nll_term(T([-6.0]), T([3]))).mean().item() == approx(0.998139)
 
 
@@ -250,28 +256,34 @@ def test_kto_z0_override_and_estimate():
 def test_prm_hard_labels():
     logits = T([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 0.0]])
     labels = T([0, 1, 1, IGNORE_INDEX])
-    loss_sum, n, metrics = prm_loss(logits, labels)
+    per_step, correct = prm_loss(logits, labels)
     # −log softmax: row 0 log(1 + e^−2) = 0.126928 ; row 1 log(1 + e^−1) = 0.313262 ;
-    # row 2 (label 1, logits 3 vs 0) log(1 + e^3) = 3.048587 ; row 3 ignored → sum 3.488777 over 3
-    assert loss_sum.item() == approx(3.488777)
-    assert n.item() == 3.0
-    assert metrics["acc"].item() == approx(2 / 3)  # rows 0, 1 right, row 2 wrong
-    assert metrics["loss"].item() == approx(3.488777 / 3)
+    # row 2 (label 1, logits 3 vs 0) log(1 + e^3) = 3.048587 ; row 3 ignored → 0
+    assert per_step.tolist() == approx([0.126928, 0.313262, 3.048587, 0.0])
+    assert correct.tolist() == [True, True, False, False]  # rows 0, 1 right, row 2 wrong, row 3 ignored
+    assert prm_valid(labels).sum().item() == 3  # OpenRLHF's mean: 3.488777 / 3
 
 
 def test_prm_soft_labels():
     logits = T([[1.0, 0.0], [0.0, 2.0], [5.0, 5.0]])
     labels = T([0.8, 0.5, -100.0])
-    loss_sum, n, metrics = prm_loss(logits, labels)
+    per_step, correct = prm_loss(logits, labels)
     # row 0: −0.8·log σ(1) − 0.2·log σ(−1) = 0.8·0.313262 + 0.2·1.313262 = 0.513262
-    # row 1: −0.5·log σ(−2) − 0.5·log σ(2) = 0.5·(2.126928 + 0.126928) = 1.126928 ; row 2 ignored
-    assert loss_sum.item() == approx(0.513262 + 1.126928)
-    assert n.item() == 2.0
+    # row 1: −0.5·log σ(−2) − 0.5·log σ(2) = 0.5·(2.126928 + 0.126928) = 1.126928 ; row 2 ignored → 0
+    assert per_step.tolist() == approx([0.513262, 1.126928, 0.0])
+    assert prm_valid(labels).tolist() == [True, True, False]
     # row 0 predicts "+" and p ≥ ½ → right ; row 1 predicts "−" but p = ½ counts as "+" → wrong
-    assert metrics["acc"].item() == approx(0.5)
+    assert correct.tolist() == [True, False, False]
     # the soft cross-entropy is the BCE of σ(l₊ − l₋) against p
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(T([1.0, -2.0]), T([0.8, 0.5]), reduction="sum")
-    assert loss_sum.item() == approx(bce.item())
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        T([1.0, -2.0]), T([0.8, 0.5]), reduction="none"
+    )
+    assert per_step[:2].tolist() == approx(bce.tolist())
+    # gradient: dℓ/dz₊ = σ(z₊ − z₋) − p = σ(1) − 0.8 = 0.731059 − 0.8 = −0.068941 (row 0)
+    z = logits.clone().requires_grad_(True)
+    prm_loss(z, labels)[0].sum().backward()
+    assert z.grad[0].tolist() == approx([-0.068941, 0.068941])
+    assert z.grad[2].tolist() == [0.0, 0.0]  # ignored rows get no gradient
 
 
 def test_gather_prm_steps_selects_placeholders_and_maps_reward_tokens():
@@ -287,7 +299,11 @@ def test_gather_prm_steps_selects_placeholders_and_maps_reward_tokens():
     full_logits, full_labels = gather_prm_steps(logits, input_ids, labels, 2)
     assert full_logits.shape == (3, 6) and full_labels.tolist() == [5, 4, 4]
     # and a full-vocabulary hard-label loss runs on that
-    assert prm_loss(full_logits, full_labels)[1].item() == 3.0
+    per_step, correct = prm_loss(full_logits, full_labels)
+    # each row is a + [0..5]: lse = 5 + log(1 + e^−1 + … + e^−5) = 5 + log 1.578055 = 5 + (0.405465 + log 1.052037) = 5.456193
+    # −log softmax at column 5 = 0.456193, at column 4 = 1.456193 ; argmax is column 5 in every row
+    assert per_step.tolist() == approx([0.456193, 1.456193, 1.456193])
+    assert correct.tolist() == [True, False, False]
 
 
 # ----------------------------------------------------------------------------- KD

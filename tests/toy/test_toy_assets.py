@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from repulse.errors import UserError
 from repulse.toy import ToyAssets, build_all, cli_build
 from repulse.toy.assets import MARKER
 
@@ -50,8 +51,10 @@ def test_same_seed_same_files_and_a_new_seed_replaces_a_stale_build(toy, tmp_pat
 
 def test_refuses_to_replace_a_foreign_directory(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(UserError, match="not a toy assets directory"):
         build_all(tmp_path)
+    with pytest.raises(UserError):
+        build_all(tmp_path / "mine.txt")
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
