@@ -113,7 +113,9 @@ def build_cases(args, assets) -> list[harness.Case]:
                 warmup=warmup,
                 workload={
                     **packed,
-                    "trl_mode": "padding_free=True" if kind == "dpo" else "padded (RewardTrainer cannot pack)",
+                    "trl_mode": "padding_free=True"
+                    if kind == "dpo"
+                    else "padded (RewardTrainer cannot pack)",
                 },
                 goal=1.5,
             )

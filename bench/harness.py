@@ -346,6 +346,10 @@ def summarize(
     else:
         out["throughput"] = units_per_step * timed / elapsed
         out["units_per_step"] = units_per_step
+    # Robust variant: per-step units over the *median* step time. It discounts steps that another
+    # process on the machine slowed down, but also periodic costs of the trainer itself; the
+    # headline number is the plain one above, this one is kept to show how noisy a trial was.
+    out["throughput_median_step"] = out["units_per_step"] / out["step_s_median"]
     out["unit"] = unit
     return out
 
@@ -366,7 +370,9 @@ class Case:
     goal: float | None = None  # the issue's target ratio ours / baseline
 
 
-def run_cases(cases: list[Case], rounds: int, timeout_s: float, log: Callable[[str], None] = print) -> list[dict]:
+def run_cases(
+    cases: list[Case], rounds: int, timeout_s: float, log: Callable[[str], None] = print
+) -> list[dict]:
     """Run every case ``rounds`` times, interleaving implementations inside each round.
 
     Order within a round: case 1 (ours, trl), case 2 (ours, trl), ... so consecutive trials of
@@ -394,7 +400,9 @@ def run_cases(cases: list[Case], rounds: int, timeout_s: float, log: Callable[[s
                     msg = "FAILED: " + str(exc).splitlines()[0]
                 trial.wall_s = time.perf_counter() - t0
                 trials[case.name].append(trial)
-                log(f"[bench] round {rnd + 1}/{rounds} {case.name:<24} {impl:<8} {msg}  ({trial.wall_s:.0f}s)")
+                log(
+                    f"[bench] round {rnd + 1}/{rounds} {case.name:<24} {impl:<8} {msg}  ({trial.wall_s:.0f}s)"
+                )
     return [_case_summary(c, trials[c.name]) for c in cases]
 
 
@@ -408,11 +416,15 @@ def _case_summary(case: Case, trials: list[Trial]) -> dict[str, Any]:
         mine = [t for t in trials if t.impl == impl]
         ok = [t for t in mine if t.error is None]
         tp = [t.throughput for t in ok if t.throughput is not None]
+        robust = [t.extra["throughput_median_step"] for t in ok if "throughput_median_step" in t.extra]
         impls[impl] = {
             "median": _median(tp),
+            "median_step_based": _median(robust),
             "min": min(tp) if tp else None,
             "max": max(tp) if tp else None,
-            "spread_pct": (100.0 * (max(tp) - min(tp)) / _median(tp)) if len(tp) > 1 and _median(tp) else None,
+            "spread_pct": (100.0 * (max(tp) - min(tp)) / _median(tp))
+            if len(tp) > 1 and _median(tp)
+            else None,
             "units_per_step": _median([t.units_per_step for t in ok if t.units_per_step is not None]),
             "tokens_per_step": _median([t.tokens_per_step for t in ok if t.tokens_per_step is not None]),
             "step_s_median": _median([t.step_s_median for t in ok if t.step_s_median is not None]),
@@ -442,8 +454,14 @@ def _case_summary(case: Case, trials: list[Trial]) -> dict[str, Any]:
                 b = [t for t in trials if t.impl == case.baseline and t.round == rnd and t.throughput]
                 if a and b:
                     paired.append(a[0].throughput / b[0].throughput)
+            robust = (
+                s["median_step_based"] / base["median_step_based"]
+                if s["median_step_based"] and base["median_step_based"]
+                else None
+            )
             out.setdefault("ratios", {})[f"{impl}/{case.baseline}"] = {
                 "ratio_of_medians": s["median"] / base["median"],
+                "ratio_step_based": robust,
                 "paired_median": _median(paired),
                 "paired_min": min(paired) if paired else None,
                 "paired_max": max(paired) if paired else None,
@@ -451,7 +469,9 @@ def _case_summary(case: Case, trials: list[Trial]) -> dict[str, Any]:
     return out
 
 
-def write_results(name: str, cases: list[dict], config: dict[str, Any], notes: list[str] | None = None) -> Path:
+def write_results(
+    name: str, cases: list[dict], config: dict[str, Any], notes: list[str] | None = None
+) -> Path:
     """Write ``bench/results/<name>.json`` (atomically) and return its path."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -476,7 +496,9 @@ def print_summary(cases: list[dict]) -> None:
             parts.append(f"{impl} {med}")
         ratio = ""
         for key, r in c.get("ratios", {}).items():
-            ratio += f"  {key} = {r['ratio_of_medians']:.2f}x (paired {r['paired_min']:.2f}-{r['paired_max']:.2f})"
+            ratio += f"  {key} = {r['ratio_of_medians']:.2f}x"
+            if r["paired_min"] is not None:
+                ratio += f" (paired {r['paired_min']:.2f}-{r['paired_max']:.2f})"
         print(f"[bench] {c['name']:<24} {c['unit']:<10} " + ", ".join(parts) + ratio, flush=True)
 
 

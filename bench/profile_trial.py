@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -68,7 +67,9 @@ def summarize(raw: Path, roots: tuple[str, ...], top: int) -> list[tuple[float, 
 def main(argv: list[str] | None = None) -> int:
     harness.require_bench_env()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("case", help="a case name of bench_sft / bench_pref / bench_rl (e.g. sft_packed, dpo, grpo)")
+    p.add_argument(
+        "case", help="a case name of bench_sft / bench_pref / bench_rl (e.g. sft_packed, dpo, grpo)"
+    )
     p.add_argument("--impl", default=None, help="repulse or trl (default: both)")
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=40)

@@ -65,8 +65,30 @@ def main(argv: list[str]) -> int:
     rc = repulse_main(argv)
     if rc == 0:
         rank = int(os.environ.get("RANK", "0"))
-        write_trial_result(clock.result(extra={"argv": argv}), rank)
+        extra = {"argv": argv, **logged_means(argv)}
+        write_trial_result(clock.result(extra=extra), rank)
     return rc
+
+
+# Logged quantities that tell whether both sides did the same work (e.g. response length in RL).
+KEYS = ("loss", "response_length", "reward", "time_generate", "time_experience", "time_train")
+
+
+def logged_means(argv: list[str]) -> dict[str, float]:
+    """Means of a few per-step metrics from ``<ckpt.output_dir>/metrics.jsonl`` (rank 0 writes it)."""
+    import json
+
+    try:
+        out = Path(argv[argv.index("--ckpt.output_dir") + 1])
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    except (ValueError, IndexError, OSError):
+        return {}
+    means = {}
+    for key in KEYS:
+        vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+        if vals:
+            means[f"mean_{key}"] = sum(vals) / len(vals)
+    return means
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates bench/.venv: repulse (editable) + TRL, the side-by-side peer.
+# Creates bench/.venv: repulse (editable) + TRL, the side-by-side peer (+ py-spy for profiles).
 #
 # Why a separate environment: TRL is a benchmark peer, never a dependency of repulse, so it
 # must not leak into the project's own venv. torch is installed first and every later
@@ -30,7 +30,7 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check --progress-ba
 "${PIP[@]}" -c "$ROOT/constraints.txt" \
   transformers tokenizers huggingface-hub safetensors accelerate peft datasets \
   deepspeed pyyaml rich tensorboard matplotlib \
-  "trl==$TRL_VERSION" psutil
+  "trl==$TRL_VERSION" psutil py-spy
 # 3. repulse itself, editable, without letting its loose lower bounds re-resolve anything.
 "${PIP[@]}" -c "$ROOT/constraints.txt" -e "$ROOT"
 

@@ -96,7 +96,7 @@ def _data_section(w: dict[str, Any]):
     return DataSection(**w.get("data_section", {}))
 
 
-def run_sft(w: dict[str, Any], clock: StepClock, out_dir: str) -> None:
+def run_sft(w: dict[str, Any], clock: StepClock, out_dir: str) -> Any:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -123,6 +123,7 @@ def run_sft(w: dict[str, Any], clock: StepClock, out_dir: str) -> None:
         callbacks=[_clock_callback(clock)],
     )
     trainer.train()
+    return trainer
 
 
 def _pairs(w: dict[str, Any]):
@@ -132,14 +133,16 @@ def _pairs(w: dict[str, Any]):
     return tok, PreferenceDataset(_rows(w["data"]), tok, _data_section(w)).items
 
 
-def run_reward(w: dict[str, Any], clock: StepClock, out_dir: str) -> None:
+def run_reward(w: dict[str, Any], clock: StepClock, out_dir: str) -> Any:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
     tok, items = _pairs(w)
-    ds = Dataset.from_list([{"chosen_ids": it["chosen_ids"], "rejected_ids": it["rejected_ids"]} for it in items])
+    ds = Dataset.from_list(
+        [{"chosen_ids": it["chosen_ids"], "rejected_ids": it["rejected_ids"]} for it in items]
+    )
     model = AutoModelForSequenceClassification.from_pretrained(
         w["model"], num_labels=1, dtype=torch.float32, attn_implementation="sdpa"
     )
@@ -149,9 +152,10 @@ def run_reward(w: dict[str, Any], clock: StepClock, out_dir: str) -> None:
         model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[_clock_callback(clock)]
     )
     trainer.train()
+    return trainer
 
 
-def run_dpo(w: dict[str, Any], clock: StepClock, out_dir: str) -> None:
+def run_dpo(w: dict[str, Any], clock: StepClock, out_dir: str) -> Any:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -173,6 +177,7 @@ def run_dpo(w: dict[str, Any], clock: StepClock, out_dir: str) -> None:
         beta=w["beta"],
         padding_free=bool(w.get("packing", False)),
     )
+
     class TokenizedDPOTrainer(DPOTrainer):
         """DPOTrainer that accepts our pre-tokenized pairs (TRL 1.16 always re-tokenizes strings).
 
@@ -193,6 +198,7 @@ def run_dpo(w: dict[str, Any], clock: StepClock, out_dir: str) -> None:
         callbacks=[_clock_callback(clock)],
     )
     trainer.train()
+    return trainer
 
 
 def count_label_reward(completions: list[Any], label: list[str], **_: Any) -> list[float]:
@@ -200,7 +206,7 @@ def count_label_reward(completions: list[Any], label: list[str], **_: Any) -> li
     return [float(str(c).count(str(lab))) for c, lab in zip(completions, label)]
 
 
-def _rl(w: dict[str, Any], clock: StepClock, out_dir: str, kind: str) -> None:
+def _rl(w: dict[str, Any], clock: StepClock, out_dir: str, kind: str) -> Any:
     from datasets import Dataset
 
     clock.disable_token_counting()
@@ -237,6 +243,21 @@ def _rl(w: dict[str, Any], clock: StepClock, out_dir: str, kind: str) -> None:
         callbacks=[_clock_callback(clock)],
     )
     trainer.train()
+    return trainer
+
+
+# Logged quantities that tell whether both sides did the same work (e.g. completion length in RL).
+KEYS = {"loss": "loss", "completions/mean_length": "response_length", "reward": "reward"}
+
+
+def logged_means(trainer: Any) -> dict[str, float]:
+    """Means of a few per-step metrics from the trainer's log history, named as on our side."""
+    means = {}
+    for key, name in KEYS.items():
+        vals = [float(h[key]) for h in trainer.state.log_history if isinstance(h.get(key), (int, float))]
+        if vals:
+            means[f"mean_{name}"] = sum(vals) / len(vals)
+    return means
 
 
 KINDS = {
@@ -258,8 +279,8 @@ def main(argv: list[str]) -> int:
     torch.manual_seed(workload["seed"])
     clock = StepClock()
     out_dir = workload.get("output_dir") or os.path.join(os.environ.get("TMPDIR", "/tmp"), f"trl_{kind}")
-    KINDS[kind](workload, clock, out_dir)
-    write_trial_result(clock.result(extra={"kind": kind}))
+    trainer = KINDS[kind](workload, clock, out_dir)
+    write_trial_result(clock.result(extra={"kind": kind, **logged_means(trainer)}))
     return 0
 
 

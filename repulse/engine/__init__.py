@@ -70,8 +70,14 @@ def build_engine(
         from repulse.engine.local import LocalEngine
 
         if cfg.cpu_offload or cfg.adam_offload:
-            raise UserError(
-                "--engine.cpu_offload / --engine.adam_offload need --engine.backend fsdp or deepspeed."
+            # Commands copied from DeepSpeed-launched recipes carry --adam_offload; on the default
+            # single-process engine there is nothing to offload to, so warn and train without it.
+            from repulse.errors import warn_once
+
+            warn_once(
+                "local-offload",
+                "--engine.cpu_offload / --engine.adam_offload have no effect with --engine.backend local "
+                "(ignored); use --engine.backend fsdp or deepspeed to offload.",
             )
         return LocalEngine(model, spec, param_dtype=dtype, **backend_kwargs)
     if cfg.backend == "fsdp":

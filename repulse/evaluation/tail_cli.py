@@ -100,12 +100,20 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
         "--data.prompt_dataset",
     )
     prompts = PromptDataset(rows_in, tok, cfg.data)
+    # Every rank must make the same number of generate calls (they synchronise with each
+    # other when world > 1), so shorter shards are padded with a copy of prompt 0 whose
+    # samples are dropped.
+    per_rank = -(-len(prompts) // world)
     mine = list(range(rank, len(prompts), world))
+    real = len(mine)
+    mine += [0] * (per_rank - real)
     r = cfg.rollout
+    chunk = max(1, r.micro_batch_size // r.n_samples_per_prompt)
     rows: list[dict] = []
     for k in range(t.passes):
-        for s in range(0, len(mine), max(1, r.micro_batch_size // r.n_samples_per_prompt)):
-            items = [prompts[i] for i in mine[s : s + max(1, r.micro_batch_size // r.n_samples_per_prompt)]]
+        for s in range(0, len(mine), chunk):
+            items = [prompts[i] for i in mine[s : s + chunk]]
+            n_real = max(0, min(real - s, len(items))) * r.n_samples_per_prompt
             ids = [it["prompt_ids"] for it in items]
             max_new = r.max_new_tokens or max(1, cfg.data.max_len - max(len(p) for p in ids))
             samples = hf_generate(
@@ -131,7 +139,7 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
             )
             batch = reward_input(roles, samples, items)
             reward = combine([src(batch).float() for src in rewards], cfg.reward.reduction)
-            for i in range(mask.shape[0]):
+            for i in range(n_real):
                 row = {
                     "prompt": batch.prompts[i],
                     "response": batch.responses[i],

@@ -1,4 +1,16 @@
-"""KL estimators and KL-coefficient controllers (OpenRLHF ``compute_approx_kl``, Ziegler et al.)."""
+"""KL estimators and KL-coefficient controllers (OpenRLHF ``compute_approx_kl``, Ziegler et al.).
+
+Sign convention (Schulman, "Approximating KL divergence"; spec §3.7). Tokens are sampled
+from π (the policy), and every estimator is a per-token estimate of KL(π ‖ π_ref):
+
+    δ = log π − log π_ref,   r = π_ref/π = exp(−δ)
+    k1 = −log r = δ          (unbiased, can be negative)
+    k2 = ½(log r)² = ½δ²     (biased, ≥ 0)
+    k3 = (r − 1) − log r = exp(−δ) − 1 + δ   (unbiased, ≥ 0)
+
+Note k1 is **−**log r with r = π_ref/π (equivalently log(π/π_ref)): positive where the
+policy puts more mass than the reference. Every value is clamped to [−10, 10].
+"""
 
 from __future__ import annotations
 
@@ -38,6 +50,7 @@ class FixedKLController:
         self.value = float(init_coef)
 
     def update(self, current_kl: float, n_steps: int) -> None:
+        """β is unchanged."""
         return None
 
     def state_dict(self) -> dict[str, float]:
@@ -55,5 +68,6 @@ class AdaptiveKLController(FixedKLController):
         self.target, self.horizon = float(target), int(horizon)
 
     def update(self, current_kl: float, n_steps: int) -> None:
+        """err = clip(KL/target − 1, −0.2, 0.2);  β ← β·(1 + err·n_steps/horizon)."""
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon

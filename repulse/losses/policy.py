@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from repulse.losses.aggregation import masked_mean
+
 
 def ppo_policy_loss(
     logprobs: torch.Tensor,
@@ -21,7 +23,10 @@ def ppo_policy_loss(
         dual clip (c > 1), only where A_t < 0:  ℓ_t = −max(min(ρA, clip(ρ)A), c·A_t)
 
     Returns ``(ℓ [B, T], metrics)``; metrics (masked means): ``clip_frac`` = 1[clipped term
-    is the smaller one], ``approx_kl`` = log π_old − log π_θ, ``ratio``.
+    is the smaller one], ``approx_kl`` = log π_old − log π_θ, ``ratio``. At ρ ≡ 1 (first
+    update on fresh experience) ℓ_t = −A_t and clip_frac = 0. The token-level loss is
+    ``Σ m ℓ / Σ m`` (``repulse.losses.aggregation.token_sum_and_count``). Off-mask
+    positions never enter the metrics, even when they hold ``nan``.
     """
     log_ratio = (logprobs - old_logprobs).clamp(-20.0, 20.0)
     ratio = torch.exp(log_ratio)
@@ -33,13 +38,12 @@ def ppo_policy_loss(
             raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
         dual = -torch.max(torch.min(surr1, surr2), dual_clip * advantages)
         loss = torch.where(advantages < 0, dual, loss)
-    m = mask.to(loss.dtype)
-    n = m.sum().clamp(min=1)
-    metrics = {
-        "clip_frac": ((surr2 < surr1).to(m.dtype) * m).sum().detach() / n,
-        "approx_kl": ((old_logprobs - logprobs) * m).sum().detach() / n,
-        "ratio": (ratio * m).sum().detach() / n,
-    }
+    with torch.no_grad():
+        metrics = {
+            "clip_frac": masked_mean((surr2 < surr1).to(loss.dtype), mask),
+            "approx_kl": masked_mean(old_logprobs - logprobs, mask),
+            "ratio": masked_mean(ratio, mask),
+        }
     return loss, metrics
 
 

@@ -8,7 +8,12 @@ import torch
 def overlong_penalty(
     lengths: torch.Tensor, max_new_tokens: int, buffer_len: float, factor: float
 ) -> torch.Tensor:
-    """DAPO overlong penalty: e = len − (L_max − B); penalty = −min(e, B)/B·f where e > 0, else 0."""
+    """DAPO overlong penalty (OpenRLHF ``length_penalty.py``), added to the scalar reward.
+
+    With L_max = ``max_new_tokens``, B = ``buffer_len``, f = ``factor`` and
+    e = len − (L_max − B):  penalty = −min(e, B)/B · f  where e > 0, else 0.
+    A linear ramp from 0 at len = L_max − B down to −f at len = L_max (and −f beyond).
+    """
     excess = lengths.float() - (max_new_tokens - buffer_len)
     return torch.where(
         excess > 0, -excess.clamp(max=buffer_len) / buffer_len * factor, torch.zeros_like(excess)
@@ -16,16 +21,26 @@ def overlong_penalty(
 
 
 def clip_rewards(r: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """r ← clamp(r, low, high) (``--reward.clip_range``, applied after the group baseline)."""
     return r.clamp(min=low, max=high)
 
 
 class RunningMeanStd:
-    """Running mean and variance over every reward seen (parallel-variance update, Chan et al.)."""
+    """Running mean and (population) variance over every reward seen (``--reward.normalize_enable``).
+
+    Starts at μ = 0, σ² = 1, count = 0; each ``update`` merges a batch exactly (Chan et al.),
+    so after any sequence of batches μ and σ² equal those of all rewards seen so far.
+    """
 
     def __init__(self, eps: float = 1e-8):
         self.mean, self.var, self.count, self.eps = 0.0, 1.0, 0.0, eps
 
     def update(self, x: torch.Tensor) -> None:
+        """Merge a batch of n values with mean μ_b, population variance σ²_b (float64):
+
+        N = c + n, δ = μ_b − μ,  μ ← μ + δ·n/N,
+        σ² ← (σ²·c + σ²_b·n + δ²·c·n/N)/N,  c ← N.   An empty batch changes nothing.
+        """
         x = x.double().flatten()
         n = float(x.numel())
         if n == 0:

@@ -138,7 +138,9 @@ def validate(cfg: OfflineConfig) -> None:
             f"--model.label_smoothing (cDPO's label-flip probability) must be in [0, 0.5], got {m.label_smoothing}."
         )
     if m.ipo_enable and m.label_smoothing:
-        raise UserError("--model.ipo_enable and --model.label_smoothing exclude each other (IPO has no smoothing).")
+        raise UserError(
+            "--model.ipo_enable and --model.label_smoothing exclude each other (IPO has no smoothing)."
+        )
     if m.nll_loss_coef < 0:
         raise UserError(f"--model.nll_loss_coef must be >= 0, got {m.nll_loss_coef}.")
 
@@ -146,7 +148,9 @@ def validate(cfg: OfflineConfig) -> None:
 class DPOMethod:
     """DPO / IPO / cDPO (+ NLL) on a preference-collated micro-batch; units = pairs."""
 
-    def __init__(self, engine: Any, ref: Any, beta: float, label_smoothing: float, ipo: bool, nll_coef: float):
+    def __init__(
+        self, engine: Any, ref: Any, beta: float, label_smoothing: float, ipo: bool, nll_coef: float
+    ):
         self.engine = engine
         self.ref = ref
         self.beta = beta
@@ -206,9 +210,7 @@ def run(cfg: OfflineConfig) -> int:
     run_ = start_run(cfg)
     tokenizer = load_tokenizer(path, chat_template=cfg.data.tokenizer_chat_template, padding_side="right")
     train_set, eval_set = train_eval_sets(cfg, lambda rows: PreferenceDataset(rows, tokenizer, cfg.data))
-    collate = partial(
-        preference_collate, pad_id=tokenizer.pad_token_id, packing=cfg.engine.packing_samples
-    )
+    collate = partial(preference_collate, pad_id=tokenizer.pad_token_id, packing=cfg.engine.packing_samples)
     model = load_causal_lm(
         path,
         dtype=cfg.engine.param_dtype,

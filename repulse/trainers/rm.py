@@ -46,6 +46,36 @@ def validate(cfg: OfflineConfig) -> None:
         raise UserError(f"--model.loss_type {cfg.model.loss_type!r} is unknown; choose sigmoid or logexp.")
 
 
+def tied_token_values(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+) -> torch.Tensor:
+    """``token_values`` whose result also depends (with weight 0) on the model's own output.
+
+    Why: ``token_values`` reads the head's per-token output through a forward hook, so the
+    loss never flows through the root module's return value. FSDP2 re-gathers a resharded
+    root unit (which holds the head) from hooks on that return value, and without them its
+    backward finds the head's weight freed. Adding 0·Σ(model output) changes no value and no
+    gradient, but routes the backward through those hooks.
+    """
+    from repulse.models.loading import token_values
+
+    outputs: list = []
+    handle = model.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+    try:
+        values = token_values(model, input_ids, attention_mask, position_ids)
+    finally:
+        handle.remove()
+    if torch.is_grad_enabled() and outputs:
+        out = outputs[-1]
+        pooled = out.logits if hasattr(out, "logits") else out[0]
+        if isinstance(pooled, torch.Tensor) and pooled.requires_grad:
+            values = values + 0.0 * pooled.float().sum()
+    return values
+
+
 class RewardModelMethod:
     """Pairwise reward-model loss on a preference-collated micro-batch; units = pairs."""
 
@@ -59,12 +89,19 @@ class RewardModelMethod:
         return float(batch["margin"].numel())
 
     def scores(self, batch: dict) -> torch.Tensor:
-        """The reward of every sequence of a (device) batch, ``[2B]`` fp32: chosen first."""
-        from repulse.models.loading import sequence_scores, token_values
+        """The reward of every sequence of a (device) batch, ``[2B]`` fp32: chosen first.
 
+        Padded: the head at each row's last attended token (``sequence_scores``). Packed: the
+        head at each packed sample's last token (``cumsum(seq_lens) − 1``).
+        """
+        from repulse.models.positions import last_token_index
+
+        values = tied_token_values(
+            self.engine.module, batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids")
+        )
         if "seq_lens" not in batch:
-            return sequence_scores(self.engine.module, batch["input_ids"], batch["attention_mask"])
-        values = token_values(self.engine.module, batch["input_ids"], None, batch["position_ids"])
+            idx = last_token_index(batch["attention_mask"]).to(values.device)
+            return values.gather(1, idx[:, None]).squeeze(1)
         ends = batch["seq_lens"].to(values.device).cumsum(0) - 1
         return values[0, ends]
 
@@ -83,7 +120,9 @@ class RewardModelMethod:
 
 
 @torch.no_grad()
-def reward_stats(engine: Any, method: RewardModelMethod, dataset: Any, collate: Any, micro: int) -> tuple[float, float]:
+def reward_stats(
+    engine: Any, method: RewardModelMethod, dataset: Any, collate: Any, micro: int
+) -> tuple[float, float]:
     """Mean and unbiased std of the rewards of all chosen and rejected sequences of ``dataset``.
 
     Pairs are sharded over ranks; every rank runs the same number of forwards (a rank that
@@ -129,9 +168,7 @@ def run(cfg: OfflineConfig) -> int:
     run_ = start_run(cfg)
     tokenizer = load_tokenizer(path, chat_template=cfg.data.tokenizer_chat_template, padding_side="right")
     train_set, eval_set = train_eval_sets(cfg, lambda rows: PreferenceDataset(rows, tokenizer, cfg.data))
-    collate = partial(
-        preference_collate, pad_id=tokenizer.pad_token_id, packing=cfg.engine.packing_samples
-    )
+    collate = partial(preference_collate, pad_id=tokenizer.pad_token_id, packing=cfg.engine.packing_samples)
     model = load_scalar_model(
         path,
         value_head_prefix=cfg.model.value_head_prefix,

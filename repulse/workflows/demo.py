@@ -109,9 +109,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per method")
     parser.add_argument("--quick", action="store_true", help="a much shorter run (for tests)")
     args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
     from repulse.toy import build_all
     from repulse.trainers import rl_loop, rm, sft
 
+    hf_logging.disable_progress_bar()  # 40 model loads/saves: their bars would bury the demo's own lines
     t_start = time.time()
     out = Path(args.out)
     toy = build_all(out / "toy_assets")

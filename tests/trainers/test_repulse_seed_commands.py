@@ -19,15 +19,29 @@ from repulse.config.legacy import split_launcher  # noqa: E402
 from repulse.config.sections import RLConfig  # noqa: E402
 from repulse.trainers.rl import validate  # noqa: E402
 
-README = [c for c in SEED_COMMANDS if c.source.startswith("repulse-readme") and c.command == "rl"]
+# "..."-elided fragments (e.g. the reward-function snippet) are not runnable commands
+README = [
+    c
+    for c in SEED_COMMANDS
+    if c.source.startswith("repulse-readme") and c.command == "rl" and "\n  ...\n" not in c.text
+]
 HUB_FLAGS = {"--pretrain", "--reward_pretrain", "--critic_pretrain", "--prompt_data", "--heldout_prompt_data"}
 
 
 def _toy_argv(text: str, lm: Path, rm: Path, prompts: Path, out: Path) -> list[str]:
     command, argv = split_launcher(shell_split(text))
     assert command == "rl"
-    swap = {"--pretrain": lm, "--critic_pretrain": lm, "--reward_pretrain": rm, "--prompt_data": prompts, "--heldout_prompt_data": prompts}
+    swap = {
+        "--pretrain": lm,
+        "--critic_pretrain": lm,
+        "--reward_pretrain": rm,
+        "--prompt_data": prompts,
+        "--heldout_prompt_data": prompts,
+    }
     argv = [str(swap[argv[i - 1]]) if i and argv[i - 1] in HUB_FLAGS else a for i, a in enumerate(argv)]
+    if "--use_wandb" in argv:  # an account key, like the Hub names: wandb is an optional extra
+        i = argv.index("--use_wandb")
+        del argv[i : i + 2]
     shrink = [
         "--rollout.batch_size", "1", "--rollout.n_samples_per_prompt", "4",
         "--rollout.micro_batch_size", "8", "--rollout.max_new_tokens", "2", "--train.batch_size", "4",
@@ -42,24 +56,66 @@ def test_the_readme_has_every_method():
     assert len(README) >= 25
     methods = set()
     for c in README:
-        cfg = parse_config("rl", RLConfig, _toy_argv(c.text, Path("lm"), Path("rm"), Path("p.jsonl"), Path("o")), None)
+        cfg = parse_config(
+            "rl", RLConfig, _toy_argv(c.text, Path("lm"), Path("rm"), Path("p.jsonl"), Path("o")), None
+        )
         methods.add(cfg.repulse.method if cfg.repulse.method != "rl" else cfg.algo.advantage.estimator)
     assert methods == {"gae", "reinforce", "reward_transform", "p_proposal", "repulse"}
 
 
-@pytest.mark.slow
-def test_each_readme_command_runs_a_step(toy, tmp_path):
-    from repulse.trainers import rl_loop, rm, sft
+@pytest.fixture(scope="module")
+def lm_rm(toy, tmp_path_factory):
+    from repulse.trainers import rm, sft
     from repulse.workflows.demo import _rm_config, _sft_config
 
-    sft.run(_sft_config(toy, tmp_path, quick=True))
-    rm.run(_rm_config(toy, tmp_path / "lm", tmp_path, quick=True))
-    prompts = tmp_path / "this_man_is_a.jsonl"  # the seed commands read the key 'prompt'
-    prompts.write_text(json.dumps({"prompt": "This man is a"}) + "\n")
+    out = tmp_path_factory.mktemp("lm_rm")
+    sft.run(_sft_config(toy, out, quick=True))
+    rm.run(_rm_config(toy, out / "lm", out, quick=True))
+    return out / "lm", out / "rm"
+
+
+@pytest.mark.slow
+def test_each_readme_command_runs_a_step(toy, lm_rm, tmp_path):
+    from repulse.trainers import rl_loop
+
+    lm, rm = lm_rm
+    # the toy and Setting 1 commands read the key 'prompt'; Setting 2 reads chat messages
+    prompts = tmp_path / "this_man_is_a.jsonl"
+    row = {"prompt": "This man is a", "context_messages": [{"role": "user", "content": "This man is a"}]}
+    prompts.write_text(json.dumps(row) + "\n")
     for c in README:
         out = tmp_path / "runs" / c.name
-        cfg = parse_config("rl", RLConfig, _toy_argv(c.text, tmp_path / "lm", tmp_path / "rm", prompts, out), validate)
+        cfg = parse_config("rl", RLConfig, _toy_argv(c.text, lm, rm, prompts, out), validate)
         rl_loop.run(cfg)
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
         assert any(r.get("step") == 1 and "reward" in r for r in rows), c.name
         assert (out / "config.json").is_file(), c.name
+
+
+@pytest.mark.slow
+def test_toy_recipes_run(toy, lm_rm, tmp_path, monkeypatch):
+    """The toy recipes as written (relative toy_assets/ paths), one step each."""
+    import shutil
+
+    from repulse.trainers import rl_loop
+
+    lm, rm = lm_rm
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(toy.root, tmp_path / "toy_assets")
+    shutil.copytree(rm, tmp_path / "toy_assets" / "rm")
+    recipes = sorted((Path(__file__).resolve().parents[2] / "recipes" / "repulse").glob("toy_*.yaml"))
+    assert len(recipes) >= 10
+    for recipe in recipes:
+        out = tmp_path / "runs" / recipe.stem
+        argv = [
+            "--config",
+            str(recipe),
+            "--train.max_steps",
+            "1",
+            "--repulse.fit_steps",
+            "1",
+            "--ckpt.output_dir",
+            str(out),
+        ]
+        rl_loop.run(parse_config("rl", RLConfig, argv, validate))
+        assert (out / "config.json").is_file(), recipe.name

@@ -1,0 +1,177 @@
+"""Render ``bench/results/*.json`` as Markdown tables inside ``bench/README.md``.
+
+Usage: ``python bench/report.py [--check]`` (standard library only: runs with any Python 3.10+).
+The tables go between ``<!-- bench:results:start -->`` and ``<!-- bench:results:end -->``;
+everything else in the README is left alone. ``--check`` exits 1 if the README is not up to
+date with the JSON (without writing it).
+
+Why generated: numbers typed by hand drift from the measurements; the JSON is the record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS = BENCH_DIR / "results"
+README = BENCH_DIR / "README.md"
+START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
+ORDER = ["sft", "pref", "rl", "scale"]
+TITLES = {
+    "sft": "SFT tokens/s vs TRL SFTTrainer (`bench_sft.py`)",
+    "pref": "RM / DPO pairs/s vs TRL RewardTrainer / DPOTrainer (`bench_pref.py`)",
+    "rl": "GRPO / RLOO samples/s vs TRL GRPOTrainer / RLOOTrainer (`bench_rl.py`)",
+    "scale": "repulse SFT, 1 vs 2 processes (`bench_scale.py`)",
+}
+
+
+def _num(x: float | None, digits: int = 1) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:,.{digits}f}"
+
+
+def _ratio(r: dict[str, Any] | None) -> str:
+    if not r:
+        return "n/a"
+    text = f"**{r['ratio_of_medians']:.2f}x**"
+    if r.get("paired_min") is not None and r.get("paired_max") is not None:
+        text += f" ({r['paired_min']:.2f}-{r['paired_max']:.2f})"
+    return text
+
+
+def _goal(goal: float | None, r: dict[str, Any] | None) -> str:
+    if goal is None:
+        return ""
+    if not r:
+        return f">= {goal:g}x: not measured"
+    return f">= {goal:g}x: {'met' if r['ratio_of_medians'] >= goal else 'not met'}"
+
+
+def _machine(m: dict[str, Any], cfg: dict[str, Any]) -> str:
+    v = m.get("versions", {})
+    load = m.get("loadavg_1_5_15")
+    load_s = f", load average at the end {load[0]:.1f}" if load else ""
+    return (
+        f"_{m.get('date', '?')}; {m.get('cpu_count')} CPUs ({m.get('cpu_model') or 'unknown CPU'}){load_s}; "
+        f"torch {v.get('torch')}, transformers {v.get('transformers')}, trl {v.get('trl')}, "
+        f"deepspeed {v.get('deepspeed')}; {cfg.get('rounds')} interleaved rounds, "
+        f"{cfg.get('threads', '?')} thread(s) per process"
+        + ("; QUICK smoke run, not a result" if cfg.get("quick") else "")
+        + "._"
+    )
+
+
+def _errors(case: dict[str, Any]) -> list[str]:
+    lines = []
+    for impl, s in case["impls"].items():
+        if s.get("n_failed"):
+            first = (s.get("errors") or ["?"])[0].splitlines()
+            head = first[0][:160] if first else "?"
+            last = next((ln for ln in reversed(first) if ln.strip()), "")[:200]
+            lines.append(
+                f"- `{case['name']}` / {impl}: {s['n_failed']} trial(s) failed: `{head}` ... `{last}`"
+            )
+    return lines
+
+
+def render_vs_trl(data: dict[str, Any]) -> list[str]:
+    out = [
+        "| case | unit | repulse | TRL | repulse / TRL (paired range) | goal |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    errors: list[str] = []
+    for c in data["cases"]:
+        imp = c["impls"]
+        r = (c.get("ratios") or {}).get("repulse/trl")
+        out.append(
+            f"| `{c['name']}` | {c['unit']} | {_num(imp.get('repulse', {}).get('median'))} | "
+            f"{_num(imp.get('trl', {}).get('median'))} | {_ratio(r)} | {_goal(c.get('goal_ratio'), r)} |"
+        )
+        errors += _errors(c)
+    return out + ([""] + errors if errors else [])
+
+
+def render_scale(data: dict[str, Any]) -> list[str]:
+    out = [
+        "| variant | tokens/s | vs 1 process (paired range) | peak RSS per process (MiB) |",
+        "|---|---:|---|---|",
+    ]
+    errors: list[str] = []
+    for c in data["cases"]:
+        for impl, s in c["impls"].items():
+            r = (c.get("ratios") or {}).get(f"{impl}/1proc")
+            per_proc = _per_process_rss(c, impl) or "n/a"
+            out.append(
+                f"| `{impl}` | {_num(s.get('median'))} | {'1.00x' if impl == '1proc' else _ratio(r)} | {per_proc} |"
+            )
+        errors += _errors(c)
+    return out + ([""] + errors if errors else [])
+
+
+def _per_process_rss(case: dict[str, Any], impl: str) -> str:
+    """Median over trials of each rank's peak RSS, as 'rank0 / rank1'."""
+    per_rank: dict[int, list[float]] = {}
+    for t in case["trials"]:
+        if t["impl"] == impl and not t["error"]:
+            for rank, x in enumerate(t["peak_rss_mib"]):
+                per_rank.setdefault(rank, []).append(x)
+    parts = []
+    for rank in sorted(per_rank):
+        xs = sorted(per_rank[rank])
+        parts.append(f"{xs[len(xs) // 2]:,.0f}")
+    return " / ".join(parts)
+
+
+def render() -> str:
+    lines = [START, ""]
+    found = False
+    names = ORDER + sorted(
+        p.stem for p in RESULTS.glob("*.json") if p.stem not in ORDER and "quick" not in p.stem
+    )
+    for name in names:
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        found = True
+        data = json.loads(path.read_text())
+        lines += [f"### {TITLES.get(name, name)}", "", _machine(data["machine"], data.get("config", {})), ""]
+        lines += render_scale(data) if name == "scale" else render_vs_trl(data)
+        for note in data.get("notes", []):
+            lines += ["", f"> {note}"]
+        lines.append("")
+    if not found:
+        lines += ["_No results yet: run `bash bench/run_all.sh`._", ""]
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="exit 1 if README.md is stale; write nothing")
+    args = p.parse_args(argv)
+    text = README.read_text()
+    if START not in text or END not in text:
+        sys.stderr.write(f"error: {README} has no {START} ... {END} markers to write the tables between.\n")
+        return 2
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = head + render() + tail
+    if args.check:
+        if new != text:
+            sys.stderr.write(
+                "bench/README.md is out of date with bench/results: run python bench/report.py\n"
+            )
+            return 1
+        return 0
+    README.write_text(new)
+    print(f"[report] wrote the results tables into {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""``repulse dpo`` end to end: learning on held-out pairs, the loss variants' first-step values,
+packing, reference offload and choice, 2 processes (fsdp / deepspeed ZeRO-3), recipes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from test_rm import (
+    HAS_DS,
+    RECIPES,
+    assert_two_processes_match,
+    cfg_file,
+    eval_rows,
+    pairs_cfg,
+    run_recipe,
+    series,
+    torchrun,
+    train_rows,
+)
+
+from repulse.config.sections import OfflineConfig
+from repulse.trainers import dpo
+
+
+@pytest.mark.slow
+def test_dpo_raises_the_heldout_margin_and_accuracy(toy, tmp_path):
+    out = tmp_path / "dpo"
+    cfg = pairs_cfg(toy, out, train__batch_size=16, train__micro_batch_size=16, train__max_steps=24)
+    cfg.adam.lr = 2e-3
+    cfg.eval.dataset = str(toy.pairs_eval)
+    dpo.run(cfg)
+    first, last = eval_rows(out)[0], eval_rows(out)[-1]
+    # the policy starts as the reference: every implicit reward is exactly 0
+    assert first["step"] == 0 and first["eval_margin"] == 0.0 and first["eval_acc"] == 0.0
+    assert first["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert last["eval_margin"] > 1.0, last
+    assert last["eval_acc"] >= 0.9, last
+    assert last["eval_chosen_reward"] > last["eval_rejected_reward"]
+    assert last["eval_loss"] < 0.5 * first["eval_loss"]
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out).config.architectures == ["LlamaForCausalLM"]
+
+
+def test_dpo_variants_first_step_values_packing_and_reference(toy, tmp_path):
+    def go(name: str, **over) -> list[dict]:
+        dpo.run(pairs_cfg(toy, tmp_path / name, data__max_samples=16, **over))
+        return train_rows(tmp_path / name)
+
+    base = go("dpo")
+    # step 1 (policy = reference): h = 0 so DPO and cDPO give log 2, IPO (0 - 1/(2 beta))^2
+    assert base[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert base[0]["margin"] == 0.0 and base[0]["chosen_reward"] == 0.0
+    assert go("cdpo", model__label_smoothing=0.2)[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    ipo = go("ipo", model__ipo_enable=True, model__beta=0.5)
+    assert ipo[0]["loss"] == pytest.approx(1.0, abs=1e-6)
+    nll = go("nll", model__nll_loss_coef=0.5)
+    assert nll[0]["loss"] == pytest.approx(math.log(2) + 0.5 * nll[0]["nll"], abs=1e-5)
+    assert nll[0]["nll"] > 1.0  # a random model: per-token NLL near log(vocab)
+    # packing, reference offload and micro-batch accumulation change nothing
+    for name, over in {
+        "pack": {"engine__packing_samples": True},
+        "offload": {"ref__offload": True},
+        "micro2": {"train__micro_batch_size": 2},
+    }.items():
+        rows = go(name, **over)
+        for key in ("loss", "margin", "chosen_logp", "rejected_logp"):
+            assert [r[key] for r in rows] == pytest.approx([r[key] for r in base], abs=1e-5), (name, key)
+    # an explicit, different reference: rewards are non-zero from the first step
+    other = go("ref", ref__model_name_or_path=str(toy.gpt2))
+    assert other[0]["chosen_reward"] != 0.0
+    assert other[0]["chosen_logp"] == pytest.approx(base[0]["chosen_logp"], abs=1e-5)
+
+
+def test_dpo_sequence_logps_padded_equal_packed():
+    from repulse.trainers.dpo import sequence_logps
+
+    torch.manual_seed(0)
+    lens = torch.tensor([4, 6, 3])
+    masks = [torch.tensor(m) for m in ([0, 0, 1, 1], [0, 1, 1, 1, 1, 0], [0, 0, 1])]
+    logp = [torch.randn(n - 1) for n in lens.tolist()]
+    width = int(lens.max()) - 1
+    pad_lp = torch.full((3, width), float("nan"))
+    pad_m = torch.zeros(3, width, dtype=torch.long)
+    for i in range(3):
+        pad_lp[i, : lens[i] - 1], pad_m[i, : lens[i] - 1] = logp[i], masks[i][1:]
+    sums, counts = sequence_logps(pad_lp, pad_m)
+    # packed row: the column before each sample's first token scores across the boundary
+    packed_lp = torch.cat([torch.cat([lp, torch.tensor([float("nan")])]) for lp in logp])[:-1][None]
+    packed_m = torch.cat(masks)[1:][None]
+    psums, pcounts = sequence_logps(packed_lp, packed_m, lens)
+    torch.testing.assert_close(psums, sums)
+    torch.testing.assert_close(pcounts, counts)
+    expected = torch.stack([(lp * m[1:]).sum() for lp, m in zip(logp, masks)])
+    torch.testing.assert_close(sums, expected)
+    assert counts.tolist() == [2.0, 4.0, 1.0]
+
+
+def test_dpo_flags_are_checked_at_parse_time():
+    from repulse.config import parse_config
+    from repulse.errors import UserError
+
+    base = ["--model.model_name_or_path", "m", "--data.dataset", "d"]
+    for extra, flag in [
+        (["--model.ipo_enable", "--model.label_smoothing", "0.1"], "--model.ipo_enable"),
+        (["--model.beta", "0"], "--model.beta"),
+        (["--model.label_smoothing", "0.7"], "--model.label_smoothing"),
+        (["--model.nll_loss_coef", "-1"], "--model.nll_loss_coef"),
+    ]:
+        with pytest.raises(UserError, match=flag):
+            parse_config("dpo", OfflineConfig, base + extra, dpo.validate)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", sorted((RECIPES / "dpo").glob("*.yaml")), ids=lambda p: p.stem)
+def test_dpo_recipes_run(toy, tmp_path, monkeypatch, recipe):
+    run_recipe(toy, tmp_path, "dpo", recipe, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize(
+    "engine",
+    ["fsdp", pytest.param("deepspeed", marks=pytest.mark.skipif(not HAS_DS, reason="needs deepspeed"))],
+)
+def test_dpo_two_processes_reproduce_one(toy, tmp_path, engine):
+    """2 gloo processes (fsdp, or deepspeed ZeRO-3; the reference a full replica on each) vs 1
+    local process: losses, metrics and final weights within 1e-5 (fp32)."""
+    one = tmp_path / "one"
+    over = {"train__max_steps": 3, "model__nll_loss_coef": 0.1, "data__max_samples": 24}
+    dpo.run(pairs_cfg(toy, one, **over))
+    two_cfg = pairs_cfg(toy, tmp_path / "two", engine__backend=engine, engine__zero_stage=3, **over)
+    two_cfg.engine.param_dtype = "fp32"
+    torchrun(["dpo", "--config", cfg_file(two_cfg, tmp_path / "two.yaml")], cwd=tmp_path)
+    assert_two_processes_match(
+        one, tmp_path / "two", ("loss", "acc", "margin", "nll", "chosen_logp", "grad_norm")
+    )
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert series(tmp_path / "two", "margin")[-1] != 0.0

@@ -1,0 +1,297 @@
+"""``repulse rm`` end to end: learning, HF export and scores, reward statistics, loss variants,
+packing, 2 processes (fsdp / deepspeed ZeRO-3), bad input, recipes.
+
+The helpers at the top (config builder, CLI runner, recipe runner, torchrun launcher) are
+shared by the other offline-trainer tests (``from test_rm import ...``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from repulse.config.sections import OfflineConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = ROOT / "recipes"
+HAS_DS = importlib.util.find_spec("deepspeed") is not None
+TEMPLATE = "User: {}\nAssistant: "
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def offline_cfg(model: Path, data: Path, out: Path, **over) -> OfflineConfig:
+    """A small fp32 CPU config; ``over`` sets ``section__name=value``."""
+    cfg = OfflineConfig()
+    cfg.model.model_name_or_path = str(model)
+    cfg.data.dataset = str(data)
+    cfg.data.max_len = 64
+    cfg.train.batch_size, cfg.train.micro_batch_size = 8, 4
+    cfg.train.max_steps = 2
+    cfg.adam.lr = 1e-3
+    cfg.optim.lr_warmup_ratio = 0.0
+    cfg.ckpt.output_dir = str(out)
+    cfg.logger.progress_bar = False
+    for key, value in over.items():
+        section, name = key.split("__")
+        setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+def pairs_cfg(toy, out: Path, **over) -> OfflineConfig:
+    cfg = offline_cfg(toy.llama, toy.pairs, out, **over)
+    cfg.data.prompt_key = "prompt"
+    cfg.data.input_template = TEMPLATE
+    return cfg
+
+
+def metrics(out: Path) -> list[dict]:
+    return [
+        json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines() if line.strip()
+    ]
+
+
+def train_rows(out: Path) -> list[dict]:
+    return [r for r in metrics(out) if "loss" in r]
+
+
+def eval_rows(out: Path) -> list[dict]:
+    return [r for r in metrics(out) if "eval_loss" in r]
+
+
+def series(out: Path, key: str) -> list[float]:
+    return [r[key] for r in train_rows(out)]
+
+
+def cli(args: list[str], cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "repulse", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """Non-zero exit, one ``error:`` paragraph on stderr naming ``needles``, no traceback."""
+    assert proc.returncode != 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    err = proc.stderr.strip()
+    lines = err.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("error:"))
+    paragraph = "\n".join(lines[start:])
+    assert paragraph.strip() and "\n\n" not in paragraph, err
+    for needle in needles:
+        assert needle in paragraph, (needle, err)
+
+
+def run_recipe(toy, tmp_path: Path, command: str, recipe: Path, monkeypatch) -> Path:
+    """Run ``repulse <command> --config recipe`` for 2 steps where ``toy_assets/`` is the toy build."""
+    from repulse import cli as repulse_cli
+
+    (tmp_path / "toy_assets").symlink_to(toy.root, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    argv = [command, "--config", str(recipe), "--ckpt.output_dir", str(out), "--train.max_steps", "2"]
+    argv += ["--logger.progress_bar", "false"]
+    assert repulse_cli.main(argv) == 0
+    rows = train_rows(out)
+    assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) for r in rows)
+    return out
+
+
+def torchrun(args: list[str], cwd: Path, timeout: int = 600) -> None:
+    """``repulse <args>`` on 2 gloo processes (CPU)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    proc = subprocess.run(
+        [*cmd, "-m", "repulse", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+
+
+def cfg_file(cfg: OfflineConfig, path: Path) -> str:
+    """Write ``cfg`` as a YAML recipe (every leaf, so nothing depends on defaults)."""
+    from repulse.config.schema import to_yaml
+
+    path.write_text(to_yaml(cfg))
+    return str(path)
+
+
+def assert_two_processes_match(one: Path, two: Path, keys: tuple[str, ...], atol: float = 1e-5) -> None:
+    a, b = train_rows(one), train_rows(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for key in keys:
+            assert rb[key] == pytest.approx(ra[key], abs=atol), (key, ra["step"], ra[key], rb[key])
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k].float(), wa[k].float(), atol=atol, rtol=0, msg=k)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def _hf_scores(model, items: list[dict], pad_id: int) -> torch.Tensor:
+    """Transformers' own pooled scores of every chosen and rejected sequence (right padded)."""
+    seqs = [it["chosen_ids"] for it in items] + [it["rejected_ids"] for it in items]
+    out = []
+    for i in range(0, len(seqs), 64):
+        chunk = seqs[i : i + 64]
+        width = max(map(len, chunk))
+        ids = torch.full((len(chunk), width), pad_id)
+        attn = torch.zeros_like(ids)
+        for j, s in enumerate(chunk):
+            ids[j, : len(s)], attn[j, : len(s)] = torch.tensor(s), 1
+        with torch.no_grad():
+            out.append(model(input_ids=ids, attention_mask=attn).logits.squeeze(-1))
+    return torch.cat(out)
+
+
+@pytest.mark.slow
+def test_rm_learns_the_preference_and_exports_an_identical_hf_scorer(toy, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from repulse.data.collate import preference_collate
+    from repulse.data.preference import PreferenceDataset
+    from repulse.data.sources import load_rows
+    from repulse.models.loading import get_reward_stats, load_scalar_model, sequence_scores
+    from repulse.trainers import rm
+
+    out = tmp_path / "rm"
+    cfg = pairs_cfg(toy, out, train__batch_size=16, train__micro_batch_size=16, train__max_steps=24)
+    cfg.adam.lr = 2e-3
+    cfg.eval.dataset = str(toy.pairs_eval)
+    rm.run(cfg)
+    evals = eval_rows(out)
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 24
+    assert evals[-1]["eval_acc"] >= 0.9, evals[-1]
+    assert evals[-1]["eval_margin"] > evals[0]["eval_margin"]
+    for key in ("loss", "acc", "chosen_reward", "rejected_reward", "margin"):
+        assert all(math.isfinite(r[key]) for r in train_rows(out)), key
+
+    hf = AutoModelForSequenceClassification.from_pretrained(out, num_labels=1).eval()
+    ours = load_scalar_model(str(out), init_from_lm=False, trainable=False)
+    tok = AutoTokenizer.from_pretrained(out)
+    data = PreferenceDataset(load_rows(str(toy.pairs_eval), "train", 32, "--eval.dataset"), tok, cfg.data)
+    batch = preference_collate(list(data), pad_id=tok.pad_token_id)
+    with torch.no_grad():
+        mine = sequence_scores(ours, batch["input_ids"], batch["attention_mask"])
+    theirs = _hf_scores(hf, list(data), tok.pad_token_id)
+    torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
+
+    # the training-set reward statistics travel in config.json
+    mean, std = get_reward_stats(json.loads((out / "config.json").read_text()))
+    train = PreferenceDataset(load_rows(str(toy.pairs), "train", None, "--data.dataset"), tok, cfg.data)
+    scores = _hf_scores(hf, list(train), tok.pad_token_id).double()
+    assert mean == pytest.approx(scores.mean().item(), abs=1e-4)
+    assert std == pytest.approx(scores.std().item(), abs=1e-4)
+    assert (mean, std) == get_reward_stats(hf.config)
+
+
+def test_rm_packing_accumulation_and_loss_variants(toy, tmp_path):
+    from repulse.trainers import rm
+
+    def go(name: str, **over) -> list[float]:
+        rm.run(pairs_cfg(toy, tmp_path / name, data__max_samples=16, **over))
+        return series(tmp_path / name, "loss")
+
+    base = go("pad")
+    # one packed row per micro-batch, the score read at each packed sample's last token
+    assert go("pack", engine__packing_samples=True) == pytest.approx(base, abs=1e-5)
+    # 8 pairs as 8 micro-batches of 1 (accumulated) = 2 micro-batches of 4
+    assert go("micro1", train__micro_batch_size=1) == pytest.approx(base, abs=1e-5)
+    # log-exp equals Bradley-Terry term by term (without a margin)
+    assert go("logexp", model__loss_type="logexp") == pytest.approx(base, abs=1e-5)
+    assert go("fp32", model__compute_fp32_loss_enable=True) == pytest.approx(base, abs=1e-6)
+    # the margin (0.5 or 1.0 per toy pair) must be beaten: a larger loss at the same scores
+    margin = go("margin", model__margin_loss_enable=True)
+    assert margin[0] > base[0] + 0.1
+    assert series(tmp_path / "margin", "margin")[0] == pytest.approx(series(tmp_path / "pad", "margin")[0])
+
+
+def test_rm_flags_are_checked_at_parse_time():
+    from repulse.config import parse_config
+    from repulse.errors import UserError
+    from repulse.trainers import rm
+
+    with pytest.raises(UserError, match="--model.loss_type"):
+        parse_config("rm", OfflineConfig, ["--model.model_name_or_path", "m", "--data.dataset", "d",
+                                           "--model.loss_type", "hinge"], rm.validate)  # fmt: skip
+    with pytest.raises(UserError, match="--model.model_name_or_path"):
+        parse_config("rm", OfflineConfig, ["--data.dataset", "d"], rm.validate)
+
+
+@pytest.mark.slow
+def test_rm_bad_pairs_through_the_cli(toy, tmp_path):
+    base = ["rm", "--model.model_name_or_path", str(toy.llama), "--data.max_len", "64",
+            "--train.batch_size", "4", "--train.micro_batch_size", "4", "--train.max_steps", "1",
+            "--logger.progress_bar", "false", "--ckpt.output_dir", str(tmp_path / "out")]  # fmt: skip
+    rows = [json.loads(ln) for ln in toy.pairs.read_text().splitlines()[:8]]
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "rejected"}) + "\n" for r in rows)
+    )
+    assert_clean_error(cli([*base, "--data.dataset", str(missing)]), "'rejected'", "--data.rejected_key")
+    renamed = cli([*base, "--data.dataset", str(toy.pairs), "--data.chosen_key", "preferred"])
+    assert_clean_error(renamed, "'preferred'", "--data.chosen_key")
+    same = tmp_path / "same.jsonl"
+    same.write_text("".join(json.dumps({**r, "rejected": r["chosen"]} if i < 3 else r) + "\n"
+                            for i, r in enumerate(rows)))  # fmt: skip
+    proc = cli([*base, "--data.dataset", str(same), "--data.prompt_key", "prompt"])
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "warning" in proc.stderr
+        and "3 of 8 preference pairs have identical chosen and rejected" in proc.stderr
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", sorted((RECIPES / "rm").glob("*.yaml")), ids=lambda p: p.stem)
+def test_rm_recipes_run(toy, tmp_path, monkeypatch, recipe):
+    from transformers import AutoModelForSequenceClassification
+
+    out = run_recipe(toy, tmp_path, "rm", recipe, monkeypatch)
+    assert AutoModelForSequenceClassification.from_pretrained(out, num_labels=1) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize(
+    "engine",
+    ["fsdp", pytest.param("deepspeed", marks=pytest.mark.skipif(not HAS_DS, reason="needs deepspeed"))],
+)
+def test_rm_two_processes_reproduce_one(toy, tmp_path, engine):
+    """2 gloo processes (fsdp, or deepspeed ZeRO-3) vs 1 local process: losses, metrics and final
+    weights within 1e-5 (fp32; only the reduction order differs)."""
+    from repulse.trainers import rm
+
+    one = tmp_path / "one"
+    rm.run(pairs_cfg(toy, one, train__max_steps=3))
+    two_cfg = pairs_cfg(
+        toy, tmp_path / "two", train__max_steps=3, engine__backend=engine, engine__zero_stage=3
+    )
+    two_cfg.engine.param_dtype = "fp32"
+    torchrun(["rm", "--config", cfg_file(two_cfg, tmp_path / "two.yaml")], cwd=tmp_path)
+    assert_two_processes_match(one, tmp_path / "two", ("loss", "acc", "margin", "chosen_reward", "grad_norm"))
+    cfg_one = json.loads((one / "config.json").read_text())
+    cfg_two = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert cfg_two["repulse_reward_mean"] == pytest.approx(cfg_one["repulse_reward_mean"], abs=1e-5)
+    assert cfg_two["repulse_reward_std"] == pytest.approx(cfg_one["repulse_reward_std"], abs=1e-5)
