@@ -65,7 +65,9 @@ def validate(cfg: OfflineConfig) -> None:
 class KTOMethod:
     """KTO on a ``kto_collate`` micro-batch (main keys + ``kl_*`` keys); units = samples."""
 
-    def __init__(self, engine: Any, ref: Any, beta: float, desirable_weight: float, undesirable_weight: float):
+    def __init__(
+        self, engine: Any, ref: Any, beta: float, desirable_weight: float, undesirable_weight: float
+    ):
         self.engine = engine
         self.ref = ref
         self.beta = beta
@@ -81,7 +83,9 @@ class KTOMethod:
             pol, _ = policy_logps(self.engine.module, kl_batch)
             with self.ref.on_device() as ref:
                 ref_lp, _ = policy_logps(ref, kl_batch)
-        total = torch.stack([(pol - ref_lp.to(pol.dtype)).sum(), torch.tensor(float(pol.numel()), device=pol.device)])
+        total = torch.stack(
+            [(pol - ref_lp.to(pol.dtype)).sum(), torch.tensor(float(pol.numel()), device=pol.device)]
+        )
         if self.engine.world_size > 1:
             total = self.engine.all_reduce(total.double(), "sum").to(pol.dtype)
         return total[0] / total[1].clamp(min=1)

@@ -112,7 +112,9 @@ def run(cfg: OfflineConfig) -> int:
     reward_tokens = cfg.model.reward_tokens or DEFAULT_REWARD_TOKENS
     train_set, eval_set = train_eval_sets(
         cfg,
-        lambda rows: ProcessRewardDataset(rows, tokenizer, cfg.data, cfg.model.placeholder_token, reward_tokens),
+        lambda rows: ProcessRewardDataset(
+            rows, tokenizer, cfg.data, cfg.model.placeholder_token, reward_tokens
+        ),
     )
     collate = partial(
         pack_collate if cfg.engine.packing_samples else pad_collate, pad_id=tokenizer.pad_token_id

@@ -123,16 +123,20 @@ def build_roles(cfg: RLConfig, device: torch.device, world: int, total_updates: 
 # ----------------------------------------------------------------------------- sampling and rewards
 
 
+def max_new_tokens(cfg: RLConfig, prompt_ids: list[list[int]]) -> int:
+    """The response budget L_max: ``--rollout.max_new_tokens``, else what ``--data.max_len`` leaves."""
+    return cfg.rollout.max_new_tokens or max(1, cfg.data.max_len - max(len(p) for p in prompt_ids))
+
+
 def sample(
     engine, roles: Roles, cfg: RLConfig, prompt_ids: list[list[int]], n: int, temperature: float
 ) -> Samples:
     r = cfg.rollout
-    max_new = r.max_new_tokens or max(1, cfg.data.max_len - max(len(p) for p in prompt_ids))
     return hf_generate(
         engine.unwrapped() if hasattr(engine, "unwrapped") else engine,
         prompt_ids,
         n_samples=n,
-        max_new_tokens=max_new,
+        max_new_tokens=max_new_tokens(cfg, prompt_ids),
         temperature=temperature,
         top_p=r.top_p,
         top_k=r.top_k,
@@ -214,7 +218,8 @@ def make_experience(cfg: RLConfig, roles: Roles, items: list[dict], metrics: dic
     values = batched_values(roles.critic.module, samples, micro) if roles.critic is not None else None
     raw, _ = score(roles, samples, items, cfg.reward.reduction)
     raw = raw.to(device)
-    max_new = samples.action_mask.shape[1]
+    # the overlong penalty is relative to the budget L_max, not to this batch's longest response
+    max_new = max_new_tokens(cfg, [it["prompt_ids"] for it in items])
     rewards = shape_rewards(cfg, roles, raw.cpu(), samples, max_new).to(device)
     kl = KL_ESTIMATORS[cfg.algo.kl.estimator](old, ref) * mask if ref is not None else torch.zeros_like(old)
     coef = roles.kl_ctl.value
@@ -234,7 +239,7 @@ def make_experience(cfg: RLConfig, roles: Roles, items: list[dict], metrics: dic
     exp = Experience(samples, old, ref, values, rewards, raw, kl, adv, ret)
     metrics.update(
         reward=float(raw.mean()),
-        reward_std=float(raw.std()) if raw.numel() > 1 else 0.0,
+        reward_std=global_std(roles.policy, raw),
         shaped_reward=float(rewards.mean()),
         kl=float((kl.sum(-1)).mean()),
         kl_coef=coef,
@@ -421,8 +426,16 @@ def run(cfg: RLConfig) -> int:
     from repulse.trainers.rl_methods import exact_eval, negdata_sink, repulse_step
 
     sink = negdata_sink(cfg, run_.rank)
-    if cfg.repulse.analytic_bad_word_calc and start == 0:
-        log.log(0, exact_eval(cfg, roles))
+    # as the offline loop: evaluate before the first step and every --eval.steps (<= 0: every episode)
+    eval_every = cfg.eval.steps if cfg.eval.steps > 0 else steps_per_episode
+    if start == 0:
+        before: dict[str, Any] = {}
+        if cfg.repulse.analytic_bad_word_calc:
+            before.update(exact_eval(cfg, roles))
+        if eval_prompts is not None:
+            before.update(_mean_over_ranks(roles.policy, evaluate(cfg, roles, eval_prompts)))
+        if before:
+            log.log(0, before)
     try:
         for step in range(start, total):
             t0 = time.perf_counter()
@@ -446,13 +459,10 @@ def run(cfg: RLConfig) -> int:
             boundary = cfg.repulse.analytic_bad_word_calc and (done % per_fit == 0 or done == total)
             if boundary:
                 metrics.update(exact_eval(cfg, roles))
-            if (
-                eval_prompts is not None
-                and cfg.eval.steps > 0
-                and (done % cfg.eval.steps == 0 or done == total)
-            ):
+            evaluated = eval_prompts is not None and (done % eval_every == 0 or done == total)
+            if evaluated:
                 metrics.update(_mean_over_ranks(roles.policy, evaluate(cfg, roles, eval_prompts)))
-            if boundary or done % max(1, cfg.logger.logging_steps) == 0 or done == total:
+            if boundary or evaluated or done % max(1, cfg.logger.logging_steps) == 0 or done == total:
                 log.log(done, metrics)
             bar.update(done, {"reward": metrics.get("reward", math.nan)})
             if cfg.ckpt.save_steps > 0 and done % cfg.ckpt.save_steps == 0 and done < total:
@@ -474,6 +484,18 @@ def run(cfg: RLConfig) -> int:
     if run_.rank == 0:
         print(f"[repulse] saved the policy to {out_dir}", flush=True)
     return 0
+
+
+def global_std(engine, x: torch.Tensor) -> float:
+    """Unbiased std of ``x`` over every process's values (the mean of rank-local stds is not it)."""
+    xd = x.detach().double().flatten()
+    t = torch.stack([xd.sum(), (xd * xd).sum(), torch.tensor(float(xd.numel()), dtype=torch.float64)])
+    if engine.world_size > 1:
+        t = engine.all_reduce(t.to(engine.device), "sum").cpu()
+    total, squares, n = (float(v) for v in t)
+    if n < 2:
+        return 0.0
+    return math.sqrt(max(squares - total * total / n, 0.0) / (n - 1))
 
 
 def _mean_over_ranks(engine, metrics: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from repulse.config.sections import RLConfig
 from repulse.errors import UserError
 from repulse.rl.experience import Experience, batched_logprobs
 from repulse.trainers.fit import run_micro_batches
-from repulse.trainers.rl_loop import Roles, ref_logprobs, sample, score
+from repulse.trainers.rl_loop import Roles, global_std, ref_logprobs, sample, score
 from repulse.trainers.rl_updates import RepulseBatch, RepulseUpdate
 
 
@@ -78,7 +78,7 @@ def p_experience(cfg: RLConfig, roles: Roles, items: list[dict], metrics: dict) 
     returns = transform_rewards(cfg, raw) - lam * kl_seq
     metrics.update(
         reward=float(raw.mean()),
-        reward_std=float(raw.std()),
+        reward_std=global_std(roles.policy, raw),
         return_=float(returns.mean()),
         kl=float(kl_seq.mean()),
         response_length=float(s.response_length.float().mean()),

@@ -50,11 +50,15 @@ class PolicyUpdate:
             logp, exp.old_logprobs, exp.advantages, mask, self.eps_low, self.eps_high, self.dual_clip
         )
         n = float(mask.sum())
+        log_ratio = logp.detach() - exp.old_logprobs
         stats = {
             "policy_loss": (_sum(per_tok.detach(), mask), n),
             "clip_frac": (float(m["clip_frac"]) * n, n),
-            "ratio": (_sum(torch.exp(logp.detach() - exp.old_logprobs), mask), n),
-            "policy_kl": (_sum((exp.old_logprobs - logp.detach()), mask), n),
+            "ratio": (_sum(torch.exp(log_ratio), mask), n),
+            "policy_kl": (_sum(-log_ratio, mask), n),
+            # mean |log π − log π_old| per action token: exactly 0.0 iff every ratio is exactly 1
+            # (on the first update of a fresh rollout), where signed means could cancel
+            "policy_abs_log_ratio": (_sum(log_ratio.abs(), mask), n),
         }
         if self.kl_loss_coef > 0 and exp.ref_logprobs is not None:
             kl = KL_ESTIMATORS[self.kl_estimator](logp, exp.ref_logprobs)
@@ -79,12 +83,14 @@ class ValueUpdate:
 
     def loss(self, exp: Experience) -> MicroResult:
         from repulse.losses.policy import value_loss
-        from repulse.models.loading import token_values
         from repulse.rl.experience import position_ids_from_mask
+        from repulse.trainers.rm import tied_token_values
 
         s = exp.samples
         mask = exp.action_mask.to(torch.float32)
-        v = token_values(
+        # tied: the backward must pass through the root module's output, or FSDP2 (2+ processes)
+        # finds the resharded value head's weight freed (see ``tied_token_values``)
+        v = tied_token_values(
             self.engine.module, s.sequences, s.attention_mask, position_ids_from_mask(s.attention_mask)
         )
         v = v[:, s.prompt_len - 1 : -1].float()

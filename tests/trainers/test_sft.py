@@ -200,8 +200,15 @@ def test_two_processes_reproduce_the_one_process_loss_curve(toy, tmp_path, engin
 
     if engine == "deepspeed" and not HAS_DS:
         pytest.skip("needs deepspeed")
-    sft.run(_cfg(toy, tmp_path / "one", train__max_steps=3))
-    two = _cfg(toy, tmp_path / "two", train__max_steps=3, engine__backend=engine, engine__zero_stage=3)
+    sft.run(_cfg(toy, tmp_path / "one", train__max_steps=3, train__micro_batch_size=4))
+    two = _cfg(
+        toy,
+        tmp_path / "two",
+        train__max_steps=3,
+        train__micro_batch_size=4,
+        engine__backend=engine,
+        engine__zero_stage=3,
+    )
     two.engine.param_dtype = "fp32"
     torchrun(["sft", "--config", cfg_file(two, tmp_path / "two.yaml")], cwd=tmp_path)
     assert_two_processes_match(tmp_path / "one", tmp_path / "two", ("loss", "grad_norm"))
