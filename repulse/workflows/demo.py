@@ -69,7 +69,7 @@ def rl_config(toy, lm: Path, rm: Path, out: Path, method: str, seed: int, quick:
     cfg.reward.clip_range = [-1e4, 1e4]
     cfg.data.prompt_dataset = str(toy.toy_prompt)
     cfg.rollout.batch_size = 1
-    cfg.rollout.n_samples_per_prompt = 64 if quick else 128
+    cfg.rollout.n_samples_per_prompt = 32 if quick else 128
     cfg.rollout.micro_batch_size = 256
     cfg.rollout.max_new_tokens = 2
     cfg.train.micro_batch_size = cfg.rollout.n_samples_per_prompt
@@ -84,7 +84,7 @@ def rl_config(toy, lm: Path, rm: Path, out: Path, method: str, seed: int, quick:
     rp.analytic_bad_word_calc = True
     rp.bad_threshold = 0.0
     rp.fit_steps = 2 if quick else 6
-    cfg.train.num_episodes = 5 if method == "repulse" else 10
+    cfg.train.num_episodes = (5 if method == "repulse" else 10) // (5 if quick else 1)
     rp.beta = 10.0
     rp.alpha = 50.0
     rp.proposal_lr = 3e-3
