@@ -395,6 +395,10 @@ def run(cfg: RLConfig) -> int:
     if cfg.train.max_steps > 0:
         total = min(total, cfg.train.max_steps)
     roles = build_roles(cfg, run_.device, world, total * updates_per_step, accum)
+    if world > 1:
+        # Models (and fresh value heads) were initialised from the shared seed; sampling must
+        # not be: with one random stream per rank, ranks would draw identical samples.
+        torch.manual_seed(cfg.train.seed + 1_000_003 * run_.rank)
     engines = {"actor": roles.policy}
     if roles.critic is not None:
         engines["critic"] = roles.critic
