@@ -16,7 +16,7 @@ from typing import Any
 ARCHS = ("llama", "gpt2")
 
 
-def model_config(arch: str, tokenizer: Any, hidden_size: int = 64, num_layers: int = 2) -> Any:
+def model_config(arch: str, tokenizer: Any, hidden_size: int = 192, num_layers: int = 3) -> Any:
     """The HF config of a toy model; vocabulary and special ids come from ``tokenizer``."""
     from transformers import GPT2Config, LlamaConfig
 
@@ -63,8 +63,8 @@ def build_model(
     tokenizer_dir: Path,
     arch: str = "llama",
     seed: int = 0,
-    hidden_size: int = 64,
-    num_layers: int = 2,
+    hidden_size: int = 192,
+    num_layers: int = 3,
 ) -> Path:
     """Save a randomly initialised toy causal LM (fixed ``seed``) with its tokenizer into ``out_dir``.
 

@@ -128,7 +128,8 @@ def test_dpo_recipes_run(toy, tmp_path, monkeypatch, recipe):
 )
 def test_dpo_two_processes_reproduce_one(toy, tmp_path, engine):
     """2 gloo processes (fsdp, or deepspeed ZeRO-3; the reference a full replica on each) vs 1
-    local process: losses, metrics and final weights within 1e-5 (fp32)."""
+    local process: losses and metrics within a relative 1e-4, and the same update (fp32;
+    ``same_update``)."""
     one = tmp_path / "one"
     over = {"train__max_steps": 3, "model__nll_loss_coef": 0.1, "data__max_samples": 24}
     dpo.run(pairs_cfg(toy, one, **over))
@@ -136,7 +137,7 @@ def test_dpo_two_processes_reproduce_one(toy, tmp_path, engine):
     two_cfg.engine.param_dtype = "fp32"
     torchrun(["dpo", "--config", cfg_file(two_cfg, tmp_path / "two.yaml")], cwd=tmp_path)
     assert_two_processes_match(
-        one, tmp_path / "two", ("loss", "acc", "margin", "nll", "chosen_logp", "grad_norm")
+        toy.llama, one, tmp_path / "two", ("loss", "acc", "margin", "nll", "chosen_logp", "grad_norm")
     )
     assert json.loads((tmp_path / "two" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     assert series(tmp_path / "two", "margin")[-1] != 0.0

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from same_update import approx, assert_same_update
 from test_rm import ROOT, TEMPLATE, assert_clean_error, cfg_file, cli, metrics, pairs_cfg, torchrun
 
 from repulse.config.sections import RLConfig
@@ -346,8 +347,8 @@ def test_two_processes_reproduce_one(toy, tmp_path):
     function of the weights alone. PPO with a critic (gae; advantages whitened over both ranks'
     tokens) and a KL-in-reward reference, one optimizer step per rollout, lr 1e-3, 3 steps:
     per-step reward, reward std (over all samples, not a mean of per-rank stds), KL, losses and
-    gradient norms of actor and critic, and the final actor and critic weights, agree within
-    1e-5 (fp32; only reduction order and padding widths differ; measured <= 1e-6)."""
+    gradient norms of actor and critic agree within a relative 1e-4, and actor and critic made the
+    same update (fp32; only reduction order and padding widths differ; ``same_update``)."""
     over = dict(
         algo__advantage__estimator="gae",
         algo__kl__init_coef=0.05,
@@ -371,14 +372,9 @@ def test_two_processes_reproduce_one(toy, tmp_path):
     keys = ("reward", "reward_std", "kl", "response_length", "policy_loss", "value_loss")
     for a, b in zip(one, two):
         for key in (*keys, "actor_grad_norm", "critic_grad_norm"):
-            assert b[key] == pytest.approx(a[key], abs=1e-5), (key, a["step"], a[key], b[key])
+            assert b[key] == approx(a[key]), (key, a["step"], a[key], b[key])
     for sub in ("", "critic"):
-        wa, wb = load_weights(tmp_path / "one" / sub), load_weights(tmp_path / "two" / sub)
-        assert wa.keys() == wb.keys()
-        for k in wa:
-            torch.testing.assert_close(wb[k], wa[k], atol=1e-5, rtol=0, msg=f"{sub}/{k}")
-    wa, w0 = load_weights(tmp_path / "one"), load_weights(toy.llama)
-    assert any(not torch.equal(wa[k], w0[k]) for k in wa)  # it trained
+        assert_same_update(toy.llama, tmp_path / "one" / sub, tmp_path / "two" / sub)
 
 
 # --------------------------------------------------------------------------- 6. SIGKILL and resume

@@ -132,18 +132,16 @@ def cfg_file(cfg: OfflineConfig, path: Path) -> str:
     return str(path)
 
 
-def assert_two_processes_match(one: Path, two: Path, keys: tuple[str, ...], atol: float = 1e-5) -> None:
+def assert_two_processes_match(start: Path, one: Path, two: Path, keys: tuple[str, ...]) -> None:
+    """Per-step metrics within ``METRIC_RTOL`` and the same update from ``start`` (``same_update``)."""
+    from same_update import approx, assert_same_update
+
     a, b = train_rows(one), train_rows(two)
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b):
         for key in keys:
-            assert rb[key] == pytest.approx(ra[key], abs=atol), (key, ra["step"], ra[key], rb[key])
-    from safetensors.torch import load_file
-
-    wa, wb = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        torch.testing.assert_close(wb[k].float(), wa[k].float(), atol=atol, rtol=0, msg=k)
+            assert rb[key] == approx(ra[key]), (key, ra["step"], ra[key], rb[key])
+    assert_same_update(start, one, two)
 
 
 # --------------------------------------------------------------------------- tests
@@ -279,8 +277,8 @@ def test_rm_recipes_run(toy, tmp_path, monkeypatch, recipe):
     ["fsdp", pytest.param("deepspeed", marks=pytest.mark.skipif(not HAS_DS, reason="needs deepspeed"))],
 )
 def test_rm_two_processes_reproduce_one(toy, tmp_path, engine):
-    """2 gloo processes (fsdp, or deepspeed ZeRO-3) vs 1 local process: losses, metrics and final
-    weights within 1e-5 (fp32; only the reduction order differs)."""
+    """2 gloo processes (fsdp, or deepspeed ZeRO-3) vs 1 local process: losses and metrics within
+    a relative 1e-4 and the same update (fp32; only the reduction order differs; ``same_update``)."""
     from repulse.trainers import rm
 
     one = tmp_path / "one"
@@ -290,7 +288,9 @@ def test_rm_two_processes_reproduce_one(toy, tmp_path, engine):
     )
     two_cfg.engine.param_dtype = "fp32"
     torchrun(["rm", "--config", cfg_file(two_cfg, tmp_path / "two.yaml")], cwd=tmp_path)
-    assert_two_processes_match(one, tmp_path / "two", ("loss", "acc", "margin", "chosen_reward", "grad_norm"))
+    assert_two_processes_match(
+        toy.llama, one, tmp_path / "two", ("loss", "acc", "margin", "chosen_reward", "grad_norm")
+    )
     cfg_one = json.loads((one / "config.json").read_text())
     cfg_two = json.loads((tmp_path / "two" / "config.json").read_text())
     assert cfg_two["repulse_reward_mean"] == pytest.approx(cfg_one["repulse_reward_mean"], abs=1e-5)
