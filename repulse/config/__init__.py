@@ -62,9 +62,9 @@ def parse_config(
     return cfg
 
 
-def write_resolved(cfg: Any, output_dir: str | Path) -> Path:
+def write_resolved(cfg: Any, output_dir: str | Path, name: str = "config.yaml") -> Path:
     """Write the resolved config next to the run's outputs (atomically)."""
-    out = Path(output_dir) / "config.yaml"
+    out = Path(output_dir) / name
     tmp = out.with_suffix(".yaml.tmp")
     tmp.write_text(to_yaml(cfg))
     tmp.replace(out)

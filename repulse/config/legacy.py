@@ -999,8 +999,31 @@ def _fork_defaults(ctx: _Ctx, out: _Out, method: str) -> None:
         out.notes.append(f"the fork's defaults made explicit: {' '.join(made)}.")
 
 
+# The RePULSe fork chose how to feed its reward model from the model's name (spec §1.8).
+_RM_INPUT_FORMATS = (("deberta", "pair"), ("skywork", "chat"))
+
+
+def _reward_format_rule(ctx: _Ctx, out: _Out) -> None:
+    """The fork scored a DeBERTa RM on (question, answer) pairs and a Skywork RM through its own
+    chat template (both on the raw question, not the policy's rendered prompt); every other RM
+    (e.g. the toy's ToxicityModel) on the whole text. Made explicit from ``--reward_pretrain``'s
+    name; an explicit ``--reward.input_format`` wins."""
+    reward = ctx.one("reward_pretrain", "reward.model_name_or_path")
+    if reward is None or ctx.has("reward.input_format"):
+        return
+    name = reward.split(",")[0].lower()
+    for key, fmt in _RM_INPUT_FORMATS:
+        if key in name:
+            out.emit("reward.input_format", fmt)
+            out.notes.append(
+                f"the reward model {reward.split(',')[0]} is scored as the fork scored it: "
+                f"--reward.input_format {fmt} (on the raw question)."
+            )
+            return
+
+
 # command -> rules applied before the table, in order
-_RULES = {"rl": (_lengths_rule,)}
+_RULES = {"rl": (_lengths_rule, _reward_format_rule)}
 
 
 # --------------------------------------------------------------------------- public API

@@ -398,5 +398,9 @@ class EvalTailConfig:
     ref: RefSection = _hf(RefSection, "reference model for the KL in the return")
     engine: EngineSection = _hf(EngineSection, "dtype / attention")
     train: TrainSection = _hf(TrainSection, "seed (train.seed)")
-    ckpt: CkptSection = _hf(lambda: CkptSection(output_dir="./tail_eval"), "output directory")
+    ckpt: CkptSection = _hf(
+        lambda: CkptSection(output_dir=""),
+        "output directory (default: the policy's run directory when it is one - it holds the run's "
+        "config.yaml, so `repulse plot` pairs the tail summary with the run - else ./tail_eval)",
+    )
     logger: LoggerSection = _hf(LoggerSection, "logging")

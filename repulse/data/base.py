@@ -22,20 +22,30 @@ from repulse.data.templates import (
 from repulse.errors import UserError, warn_once
 
 
+def row_label(row: Any, index: int) -> str:
+    """``row N`` for the row at list position ``index``: 1-based, like the line numbers of the
+    malformed-JSON errors, plus the file and line it was read from where known
+    (:class:`~repulse.data.sources.Row`), e.g. ``row 2 (data/train.jsonl, line 2)``."""
+    origin = getattr(row, "origin", "")
+    return f"row {index + 1} ({origin})" if origin else f"row {index + 1}"
+
+
 def get_field(row: dict, key: str | None, flag: str, index: int, allow_none: bool = False) -> Any:
-    """``row[key]`` or a UserError naming the key, the row and the flag that chose the key."""
+    """``row[key]`` or a UserError naming the key, the row (see :func:`row_label`; ``index`` is
+    the 0-based list position) and the flag that chose the key."""
     if key is None:
         raise UserError(f"{flag} is not set; it names the field of each row to read.")
     if not isinstance(row, dict):
-        raise UserError(f"row {index} is a {type(row).__name__}, not a record with named fields.")
+        raise UserError(f"{row_label(row, index)} is a {type(row).__name__}, not a record with named fields.")
     if key not in row:
         keys = ", ".join(repr(k) for k in list(row)[:12])
         raise UserError(
-            f"row {index} has no key '{key}' (chosen by {flag} {key}); the row's keys are: {keys}."
+            f"{row_label(row, index)} has no key '{key}' (chosen by {flag} {key}); "
+            f"the row's keys are: {keys}."
         )
     value = row[key]
     if value is None and not allow_none:
-        raise UserError(f"row {index}: the value of '{key}' ({flag}) is null.")
+        raise UserError(f"{row_label(row, index)}: the value of '{key}' ({flag}) is null.")
     return value
 
 
@@ -76,11 +86,12 @@ def assistant_messages(value: Any, what: str) -> Messages:
     return as_messages(value, what)
 
 
-def split_last_assistant(messages: Messages, index: int, flag: str) -> tuple[Messages, Messages]:
-    """(prompt messages, [last assistant message]) of a conversation whose last turn is the answer."""
+def split_last_assistant(messages: Messages, where: str, flag: str) -> tuple[Messages, Messages]:
+    """(prompt messages, [last assistant message]) of a conversation whose last turn is the answer;
+    ``where`` names the row in errors (:func:`row_label`)."""
     if not messages or messages[-1].get("role") != "assistant":
         raise UserError(
-            f"row {index}: the conversation in {flag} does not end with an assistant message, and no "
+            f"{where}: the conversation in {flag} does not end with an assistant message, and no "
             "--data.output_key names the response; the last assistant turn is what gets trained."
         )
     return messages[:-1], messages[-1:]

@@ -27,7 +27,14 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from repulse.data.base import PromptResponse, TokenDataset, assistant_messages, get_field, join_and_truncate
+from repulse.data.base import (
+    PromptResponse,
+    TokenDataset,
+    assistant_messages,
+    get_field,
+    join_and_truncate,
+    row_label,
+)
 from repulse.data.templates import (
     as_messages,
     check_input_template,
@@ -59,7 +66,7 @@ def _margin(row: dict, index: int) -> float:
     if value is None:
         return 0.0
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise UserError(f"row {index}: 'margin' must be a finite number, got {value!r}.")
+        raise UserError(f"{row_label(row, index)}: 'margin' must be a finite number, got {value!r}.")
     return float(value)
 
 
@@ -81,17 +88,17 @@ class PreferenceDataset(TokenDataset):
             chosen = get_field(row, cfg.chosen_key, "--data.chosen_key", i)
             rejected = get_field(row, cfg.rejected_key, "--data.rejected_key", i)
             margins.append(_margin(row, i))
-            what = f"row {i}"
+            what = row_label(row, i)
             if cfg.prompt_key is not None:
                 prompt = get_field(row, cfg.prompt_key, "--data.prompt_key", i)
                 if cfg.apply_chat_template:
-                    p_msgs = as_messages(prompt, f"row {i} ('{cfg.prompt_key}')")
+                    p_msgs = as_messages(prompt, f"{what} ('{cfg.prompt_key}')")
                     chosen, rejected = _strip_prompt(chosen, p_msgs), _strip_prompt(rejected, p_msgs)
                 pr.add(prompt, chosen, what)
                 pr.add(prompt, rejected, what)
             elif cfg.apply_chat_template:
-                c_msgs = assistant_messages(chosen, f"row {i} ('{cfg.chosen_key}')")
-                r_msgs = assistant_messages(rejected, f"row {i} ('{cfg.rejected_key}')")
+                c_msgs = assistant_messages(chosen, f"{what} ('{cfg.chosen_key}')")
+                r_msgs = assistant_messages(rejected, f"{what} ('{cfg.rejected_key}')")
                 n = min(common_prefix_len(c_msgs, r_msgs), len(c_msgs) - 1, len(r_msgs) - 1)
                 prompt = c_msgs[:n]
                 pr.add(prompt or "", c_msgs[n:], what)
@@ -100,7 +107,7 @@ class PreferenceDataset(TokenDataset):
                 for key, value in ((cfg.chosen_key, chosen), (cfg.rejected_key, rejected)):
                     if not isinstance(value, str):
                         raise UserError(
-                            f"row {i}: '{key}' is a {type(value).__name__}, not text; for chat messages add "
+                            f"{what}: '{key}' is a {type(value).__name__}, not text; for chat messages add "
                             "--data.apply_chat_template, or name the prompt field with --data.prompt_key."
                         )
                 plain_full.append((chosen, rejected))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from repulse.data.base import TokenDataset, get_field
+from repulse.data.base import TokenDataset, get_field, row_label
 from repulse.data.templates import encode, encode_many, special_prefix
 from repulse.errors import UserError
 
@@ -84,15 +84,16 @@ class ProcessRewardDataset(TokenDataset):
             text = get_field(row, cfg.input_key, "--data.input_key", i)
             if not isinstance(text, str):
                 raise UserError(
-                    f"row {i}: '{cfg.input_key}' (--data.input_key) must be text with step placeholders."
+                    f"{row_label(row, i)}: '{cfg.input_key}' (--data.input_key) must be text with step "
+                    "placeholders."
                 )
             raw = get_field(row, label_key, "--data.label_key", i)
             parts = text.split(placeholder_token)
             n_steps = len(parts) - 1
-            labels = self._labels(raw, text, parts, i, label_key)
+            labels = self._labels(raw, text, parts, row_label(row, i), label_key)
             if len(labels) != n_steps:
                 raise UserError(
-                    f"row {i}: the input has {n_steps} step placeholder(s) {placeholder_token!r} but "
+                    f"{row_label(row, i)}: the input has {n_steps} step placeholder(s) {placeholder_token!r} but "
                     f"'{label_key}' (--data.label_key) has {len(labels)} label(s); they must match one to one."
                 )
             plans.append((len(pieces), len(parts), labels))
@@ -120,8 +121,8 @@ class ProcessRewardDataset(TokenDataset):
             self.items.append({"input_ids": ids, "step_positions": positions, "step_labels": list(labels)})
         self._report(self.max_len)
 
-    def _labels(self, raw: Any, text: str, parts: list[str], index: int, key: str) -> list[int | float]:
-        where = f"row {index}: '{key}' (--data.label_key)"
+    def _labels(self, raw: Any, text: str, parts: list[str], row: str, key: str) -> list[int | float]:
+        where = f"{row}: '{key}' (--data.label_key)"
         if isinstance(raw, str):
             return self._labels_from_text(raw, parts, where)
         if not isinstance(raw, (list, tuple)):

@@ -27,7 +27,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from repulse.data.base import PromptResponse, TokenDataset, get_field, join_and_truncate, split_last_assistant
+from repulse.data.base import (
+    PromptResponse,
+    TokenDataset,
+    get_field,
+    join_and_truncate,
+    row_label,
+    split_last_assistant,
+)
 from repulse.data.templates import (
     as_messages,
     check_input_template,
@@ -82,12 +89,14 @@ class SFTDataset(TokenDataset):
         pr = PromptResponse(self.tokenizer, template, cfg.apply_chat_template)
         for i, row in enumerate(rows):
             prompt = get_field(row, cfg.input_key, "--data.input_key", i)
-            what = f"row {i} ('{cfg.input_key}')"
+            what = f"{row_label(row, i)} ('{cfg.input_key}')"
             if cfg.output_key is not None:
                 response = get_field(row, cfg.output_key, "--data.output_key", i)
             elif cfg.apply_chat_template:
                 msgs = as_messages(prompt, what)
-                prompt, response = split_last_assistant(msgs, i, f"--data.input_key {cfg.input_key}")
+                prompt, response = split_last_assistant(
+                    msgs, row_label(row, i), f"--data.input_key {cfg.input_key}"
+                )
             else:
                 raise UserError(
                     "--data.output_key is not set: name the response field (e.g. --data.output_key response), "
@@ -110,11 +119,12 @@ class SFTDataset(TokenDataset):
             if not isinstance(value, str):
                 if not cfg.apply_chat_template:
                     raise UserError(
-                        f"row {i}: '{cfg.input_key}' (--data.input_key) is a {type(value).__name__}, not text; "
+                        f"{row_label(row, i)}: '{cfg.input_key}' (--data.input_key) is a "
+                        f"{type(value).__name__}, not text; "
                         "for chat messages add --data.apply_chat_template."
                     )
                 value = render_chat(
-                    self.tokenizer, as_messages(value, f"row {i}"), add_generation_prompt=False
+                    self.tokenizer, as_messages(value, row_label(row, i)), add_generation_prompt=False
                 )
                 chat.append(True)
             else:
@@ -122,7 +132,9 @@ class SFTDataset(TokenDataset):
             if cfg.output_key is not None:
                 out = get_field(row, cfg.output_key, "--data.output_key", i)
                 if not isinstance(out, str):
-                    raise UserError(f"row {i}: '{cfg.output_key}' (--data.output_key) is not text.")
+                    raise UserError(
+                        f"{row_label(row, i)}: '{cfg.output_key}' (--data.output_key) is not text."
+                    )
                 value = value + out
             texts.append(value)
         prefix = special_prefix(self.tokenizer)
@@ -139,7 +151,8 @@ class SFTDataset(TokenDataset):
         texts: list[str] = []
         for i, row in enumerate(rows):
             msgs = as_messages(
-                get_field(row, cfg.input_key, "--data.input_key", i), f"row {i} ('{cfg.input_key}')"
+                get_field(row, cfg.input_key, "--data.input_key", i),
+                f"{row_label(row, i)} ('{cfg.input_key}')",
             )
             full_idx = len(texts)
             texts.append(render_chat(tok, msgs, add_generation_prompt=False).rstrip())

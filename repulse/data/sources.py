@@ -20,6 +20,10 @@ names a split, every file is ``train``.
 Every failure is a :class:`~repulse.errors.UserError` that names the flag and the file (and
 the 1-based line for malformed JSON), so a bad path is a one-paragraph message, not a
 traceback from deep inside pyarrow.
+
+Rows read from a file are :class:`Row` s: plain dicts that also remember where they came
+from (``path, line N`` for JSON lines, ``path, row N`` otherwise; 1-based), so that a later
+error about a row's content (a missing key, a wrong type) can name the file and line too.
 """
 
 from __future__ import annotations
@@ -81,6 +85,25 @@ def _looks_local(spec: str) -> bool:
     return spec.startswith(("/", "./", "../", "~", ".\\")) or Path(spec).suffix.lower() in _EXT_FORMAT
 
 
+class Row(dict):
+    """A data row: a ``dict`` (and used as one) plus ``origin``, where it was read from.
+
+    ``origin`` is e.g. ``"data/train.jsonl, line 3"`` (1-based, as in the malformed-JSON
+    errors) or ``""`` when unknown. ``dict(row)`` or any edit that builds a new dict drops it.
+    """
+
+    __slots__ = ("origin",)
+
+    def __init__(self, data: Any = (), origin: str = ""):
+        super().__init__(data)
+        self.origin = origin
+
+
+def _with_origin(rows: list[dict], where: str) -> list[dict]:
+    """``rows`` as :class:`Row` s whose origin is ``where, row N`` (1-based)."""
+    return [Row(r, f"{where}, row {i + 1}") if isinstance(r, dict) else r for i, r in enumerate(rows)]
+
+
 # --------------------------------------------------------------------------- file readers
 
 
@@ -103,10 +126,10 @@ def _read_json(path: Path, max_samples: int | None, flag: str) -> list[dict]:
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
                 raise UserError(
-                    f"{flag}: {path}: element {i} of the top-level array is a {type(row).__name__}, "
+                    f"{flag}: {path}: row {i + 1} of the top-level array is a {type(row).__name__}, "
                     "not an object; every sample must be a JSON object with named fields."
                 )
-        return rows
+        return _with_origin(rows, str(path))
     rows: list[dict] = []
     # split on '\n' only: str.splitlines() would also split on U+2028 inside JSON strings
     for lineno, line in enumerate(text.split("\n"), start=1):
@@ -119,7 +142,7 @@ def _read_json(path: Path, max_samples: int | None, flag: str) -> list[dict]:
         except json.JSONDecodeError as exc:
             whole = _parse_whole_object(text)
             if whole is not None:
-                return whole[:max_samples] if max_samples is not None else whole
+                return _with_origin(whole[:max_samples] if max_samples is not None else whole, str(path))
             raise UserError(
                 f"{flag}: {path}, line {lineno}: malformed JSON ({exc.msg}, column {exc.colno}); "
                 "a JSON-lines file needs exactly one complete JSON object per line."
@@ -129,7 +152,7 @@ def _read_json(path: Path, max_samples: int | None, flag: str) -> list[dict]:
                 f"{flag}: {path}, line {lineno}: a JSON {type(obj).__name__}, not an object; "
                 "every sample must be a JSON object with named fields."
             )
-        rows.append(obj)
+        rows.append(Row(obj, f"{path}, line {lineno}"))
     return rows
 
 
@@ -158,7 +181,7 @@ def _read_csv(path: Path, max_samples: int | None, flag: str) -> list[dict]:
         raise UserError(f"{flag}: cannot read the CSV file {path}: {_one_line(exc)}") from None
     if max_samples is not None:
         table = table.slice(0, max_samples)
-    return table.to_pylist()
+    return _with_origin(table.to_pylist(), str(path))
 
 
 def _read_parquet(path: Path, max_samples: int | None, flag: str) -> list[dict]:
@@ -167,13 +190,13 @@ def _read_parquet(path: Path, max_samples: int | None, flag: str) -> list[dict]:
 
     try:
         if max_samples is None:
-            return pq.read_table(path).to_pylist()
+            return _with_origin(pq.read_table(path).to_pylist(), str(path))
         rows: list[dict] = []
         for batch in pq.ParquetFile(path).iter_batches(batch_size=min(max(max_samples, 1), 65536)):
             rows.extend(batch.to_pylist())
             if len(rows) >= max_samples:
                 break
-        return rows[:max_samples]
+        return _with_origin(rows[:max_samples], str(path))
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserError(f"{flag}: cannot read the Parquet file {path}: {_one_line(exc)}") from None
 
@@ -192,7 +215,7 @@ def _read_arrow(path: Path, max_samples: int | None, flag: str) -> list[dict]:
         raise UserError(f"{flag}: cannot read the Arrow file {path}: {_one_line(exc)}") from None
     if max_samples is not None:
         table = table.slice(0, max_samples)
-    return table.to_pylist()
+    return _with_origin(table.to_pylist(), str(path))
 
 
 _READERS = {"json": _read_json, "csv": _read_csv, "parquet": _read_parquet, "arrow": _read_arrow}
@@ -273,7 +296,7 @@ def _from_hf_dataset(ds: Any, split: str, max_samples: int | None, flag: str, sp
         ds = ds[split]
     if max_samples is not None and len(ds) > max_samples:
         ds = ds.select(range(max_samples))
-    return ds.to_list()
+    return _with_origin(ds.to_list(), spec)
 
 
 # --------------------------------------------------------------------------- public API

@@ -66,6 +66,18 @@ def as_messages(value: Any, what: str) -> Messages:
     )
 
 
+def question_text(value: Any) -> str:
+    """The user's question, without any template: the text itself, or a conversation's last user turn.
+
+    Reward models that score (question, answer) pairs or render their own chat template need
+    this rather than the policy's rendered prompt, which carries the policy's template markers.
+    """
+    if isinstance(value, str):
+        return value
+    users = [m for m in as_messages(value, "the prompt") if m.get("role") == "user"]
+    return str(users[-1].get("content", "")) if users else ""
+
+
 def _require_chat_template(tokenizer: Any) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(

@@ -15,7 +15,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from repulse.data.base import PromptResponse, TokenDataset, get_field, join_and_truncate, split_last_assistant
+from repulse.data.base import (
+    PromptResponse,
+    TokenDataset,
+    get_field,
+    join_and_truncate,
+    row_label,
+    split_last_assistant,
+)
 from repulse.data.templates import as_messages, check_input_template
 from repulse.errors import UserError
 
@@ -23,7 +30,8 @@ if TYPE_CHECKING:
     from repulse.config.sections import DataSection
 
 
-def parse_label(value: Any, index: int, key: str) -> bool:
+def parse_label(value: Any, where: str, key: str) -> bool:
+    """A KTO label as a bool; ``where`` names the row in errors (:func:`~repulse.data.base.row_label`)."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
@@ -31,7 +39,7 @@ def parse_label(value: Any, index: int, key: str) -> bool:
     if isinstance(value, float) and value in (0.0, 1.0):
         return bool(value)
     raise UserError(
-        f"row {index}: the label '{key}' (--data.label_key) is {value!r}; KTO labels must be true/false or 1/0 "
+        f"{where}: the label '{key}' (--data.label_key) is {value!r}; KTO labels must be true/false or 1/0 "
         "(1 = desirable response)."
     )
 
@@ -49,19 +57,20 @@ class UnpairedDataset(TokenDataset):
         pr = PromptResponse(tokenizer, template, cfg.apply_chat_template)
         labels = []
         for i, row in enumerate(rows):
+            where = row_label(row, i)
             prompt = get_field(row, cfg.input_key, "--data.input_key", i)
             if cfg.output_key is not None:
                 response = get_field(row, cfg.output_key, "--data.output_key", i)
             elif cfg.apply_chat_template:
                 prompt, response = split_last_assistant(
-                    as_messages(prompt, f"row {i}"), i, f"--data.input_key {cfg.input_key}"
+                    as_messages(prompt, where), where, f"--data.input_key {cfg.input_key}"
                 )
             else:
                 raise UserError(
                     "--data.output_key is not set: name the response field, e.g. --data.output_key response."
                 )
-            labels.append(parse_label(get_field(row, label_key, "--data.label_key", i), i, label_key))
-            pr.add(prompt, response, f"row {i}")
+            labels.append(parse_label(get_field(row, label_key, "--data.label_key", i), where, label_key))
+            pr.add(prompt, response, where)
         for (p, r), label in zip(pr.encode(), labels):
             ids, mask, truncated = join_and_truncate(p, r, self.max_len)
             if not any(mask):

@@ -58,6 +58,7 @@ def _gather(rows: list[dict]) -> list[dict]:
 
 @torch.no_grad()
 def sample_and_summarise(cfg: EvalTailConfig) -> int:
+    from repulse.config import write_resolved
     from repulse.data.prompts import PromptDataset
     from repulse.engine.dist import init_distributed
     from repulse.losses.kl import KL_ESTIMATORS
@@ -71,10 +72,11 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
 
     rank, world, _, device = init_distributed()
     seed_everything(cfg.train.seed)
-    out = Path(cfg.ckpt.output_dir)
+    t = cfg.tail
+    out = output_dir(cfg)
     if rank == 0:
         prepare_output_dir(out)
-    t = cfg.tail
+        write_resolved(cfg, out, "tail_config.yaml")
     tok = load_tokenizer(t.policy, chat_template=cfg.data.tokenizer_chat_template, padding_side="left")
 
     def lm(path: str):
@@ -91,6 +93,8 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
     ref = lm(cfg.ref.model_name_or_path) if cfg.ref.model_name_or_path else None
     rewards = build_reward_sources(cfg.reward, device, cfg.rollout.micro_batch_size)
     roles = Roles(tok, policy, ref, None, None, rewards, None, None)
+    # one random stream per rank: with a shared one, ranks would draw the same samples
+    torch.manual_seed(cfg.train.seed + 1_000_003 * rank)
     rows_in = load_split(
         cfg.data.prompt_dataset,
         cfg.data.prompt_split,
@@ -171,9 +175,11 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
     tmp.replace(path)
     if t.negdata_threshold is not None:
         bad = {(x["prompt"], x["response"]): x for x in rows if x["reward"] < t.negdata_threshold}
-        (out / "negdata.jsonl").write_text(
+        neg = out / "negdata.jsonl"
+        neg.with_suffix(".tmp").write_text(
             "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in bad.values())
         )
+        neg.with_suffix(".tmp").replace(neg)
     summary = summarise_files([path], t.eta, t.cvar_levels, seed=cfg.train.seed)
     summary.update(extra)
     (out / "tail_summary.json").write_text(json.dumps(summary, indent=2))
@@ -181,6 +187,14 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
         f"[repulse] wrote {len(rows)} samples to {path}; summary in {out / 'tail_summary.json'}", flush=True
     )
     return 0
+
+
+def output_dir(cfg: EvalTailConfig) -> Path:
+    """``--ckpt.output_dir``, else the policy's run directory (it holds a repulse ``config.yaml``)."""
+    if cfg.ckpt.output_dir:
+        return Path(cfg.ckpt.output_dir)
+    policy = Path(cfg.tail.policy or "")
+    return policy if (policy / "config.yaml").is_file() else Path("tail_eval")
 
 
 def read_samples(path: Path) -> list[dict]:
@@ -216,9 +230,12 @@ def summarise_files(
         for p, rows in zip(paths, runs)
     }
     out: dict[str, Any] = {"files": [str(p) for p in paths], "by_eta": {}}
+    proposal = all("log_q" in rows[0] for rows in runs)
     for eta in etas:
         block = summarise(entries, eta, levels, seed=seed)
-        if all("log_q" in rows[0] for rows in runs):
+        # with a proposal, the plain statistics describe q's samples; P(r < eta) under p is "importance"
+        block["samples_from"] = "proposal" if proposal else "policy"
+        if proposal:
             block["importance"] = [
                 importance_prob_below(
                     [r["logprob"] for r in rows], [r["log_q"] for r in rows], [r["reward"] for r in rows], eta

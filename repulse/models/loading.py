@@ -278,6 +278,25 @@ def enable_gradient_checkpointing(model: torch.nn.Module, reentrant: bool = Fals
         model.enable_input_require_grads()
 
 
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Set every dropout probability of ``model`` to 0 (its saved config keeps the original rates).
+
+    Why: RL compares log-probs of the same tokens from different forwards (old vs new policy
+    for PPO ratios, p vs q for importance weights, policy vs reference for KL). With dropout
+    on in the training forward those differ by dropout noise, so the first update of a fresh
+    rollout would not see a ratio of exactly 1 and the weights would be noisy. Covers
+    ``nn.Dropout`` modules and the float ``attention_dropout`` / ``dropout`` attributes that
+    attention layers pass to their kernels.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name in ("attention_dropout", "dropout"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+    return model
+
+
 def load_causal_lm(
     path: str,
     *,

@@ -24,9 +24,10 @@ from repulse.errors import UserError
 @dataclass
 class RewardInput:
     queries: list[str]  # prompt + response text
-    prompts: list[str]
+    prompts: list[str]  # the policy's rendered prompts (input or chat template applied)
     responses: list[str]
     labels: list[Any]
+    questions: list[str] | None = None  # the raw user questions (no template); default: prompts
 
 
 class RewardSource(Protocol):
@@ -39,9 +40,10 @@ class RewardModelSource:
     """A frozen sequence-scalar model with its own tokenizer.
 
     The policy's text is decoded and re-encoded with the RM's tokenizer. ``input_format``:
-    ``concat`` scores the text prompt+response; ``pair`` encodes (prompt, response) as a
-    text pair; ``chat`` renders [user: prompt, assistant: response] with the RM's chat
-    template. ``max_len`` truncates the prompt side only; ``chosen_label`` picks one
+    ``concat`` scores the text prompt+response (the policy's rendered prompt); ``pair``
+    encodes (question, response) as a text pair (e.g. a DeBERTa RM's [CLS] q [SEP] a [SEP]);
+    ``chat`` renders [user: question, assistant: response] with the RM's own chat template.
+    The question is the raw user text, without the policy's template. ``max_len`` truncates the prompt side only; ``chosen_label`` picks one
     logit of a classifier (e.g. a toxicity model's "non-toxic" class).
     """
 
@@ -84,7 +86,7 @@ class RewardModelSource:
         if self.input_format == "chat":
             msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
             ids = tok.apply_chat_template(msgs, tokenize=True)
-            ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+            ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)  # a BatchEncoding in transformers 5
             if len(ids) >= 2 and tok.bos_token_id is not None and ids[0] == ids[1] == tok.bos_token_id:
                 ids = ids[1:]
             answer_len = len(tok(response, add_special_tokens=False)["input_ids"]) + 2
@@ -107,10 +109,11 @@ class RewardModelSource:
             self.model.to(self.device)
         scores = []
         pad = self.tokenizer.pad_token_id
+        firsts = batch.prompts if self.input_format == "concat" else (batch.questions or batch.prompts)
         for s in range(0, len(batch.prompts), self.micro):
             encoded = [
                 self._encode_one(p, r)
-                for p, r in zip(batch.prompts[s : s + self.micro], batch.responses[s : s + self.micro])
+                for p, r in zip(firsts[s : s + self.micro], batch.responses[s : s + self.micro])
             ]
             width = max(len(e) for e in encoded)
             ids = torch.full((len(encoded), width), pad, dtype=torch.long)

@@ -54,21 +54,24 @@ def _engine_for(model, adam, muon, optim, cfg: RLConfig, total_steps: int, accum
 
 def build_roles(cfg: RLConfig, device: torch.device, world: int, total_updates: int, accum: int) -> Roles:
     from repulse.losses.kl import AdaptiveKLController, FixedKLController
-    from repulse.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
+    from repulse.models.loading import disable_dropout, load_causal_lm, load_scalar_model, load_tokenizer
     from repulse.rl.reward_shaping import RunningMeanStd
 
     path = cfg.actor.model_name_or_path
     tokenizer = load_tokenizer(path, chat_template=cfg.data.tokenizer_chat_template, padding_side="left")
 
+    # every RL model runs with dropout off, in training forwards too (see ``disable_dropout``)
     def lm(p: str, trainable: bool, on: torch.device):
-        return load_causal_lm(
-            p,
-            dtype=cfg.engine.param_dtype,
-            attn=cfg.engine.attn_implementation,
-            gradient_checkpointing=trainable and cfg.actor.gradient_checkpointing_enable,
-            reentrant=cfg.actor.gradient_checkpointing_reentrant,
-            device=on,
-            trainable=trainable,
+        return disable_dropout(
+            load_causal_lm(
+                p,
+                dtype=cfg.engine.param_dtype,
+                attn=cfg.engine.attn_implementation,
+                gradient_checkpointing=trainable and cfg.actor.gradient_checkpointing_enable,
+                reentrant=cfg.actor.gradient_checkpointing_reentrant,
+                device=on,
+                trainable=trainable,
+            )
         )
 
     micro = cfg.train.micro_batch_size
@@ -90,13 +93,15 @@ def build_roles(cfg: RLConfig, device: torch.device, world: int, total_updates: 
         ref = prepare_frozen(frozen, device=device, offload=cfg.ref.offload)
     critic = None
     if cfg.repulse.method == "rl" and cfg.algo.advantage.estimator == "gae":
-        model = load_scalar_model(
-            cfg.critic.model_name_or_path or path,
-            value_head_prefix="score",
-            pad_token_id=tokenizer.pad_token_id,
-            dtype=cfg.engine.param_dtype,
-            attn=cfg.engine.attn_implementation,
-            device=device,
+        model = disable_dropout(
+            load_scalar_model(
+                cfg.critic.model_name_or_path or path,
+                value_head_prefix="score",
+                pad_token_id=tokenizer.pad_token_id,
+                dtype=cfg.engine.param_dtype,
+                attn=cfg.engine.attn_implementation,
+                device=device,
+            )
         )
         critic = _engine_for(
             model, cfg.critic.adam, cfg.critic.muon, cfg.critic.optim, cfg, total_updates, accum, micro
@@ -155,7 +160,8 @@ def reward_input(roles: Roles, samples: Samples, items: list[dict]) -> RewardInp
     ]
     prompts = [items[int(i)]["prompt"] for i in samples.prompt_index]
     labels = [items[int(i)].get("label") for i in samples.prompt_index]
-    return RewardInput([p + r for p, r in zip(prompts, responses)], prompts, responses, labels)
+    questions = [items[int(i)].get("question", items[int(i)]["prompt"]) for i in samples.prompt_index]
+    return RewardInput([p + r for p, r in zip(prompts, responses)], prompts, responses, labels, questions)
 
 
 def score(

@@ -301,6 +301,19 @@ def test_setting2_counts_samples_not_prompts():
     assert d["data.max_len"] == ["1124"] and d["rollout.max_new_tokens"] == ["100"]
 
 
+@pytest.mark.parametrize(
+    "seed, fmt",
+    [("setting1_repulse_beta10", "pair"), ("setting2_ppo", "chat"), ("toy_kl0_repulse", None)],
+)
+def test_reward_input_format_follows_the_reward_model_as_in_the_fork(seed, fmt):
+    """Setting 1's DeBERTa RM scores (question, answer) pairs, Setting 2's Skywork RM its own chat
+    template; the toy's ToxicityModel the whole text (the default, concat)."""
+    _, _, new, notes = translate_seed(seed)
+    d = as_dict(new)
+    assert d.get("reward.input_format") == ([fmt] if fmt else None)
+    assert any("--reward.input_format" in n for n in notes) == (fmt is not None)
+
+
 def test_upstream_ppo_critic_starts_from_the_reward_model():
     d = as_dict(translate_seed("readme_ppo_ray")[2])
     assert d["critic.model_name_or_path"] == ["OpenRLHF/Llama-3-8b-rm-700k"]

@@ -83,7 +83,7 @@ def test_preference_truncation_and_missing_key(tokenizer):
     assert ds.stats["truncated"] == 1 and len(ds[0]["chosen_ids"]) == 8
     with pytest.raises(UserError) as e:
         PreferenceDataset([{"p": "q", "chosen": "a"}], tokenizer, cfg)
-    assert "'rejected'" in str(e.value) and "--data.rejected_key" in str(e.value) and "row 0" in str(e.value)
+    assert "'rejected'" in str(e.value) and "--data.rejected_key" in str(e.value) and "row 1 " in str(e.value)
     with pytest.raises(UserError, match="margin"):
         PreferenceDataset([{"p": "q", "chosen": "a", "rejected": "b", "margin": "big"}], tokenizer, cfg)
 
@@ -102,7 +102,7 @@ def test_unpaired_labels(tokenizer):
     assert ds.stats["desirable"] == 1 and ds.stats["undesirable"] == 1
     with pytest.raises(UserError) as e:
         UnpairedDataset([{"q": "x", "a": "y", "score": "good"}], tokenizer, cfg)
-    assert "--data.label_key" in str(e.value) and "row 0" in str(e.value) and "'good'" in str(e.value)
+    assert "--data.label_key" in str(e.value) and "row 1:" in str(e.value) and "'good'" in str(e.value)
     with pytest.raises(UserError, match="--data.label_key"):
         UnpairedDataset([{"q": "x", "a": "y", "score": 2}], tokenizer, cfg)
 
@@ -148,7 +148,7 @@ def test_prm_errors(tokenizer, prm_tokenizer):
             cfg,
             "ки",
         )
-    assert "row 1" in str(e.value) and "2 step placeholder" in str(e.value) and "1 label" in str(e.value)
+    assert "row 2:" in str(e.value) and "2 step placeholder" in str(e.value) and "1 label" in str(e.value)
     with pytest.raises(UserError, match="--model.reward_tokens"):
         ProcessRewardDataset([{"input": "a ки", "value": ["?"]}], prm_tokenizer, cfg, "ки", ["+", "-"])
 

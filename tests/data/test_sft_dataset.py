@@ -127,10 +127,45 @@ def test_missing_keys_name_key_row_and_flag(tokenizer):
     with pytest.raises(UserError) as e:
         SFTDataset(rows, tokenizer, cfg)
     msg = str(e.value)
-    assert "'response'" in msg and "row 1" in msg and "--data.output_key" in msg
+    assert "'response'" in msg and "row 2 " in msg and "--data.output_key" in msg  # 1-based
     with pytest.raises(UserError) as e:
         SFTDataset([{"prompt": "a", "response": "b"}], tokenizer, cfg)
-    assert "'question'" in str(e.value) and "row 0" in str(e.value) and "--data.input_key" in str(e.value)
+    assert "'question'" in str(e.value) and "row 1 " in str(e.value) and "--data.input_key" in str(e.value)
+
+
+def test_row_errors_are_one_based_and_name_the_file_and_line(tokenizer, tmp_path):
+    """A missing key in a row read from a file: ``row N`` counts from 1 (as the malformed-JSON
+    line numbers do) and the message names the file and its line, also after blank lines, a
+    CSV header, and mixing two files; rows built in memory say ``row N`` alone. One paragraph."""
+    import pickle
+
+    from repulse.data.sources import load_mixture, load_rows
+
+    cfg = DataSection(input_key="question", output_key="response", max_len=64)
+    jl = tmp_path / "train.jsonl"
+    jl.write_text('{"question": "a", "response": "b"}\n\n{"question": "c"}\n')  # the bad row is on line 3
+
+    def error(rows) -> str:
+        with pytest.raises(UserError) as e:
+            SFTDataset(rows, tokenizer, cfg)
+        msg = str(e.value)
+        assert "\n" not in msg and "--data.output_key" in msg and "'response'" in msg, msg
+        return msg
+
+    rows = load_rows(str(jl))
+    assert rows == [{"question": "a", "response": "b"}, {"question": "c"}]  # still plain dicts to users
+    assert f"row 2 ({jl}, line 3) has no key 'response'" in error(rows)
+    assert pickle.loads(pickle.dumps(rows))[1].origin == f"{jl}, line 3"  # survives worker hand-offs
+    csv = tmp_path / "train.csv"
+    csv.write_text("question,answer\na,b\n")  # the header names no 'response'
+    assert f"row 1 ({csv}, row 1) has no key 'response'" in error(load_rows(str(csv)))
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"question": "x", "response": "y"}\n' * 2)
+    assert f"row 4 ({jl}, line 3)" in error(load_mixture(f"{good},{jl}"))  # positions 1-2 are good.jsonl
+    assert error([{"question": "a", "response": "b"}, {"question": "c"}]).startswith("row 2 has no key")
+    with pytest.raises(UserError) as e:
+        SFTDataset([{"question": "a", "response": "b"}, ["c", "d"]], tokenizer, cfg)
+    assert str(e.value).startswith("row 2 is a list")
 
 
 def test_no_output_key_without_chat(tokenizer):

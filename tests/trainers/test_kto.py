@@ -262,7 +262,7 @@ def test_kto_bad_labels_through_the_cli(toy, tmp_path, capsys):
             "--train.micro_batch_size", "2", "--train.max_steps", "1", "--logger.progress_bar", "false",
             "--ckpt.output_dir", str(tmp_path / "out")]  # fmt: skip
     proc = cli([*base, "--data.dataset", str(bad), "--data.label_key", "label"])
-    assert_clean_error(proc, "row 5", "'label'", "--data.label_key", "'good'")
+    assert_clean_error(proc, "row 6 (", "bad.jsonl, line 6)", "'label'", "--data.label_key", "'good'")
     missing = _in_process([*base, "--data.dataset", str(toy.unpaired), "--data.label_key", "score"], capsys)
     assert_clean_error(missing, "'score'", "--data.label_key")
 

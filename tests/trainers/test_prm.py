@@ -232,7 +232,7 @@ def test_prm_bad_placeholders_and_labels(toy, tmp_path, capsys):
     mismatch = _in_process(
         [*base, "--model.placeholder_token", PLACEHOLDER, "--data.dataset", str(short)], capsys
     )
-    assert_clean_error(mismatch, "row 0", "--data.label_key", "must match")
+    assert_clean_error(mismatch, "row 1 (", "short.jsonl, line 1)", "--data.label_key", "must match")
 
 
 @pytest.mark.slow

@@ -75,9 +75,13 @@ def test_repulse_validation_errors():
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_eval_tail_on_two_processes_writes_every_sample_once(toy, toy_lm_rm, tmp_path):
+    """Every sample of both ranks in one file, written once; each rank draws its own samples. The
+    5 prompts are the same text, so rank 1's first generate call (prompts 1 and 3, padded with a
+    copy of prompt 0) has the same input as rank 0's (prompts 0, 2, 4): with one random stream
+    shared by the ranks, its samples would repeat rank 0's."""
     lm, rm = toy_lm_rm
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"input": f"This man is a{' ' * i}"}) + "\n" for i in range(5)))
+    prompts.write_text((json.dumps({"input": "This man is a"}) + "\n") * 5)
     out = tmp_path / "tail"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "repulse", "eval-tail",
@@ -91,6 +95,8 @@ def test_eval_tail_on_two_processes_writes_every_sample_once(toy, toy_lm_rm, tmp
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 5 * 3 * 2  # prompts x samples x passes, gathered from both ranks
     assert {r["pass"] for r in rows} == {0, 1}
+    responses = [r["response"] for r in rows]  # rank 0: 3 prompts x 3 samples x 2 passes, then rank 1
+    assert responses[18:24] != responses[0:6]
     summary = json.loads((out / "tail_summary.json").read_text())
     assert set(summary["by_eta"]) == {"0", "-1"}
     p_bad = summary["by_eta"]["0"]["p_bad"]["mean"]
@@ -103,3 +109,67 @@ def test_eval_tail_on_two_processes_writes_every_sample_once(toy, toy_lm_rm, tmp
     assert json.loads(report.stdout)["by_eta"]["2.5"]["p_bad"]["mean"] == pytest.approx(
         sum(r["reward"] < 2.5 for r in rows) / len(rows)
     )
+
+
+def _eval_tail(argv: list[str]) -> None:
+    from repulse.cli import main
+
+    assert main(["eval-tail", *argv]) == 0
+
+
+@pytest.mark.slow
+def test_eval_tail_proposal_exact_negdata_and_default_output(toy_lm_rm, tmp_path):
+    """--tail.proposal: rows carry log q and the summary an importance-sampling estimate (with q :=
+    p the weights are all 1, so it equals the plain estimate and the ESS is the sample count);
+    --tail.exact adds the exact P(bad word); --tail.negdata_threshold writes exactly the distinct
+    samples below it; with no --ckpt.output_dir the output goes into the policy's run directory
+    (it holds the run's config.yaml, which `repulse plot` pairs the summary with)."""
+    import shutil
+
+    lm, rm = toy_lm_rm
+    policy = tmp_path / "policy"
+    shutil.copytree(lm, policy)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"input": "This man is a"}) + "\n")
+    common = [
+        "--reward.model_name_or_path", str(rm), "--data.prompt_dataset", str(prompts),
+        "--rollout.n_samples_per_prompt", "64", "--rollout.max_new_tokens", "2", "--tail.eta", "0",
+    ]  # fmt: skip
+    argv = ["--tail.policy", str(policy), "--tail.proposal", str(policy), "--tail.exact", *common]
+    _eval_tail(argv)
+    assert (policy / "tail_config.yaml").is_file() and (policy / "config.yaml").is_file()
+    rows = [json.loads(line) for line in (policy / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 64 and all(r["log_q"] == pytest.approx(r["logprob"], abs=1e-5) for r in rows)
+    summary = json.loads((policy / "tail_summary.json").read_text())
+    assert summary["exact_log_p_bad"] < 0
+    assert summary["by_eta"]["0"]["samples_from"] == "proposal"
+    # a threshold inside the rewards seen (the quick toy RM's scale), chosen at report time
+    eta = sorted(r["reward"] for r in rows)[32]
+    report = subprocess.run(
+        [sys.executable, "-m", "repulse", "eval-tail", "report", str(policy / "samples.jsonl"), "--eta", repr(eta)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    (imp,) = json.loads(report.stdout)["by_eta"][f"{eta:g}"]["importance"]
+    naive = sum(r["reward"] < eta for r in rows) / len(rows)
+    assert 0 < naive < 1
+    assert imp["self_normalised"] == pytest.approx(naive, abs=1e-5)
+    assert imp["estimate"] == pytest.approx(naive, abs=1e-4)
+    assert imp["ess"] == pytest.approx(64, rel=1e-4)
+    # the same seed draws the same samples: harvest those below eta
+    _eval_tail([*argv, "--tail.negdata_threshold", repr(eta)])
+    neg = [json.loads(line) for line in (policy / "negdata.jsonl").read_text().splitlines()]
+    expected = {(r["prompt"], r["response"]) for r in rows if r["reward"] < eta}
+    assert {(r["prompt"], r["response"]) for r in neg} == expected and len(neg) == len(expected)
+    assert len(expected) < sum(r["reward"] < eta for r in rows)  # duplicates were merged
+
+    # not a run directory: the default is ./tail_eval
+    bare = tmp_path / "bare"
+    shutil.copytree(lm, bare)
+    (bare / "config.yaml").unlink()
+    monkey_cwd = tmp_path / "cwd"
+    monkey_cwd.mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "repulse", "eval-tail", "--tail.policy", str(bare), *common],
+        cwd=monkey_cwd, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert (monkey_cwd / "tail_eval" / "samples.jsonl").is_file() and not (bare / "samples.jsonl").exists()

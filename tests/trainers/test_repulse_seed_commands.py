@@ -45,7 +45,7 @@ def _toy_argv(text: str, lm: Path, rm: Path, prompts: Path, out: Path) -> list[s
     shrink = [
         "--rollout.batch_size", "1", "--rollout.n_samples_per_prompt", "4",
         "--rollout.micro_batch_size", "8", "--rollout.max_new_tokens", "2", "--train.batch_size", "4",
-        "--train.micro_batch_size", "4", "--train.max_steps", "1", "--repulse.fit_steps", "1",
+        "--train.micro_batch_size", "4", "--train.max_steps", "3", "--repulse.fit_steps", "1",
         "--engine.param_dtype", "fp32", "--actor.gradient_checkpointing_enable", "false",
         "--ckpt.output_dir", str(out), "--logger.progress_bar", "false",
     ]  # fmt: skip
@@ -75,7 +75,7 @@ def lm_rm(toy, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_each_readme_command_runs_a_step(toy, lm_rm, tmp_path):
+def test_each_readme_command_runs_three_steps(toy, lm_rm, tmp_path):
     from repulse.trainers import rl_loop
 
     lm, rm = lm_rm
@@ -88,13 +88,15 @@ def test_each_readme_command_runs_a_step(toy, lm_rm, tmp_path):
         cfg = parse_config("rl", RLConfig, _toy_argv(c.text, lm, rm, prompts, out), validate)
         rl_loop.run(cfg)
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        assert any(r.get("step") == 1 and "reward" in r for r in rows), c.name
+        assert [r["step"] for r in rows if "reward" in r] == [1, 2, 3], c.name
         assert (out / "config.json").is_file(), c.name
 
 
 @pytest.mark.slow
-def test_toy_recipes_run(toy, lm_rm, tmp_path, monkeypatch):
-    """The toy recipes as written (relative toy_assets/ paths), one step each."""
+def test_every_repulse_recipe_runs(toy, lm_rm, tmp_path, monkeypatch):
+    """Every recipe of recipes/repulse as written (relative toy_assets/ paths; the toy, Setting 1
+    with its (question, answer) pair reward and Setting 2 with its chat-template reward), one
+    step each."""
     import shutil
 
     from repulse.trainers import rl_loop
@@ -103,8 +105,8 @@ def test_toy_recipes_run(toy, lm_rm, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shutil.copytree(toy.root, tmp_path / "toy_assets")
     shutil.copytree(rm, tmp_path / "toy_assets" / "rm")
-    recipes = sorted((Path(__file__).resolve().parents[2] / "recipes" / "repulse").glob("toy_*.yaml"))
-    assert len(recipes) >= 10
+    recipes = sorted((Path(__file__).resolve().parents[2] / "recipes" / "repulse").glob("*.yaml"))
+    assert len(recipes) >= 30
     for recipe in recipes:
         out = tmp_path / "runs" / recipe.stem
         argv = [

@@ -106,15 +106,19 @@ def load_weights(out: Path) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- 1. exactly on-policy
 
 
-def test_first_update_of_a_fresh_rollout_has_ratio_exactly_one(toy, tmp_path):
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_first_update_of_a_fresh_rollout_has_ratio_exactly_one(toy, tmp_path, arch):
     """The old log-probs are computed with the update's own micro-batches (dropout off), so on the
     first update of each rollout π/π_old is exactly 1: mean |log π − log π_old| == 0.0,
     approx KL == 0.0, ratio == 1.0, clip fraction == 0.0 (no tolerance). Exercised with a
     critic (gae), a sampling temperature of 0.8 (the logits are divided in both forwards),
     2 accumulated micro-batches, and a KL-in-reward reference, whose KL to the policy is
     also exactly 0.0 at step 1 (the reference is the policy's start). Measured sensitivity: old
-    log-probs taken at temperature 1 instead give a mean |log ratio| of 0.03."""
+    log-probs taken at temperature 1 instead give a mean |log ratio| of 0.03. The toy GPT-2 has
+    dropout 0.1 (attention, residual, embeddings), which RL switches off in every forward; with
+    it on in the training forward, the ratio at step 1 is not 1."""
     over = dict(
+        actor__model_name_or_path=str(getattr(toy, arch)),
         algo__advantage__estimator="gae",
         algo__kl__init_coef=0.05,
         rollout__temperature=0.8,
