@@ -202,7 +202,7 @@ class ActorSection:
     eps_clip: float = _h(0.2, "PPO clip range")
     eps_clip_low_high: list[float] | None = _h(None, "asymmetric clip range: low high")
     dual_clip: float | None = _h(None, "dual-clip constant c > 1")
-    entropy_coef: float | None = _h(None, "entropy bonus coefficient (0: log entropy only)")
+    entropy_coef: float | None = _h(None, "entropy bonus coefficient (entropy is logged either way)")
     policy_loss_type: str = _h("ppo", "ppo | gspo")
     aux_loss_coef: float = _h(0.0, "MoE aux loss")
     freeze_visual_encoder: bool = _h(False, "accepted for compatibility")

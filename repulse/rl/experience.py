@@ -68,16 +68,27 @@ def forward_logits(model: torch.nn.Module, samples: Samples) -> torch.Tensor:
 
 
 def action_logprobs(
-    model: torch.nn.Module, samples: Samples, temperature: float = 1.0, with_entropy: bool = False
+    model: torch.nn.Module,
+    samples: Samples,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log π(a_t | s, a_<t) of every response token (logits / temperature), masked to 0 off actions."""
+    """log π(a_t | s, a_<t) of every response token (logits / temperature), masked to 0 off actions.
+
+    ``with_entropy``: also the per-token entropy of π(· | s, a_<t), with a gradient only when
+    ``entropy_grad`` (an entropy bonus); else it is a metric and builds no graph.
+    """
     from repulse.models.logprobs import token_entropy, token_logprobs
 
     logits = forward_logits(model, samples)
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
     logp = token_logprobs(logits, samples.response)
-    ent = token_entropy(logits) if with_entropy else None
+    ent = None
+    if with_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            ent = token_entropy(logits if entropy_grad else logits.detach())
     mask = samples.action_mask.to(logp.dtype)
     return logp * mask, (ent * mask if ent is not None else None)
 

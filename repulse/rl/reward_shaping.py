@@ -35,17 +35,24 @@ class RunningMeanStd:
     def __init__(self, eps: float = 1e-8):
         self.mean, self.var, self.count, self.eps = 0.0, 1.0, 0.0, eps
 
-    def update(self, x: torch.Tensor) -> None:
+    def update(self, x: torch.Tensor, reduce=None) -> None:
         """Merge a batch of n values with mean μ_b, population variance σ²_b (float64):
 
         N = c + n, δ = μ_b − μ,  μ ← μ + δ·n/N,
         σ² ← (σ²·c + σ²_b·n + δ²·c·n/N)/N,  c ← N.   An empty batch changes nothing.
+
+        ``reduce`` sums a float64 tensor over processes: the batch is then every process's
+        values together (via n, Σx, Σx²), so all processes keep the same statistics.
         """
         x = x.double().flatten()
-        n = float(x.numel())
+        moments = torch.stack([torch.tensor(float(x.numel()), dtype=torch.float64), x.sum(), (x * x).sum()])
+        if reduce is not None:
+            moments = reduce(moments)
+        n, total_x, total_xx = (float(v) for v in moments)
         if n == 0:
             return
-        b_mean, b_var = float(x.mean()), float(x.var(unbiased=False))
+        b_mean = total_x / n
+        b_var = max(total_xx / n - b_mean * b_mean, 0.0)
         total = self.count + n
         delta = b_mean - self.mean
         m2 = self.var * self.count + b_var * n + delta * delta * self.count * n / total

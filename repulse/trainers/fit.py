@@ -67,17 +67,24 @@ def _reduce_stats(engine, sums: dict[str, float], counts: dict[str, float]) -> d
     }
 
 
-def run_micro_batches(engine, method: Method, micro_batches: Sequence[dict], train: bool) -> dict[str, float]:
+def run_micro_batches(
+    engine, method: Method, micro_batches: Sequence[dict], train: bool, counted: Sequence[bool] | None = None
+) -> dict[str, float]:
     """Forward (and backward) every micro-batch of one step; return globally averaged stats.
 
     Shared by the offline loop and the RL updates, so there is one implementation of
     accumulation and of the loss normalisation. ``engine`` may be a mapping of named
     engines when one forward trains several models (RePULSe's p and q); the method then
     returns one loss per name and each is backpropagated into its own engine.
+    ``counted[i]`` False (evaluation only): micro-batch i is run - so that every process
+    runs as many forwards as the others - but its loss and stats are dropped.
     """
     engines = engine if isinstance(engine, dict) else {"": engine}
     first = next(iter(engines.values()))
-    local_units = float(sum(method.units(mb) for mb in micro_batches))
+    counted = list(counted) if counted is not None else [True] * len(micro_batches)
+    if train and not all(counted):
+        raise ValueError("every training micro-batch counts")
+    local_units = float(sum(method.units(mb) for mb, c in zip(micro_batches, counted) if c))
     total = first.all_reduce(torch.tensor([local_units], dtype=torch.float64, device=first.device), "sum")
     total_units = max(float(total.item()), 1e-12)
     sums: dict[str, float] = {}
@@ -87,10 +94,12 @@ def run_micro_batches(engine, method: Method, micro_batches: Sequence[dict], tra
         sums[key] = sums.get(key, 0.0) + s
         counts[key] = counts.get(key, 0.0) + c
 
-    for mb in micro_batches:
+    for mb, keep in zip(micro_batches, counted):
         units = float(method.units(mb))
         with torch.set_grad_enabled(train):
             res = method.loss(mb)
+        if not keep:
+            continue
         losses = res.loss_sum if isinstance(res.loss_sum, dict) else {"": res.loss_sum}
         for name, loss in losses.items():
             if train:
@@ -150,15 +159,24 @@ def total_steps(spec: FitSpec, world: int) -> int:
 
 
 def evaluate(engine, method: Method, spec: FitSpec) -> dict[str, float]:
-    """Average the method's loss and stats over the whole eval set (sharded by rank)."""
+    """Average the method's loss and stats over the whole eval set, every item once (sharded by rank).
+
+    Sharded engines (FSDP, ZeRO-3) gather weights in every forward, so every process must run
+    the same number of them: a process whose shard is shorter runs a copy of item 0 in its
+    place and drops the result.
+    """
     assert spec.eval_set is not None
     engine.eval()
     idx = list(range(engine.rank, len(spec.eval_set), engine.world_size))
-    mbs = [
-        spec.collate([spec.eval_set[i] for i in idx[j : j + spec.micro_batch_size]])
-        for j in range(0, len(idx), spec.micro_batch_size)
-    ]
-    stats = run_micro_batches(engine, method, mbs, train=False)
+    per_rank = -(-len(spec.eval_set) // engine.world_size)
+    padded = idx + [0] * (per_rank - len(idx))
+    mbs, counted = [], []
+    for j in range(0, len(padded), spec.micro_batch_size):
+        chunk = padded[j : j + spec.micro_batch_size]
+        real = [i for k, i in enumerate(chunk) if j + k < len(idx)]
+        mbs.append(spec.collate([spec.eval_set[i] for i in (real or chunk)]))
+        counted.append(bool(real))
+    stats = run_micro_batches(engine, method, mbs, train=False, counted=counted)
     engine.train()
     return stats
 

@@ -64,6 +64,30 @@ def validate(cfg: RLConfig) -> None:
         raise UserError("--rollout.temperature must be >= 0.")
     if a.max_epochs < 1:
         raise UserError("--algo.max_epochs must be at least 1.")
+    if cfg.actor.dual_clip is not None and cfg.actor.dual_clip <= 1:
+        raise UserError(
+            f"--actor.dual_clip must be > 1 (the dual-clip bound c of PPO), got {cfg.actor.dual_clip}."
+        )
+    if rp.q_updates_per_step < 1:
+        raise UserError(
+            f"--repulse.q_updates_per_step must be at least 1 (proposal updates per policy update), "
+            f"got {rp.q_updates_per_step}."
+        )
+    if a.dynamic_filtering_enable:
+        if len(a.dynamic_filtering_range) != 2:
+            raise UserError(
+                "--algo.dynamic_filtering_range takes two numbers: the kept mean-reward range low high."
+            )
+        lo, hi = a.dynamic_filtering_range
+        if r.n_samples_per_prompt < 2:
+            raise UserError(
+                "--algo.dynamic_filtering_enable drops prompt groups whose samples all score alike: "
+                "set --rollout.n_samples_per_prompt to 2 or more."
+            )
+        if not lo < hi:
+            raise UserError(
+                f"--algo.dynamic_filtering_range {lo} {hi}: the low end must be below the high end."
+            )
 
 
 def main(argv: list[str]) -> int:

@@ -183,31 +183,66 @@ def ref_logprobs(roles: Roles, samples: Samples, micro: int, temperature: float 
 # ----------------------------------------------------------------------------- PPO family
 
 
+def _sum_over_ranks(engine):
+    """A function summing a tensor over processes (None in one process)."""
+    if engine.world_size == 1:
+        return None
+    return lambda t: engine.all_reduce(t.to(engine.device), "sum").cpu()
+
+
 def shape_rewards(
     cfg: RLConfig, roles: Roles, raw: torch.Tensor, samples: Samples, max_new: int
 ) -> torch.Tensor:
-    """Length penalties, running normalisation and cap, then the estimator's group baseline, then the clip."""
+    """The sequence reward an estimator sees, from the reward sources' output (OpenRLHF's order):
+
+    running normalisation (statistics over every process's rewards) → length penalties →
+    cap → the estimator's group baseline → clip to ``--reward.clip_range``.
+    """
     from repulse.rl.advantages import shape_group_rewards
     from repulse.rl.reward_shaping import clip_rewards, overlong_penalty
 
     rc = cfg.reward
     r = raw.clone()
+    if roles.reward_norm is not None:
+        roles.reward_norm.update(r, _sum_over_ranks(roles.policy))
+        r = roles.reward_norm.normalize(r)
     if rc.overlong_buffer_len:
         lengths = samples.response_length.cpu()
         r = r + overlong_penalty(lengths, max_new, rc.overlong_buffer_len, rc.overlong_penalty_factor)
     if rc.stop_properly_penalty_coef is not None:
         c = rc.stop_properly_penalty_coef
         r = torch.where(samples.truncated.cpu(), r * c if c >= 0 else torch.full_like(r, c), r)
-    if roles.reward_norm is not None:
-        roles.reward_norm.update(r)
-        r = roles.reward_norm.normalize(r)
     if rc.cap is not None:
         r = r.clamp(max=rc.cap)
     r = shape_group_rewards(cfg.algo.advantage.estimator, r, cfg.rollout.n_samples_per_prompt)
     return clip_rewards(r, rc.clip_range[0], rc.clip_range[1])
 
 
-def make_experience(cfg: RLConfig, roles: Roles, items: list[dict], metrics: dict) -> Experience:
+def filter_groups(cfg: RLConfig, roles: Roles, raw: torch.Tensor, metrics: dict) -> torch.Tensor | None:
+    """Rows kept by dynamic filtering (DAPO): groups whose mean reward is inside the range.
+
+    Every process keeps the same number of groups (the fewest any process kept, its first
+    ones), so sharded engines run the same number of forwards; None when no process kept any.
+    """
+    from repulse.rl.advantages import dynamic_filter_groups
+
+    n = cfg.rollout.n_samples_per_prompt
+    lo, hi = cfg.algo.dynamic_filtering_range
+    keep = dynamic_filter_groups(raw.cpu(), n, lo, hi)
+    groups = torch.nonzero(keep.view(-1, n)[:, 0]).flatten()
+    count = torch.tensor([float(groups.numel())], dtype=torch.float64)
+    if roles.policy.world_size > 1:
+        count = roles.policy.all_reduce(count.to(roles.policy.device), "min").cpu()
+    k = int(count.item())
+    metrics["kept_fraction"] = float(keep.float().mean())
+    metrics["kept_groups"] = k
+    if k == 0:
+        return None
+    return (groups[:k, None] * n + torch.arange(n)).flatten()
+
+
+def make_experience(cfg: RLConfig, roles: Roles, items: list[dict], metrics: dict) -> Experience | None:
+    """One rollout batch → ``Experience``; None when dynamic filtering left nothing to learn from."""
     from repulse.losses.kl import KL_ESTIMATORS
     from repulse.rl.advantages import compute_advantages, token_rewards
 
@@ -216,14 +251,29 @@ def make_experience(cfg: RLConfig, roles: Roles, items: list[dict], metrics: dic
     samples = sample(roles.policy, roles, cfg, [it["prompt_ids"] for it in items], n, cfg.rollout.temperature)
     t1 = time.perf_counter()
     device = roles.policy.device
+    raw, _ = score(roles, samples, items, cfg.reward.reduction)
+    lo, hi = global_range(roles.policy, raw)
+    metrics.update(
+        reward=float(raw.mean()),
+        reward_std=global_std(roles.policy, raw),
+        reward_min=lo,
+        reward_max=hi,
+        response_length=float(samples.response_length.float().mean()),
+        time_generate=t1 - t0,
+    )
+    if cfg.algo.dynamic_filtering_enable:
+        rows = filter_groups(cfg, roles, raw, metrics)
+        if rows is None:
+            metrics["time_experience"] = time.perf_counter() - t1
+            return None
+        samples, raw = samples.select(rows), raw[rows]
     samples = samples.to(device)
+    raw = raw.to(device)
     micro = cfg.train.micro_batch_size
     old = batched_logprobs(roles.policy.module, samples, micro, cfg.rollout.temperature)
     mask = samples.action_mask.float()
     ref = ref_logprobs(roles, samples, micro, cfg.rollout.temperature)
     values = batched_values(roles.critic.module, samples, micro) if roles.critic is not None else None
-    raw, _ = score(roles, samples, items, cfg.reward.reduction)
-    raw = raw.to(device)
     # the overlong penalty is relative to the budget L_max, not to this batch's longest response
     max_new = max_new_tokens(cfg, [it["prompt_ids"] for it in items])
     rewards = shape_rewards(cfg, roles, raw.cpu(), samples, max_new).to(device)
@@ -231,6 +281,7 @@ def make_experience(cfg: RLConfig, roles: Roles, items: list[dict], metrics: dic
     coef = roles.kl_ctl.value
     penalty = None if cfg.algo.kl.use_loss else coef * kl
     a = cfg.algo.advantage
+    reduce = (lambda t: roles.policy.all_reduce(t, "sum")) if roles.policy.world_size > 1 else None
     adv, ret = compute_advantages(
         a.estimator,
         token_rewards=token_rewards(rewards, penalty, mask),
@@ -239,29 +290,26 @@ def make_experience(cfg: RLConfig, roles: Roles, items: list[dict], metrics: dic
         gamma=a.gamma,
         lambd=a.lambd,
         no_std_norm=a.no_std_norm,
-        reduce=(lambda t: roles.policy.all_reduce(t, "sum")) if roles.policy.world_size > 1 else None,
+        reduce=reduce,
     )
-    t2 = time.perf_counter()
-    exp = Experience(samples, old, ref, values, rewards, raw, kl, adv, ret)
+    # the KL controller's input (as OpenRLHF): per-token mean KL per sample, averaged over every
+    # process's samples, and their number
+    per_sample = kl.sum(-1) / mask.sum(-1).clamp(min=1)
+    moments = torch.stack(
+        [per_sample.double().sum(), torch.tensor(float(per_sample.numel()), dtype=torch.float64)]
+    )
+    if reduce is not None:
+        moments = reduce(moments.to(device)).cpu()
+    kl_total, kl_count = (float(v) for v in moments)
     metrics.update(
-        reward=float(raw.mean()),
-        reward_std=global_std(roles.policy, raw),
         shaped_reward=float(rewards.mean()),
         kl=float((kl.sum(-1)).mean()),
+        kl_per_token=kl_total / max(kl_count, 1.0),
+        kl_samples=kl_count,
         kl_coef=coef,
-        response_length=float(samples.response_length.float().mean()),
-        time_generate=t1 - t0,
-        time_experience=t2 - t1,
+        time_experience=time.perf_counter() - t1,
     )
-    if cfg.algo.dynamic_filtering_enable:
-        from repulse.rl.advantages import dynamic_filter_groups
-
-        lo, hi = cfg.algo.dynamic_filtering_range
-        keep = dynamic_filter_groups(raw.cpu(), n, lo, hi)
-        metrics["kept_fraction"] = float(keep.float().mean())
-        if keep.any():
-            exp = exp.select(torch.nonzero(keep).flatten())
-    return exp
+    return Experience(samples, old, ref, values, rewards, raw, kl, adv, ret)
 
 
 def micro_slices(rows: int, micro: int) -> list[list[int]]:
@@ -308,7 +356,7 @@ def ppo_update(cfg: RLConfig, roles: Roles, exp: Experience, step: int, accum: i
                     agg.setdefault(k, []).append(v)
     metrics.update({k: sum(v) / len(v) for k, v in agg.items()})
     metrics["time_train"] = time.perf_counter() - t0
-    roles.kl_ctl.update(metrics.get("kl", 0.0), exp.action_mask.shape[0])
+    roles.kl_ctl.update(metrics["kl_per_token"], int(metrics["kl_samples"]))
 
 
 @torch.no_grad()
@@ -436,6 +484,7 @@ def run(cfg: RLConfig) -> int:
     from repulse.trainers.rl_methods import exact_eval, negdata_sink, repulse_step
 
     sink = negdata_sink(cfg, run_.rank)
+    seen = (math.inf, -math.inf)  # the range of the policy's sampled rewards, for the η check
     # as the offline loop: evaluate before the first step and every --eval.steps (<= 0: every episode)
     eval_every = cfg.eval.steps if cfg.eval.steps > 0 else steps_per_episode
     if start == 0:
@@ -455,10 +504,11 @@ def run(cfg: RLConfig) -> int:
             metrics: dict[str, Any] = {}
             if cfg.repulse.method == "rl":
                 exp = make_experience(cfg, roles, items, metrics)
-                if sink is not None:
-                    sink.add(roles, exp.samples, items, exp.raw_rewards)
-                ppo_update(cfg, roles, exp, step, accum, metrics)
-                n_samples = exp.action_mask.shape[0]
+                n_samples = len(items) * cfg.rollout.n_samples_per_prompt
+                if exp is not None:
+                    if sink is not None:
+                        sink.add(roles, exp.samples, items, exp.raw_rewards)
+                    ppo_update(cfg, roles, exp, step, accum, metrics)
             else:
                 n_samples = repulse_step(cfg, roles, items, step, accum, metrics, sink)
             done = step + 1
@@ -466,6 +516,8 @@ def run(cfg: RLConfig) -> int:
             metrics["samples_per_s"] = n_samples * world / dt
             metrics["time_step"] = dt
             metrics = _mean_over_ranks(roles.policy, metrics)
+            if "reward_min" in metrics:
+                seen = (min(seen[0], metrics["reward_min"]), max(seen[1], metrics["reward_max"]))
             boundary = cfg.repulse.analytic_bad_word_calc and (done % per_fit == 0 or done == total)
             if boundary:
                 metrics.update(exact_eval(cfg, roles))
@@ -486,6 +538,8 @@ def run(cfg: RLConfig) -> int:
         log.close()
         if sink is not None:
             sink.close()
+    if run_.rank == 0 and (cfg.repulse.method != "rl" or eval_prompts is not None):
+        warn_threshold_outside(cfg, seen)
     roles.policy.export_hf(out_dir, roles.tokenizer)
     if roles.critic is not None and cfg.critic.save_value_network:
         roles.critic.export_hf(out_dir / "critic", roles.tokenizer)
@@ -494,6 +548,30 @@ def run(cfg: RLConfig) -> int:
     if run_.rank == 0:
         print(f"[repulse] saved the policy to {out_dir}", flush=True)
     return 0
+
+
+def global_range(engine, x: torch.Tensor) -> tuple[float, float]:
+    """(min, max) of ``x`` over every process's values."""
+    xd = x.detach().double().flatten()
+    t = torch.stack([-xd.min(), xd.max()]) if xd.numel() else torch.full((2,), -math.inf, dtype=torch.float64)
+    if engine.world_size > 1:
+        t = engine.all_reduce(t.to(engine.device), "max").cpu()
+    return -float(t[0]), float(t[1])
+
+
+def warn_threshold_outside(cfg: RLConfig, seen: tuple[float, float]) -> None:
+    """η (``--repulse.bad_threshold``) outside every reward seen: the P(bad) metrics said nothing."""
+    from repulse.errors import warn_once
+
+    lo, hi = seen
+    eta = cfg.repulse.bad_threshold
+    if lo <= hi and not lo < eta <= hi:
+        warn_once(
+            "rl.bad_threshold",
+            f"--repulse.bad_threshold {eta:g} is outside the range of rewards seen in training "
+            f"[{lo:g}, {hi:g}]: the sampled P(bad) metrics were {'0' if eta <= lo else '1'} throughout; "
+            "check the threshold against the reward model's scale.",
+        )
 
 
 def global_std(engine, x: torch.Tensor) -> float:

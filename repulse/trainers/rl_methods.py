@@ -24,7 +24,7 @@ from repulse.config.sections import RLConfig
 from repulse.errors import UserError
 from repulse.rl.experience import Experience, batched_logprobs
 from repulse.trainers.fit import run_micro_batches
-from repulse.trainers.rl_loop import Roles, global_std, ref_logprobs, sample, score
+from repulse.trainers.rl_loop import Roles, global_range, global_std, ref_logprobs, sample, score
 from repulse.trainers.rl_updates import RepulseBatch, RepulseUpdate
 
 
@@ -76,9 +76,12 @@ def p_experience(cfg: RLConfig, roles: Roles, items: list[dict], metrics: dict) 
         kl_seq = (KL_ESTIMATORS[cfg.algo.kl.estimator](old, ref) * mask).sum(-1)
     lam = cfg.algo.kl.init_coef
     returns = transform_rewards(cfg, raw) - lam * kl_seq
+    lo, hi = global_range(roles.policy, raw)
     metrics.update(
         reward=float(raw.mean()),
         reward_std=global_std(roles.policy, raw),
+        reward_min=lo,
+        reward_max=hi,
         return_=float(returns.mean()),
         kl=float(kl_seq.mean()),
         response_length=float(s.response_length.float().mean()),
@@ -144,11 +147,16 @@ def repulse_step(
     rp = cfg.repulse
     drawn = 0
     if rp.method == "repulse":
-        for _ in range(max(0, rp.q_updates_per_step - 1)):
-            extra: dict[str, Any] = {}
-            q_exp = q_experience(cfg, roles, items, extra)
-            _update(cfg, roles, None, q_exp, accum, train_p=False, train_q=True, metrics=extra, tag="")
+        extra: dict[str, list[float]] = {}
+        for _ in range(rp.q_updates_per_step - 1):  # N_q - 1 q-only steps on fresh q samples
+            one: dict[str, Any] = {}
+            q_exp = q_experience(cfg, roles, items, one)
+            _update(cfg, roles, None, q_exp, accum, train_p=False, train_q=True, metrics=one, tag="")
             drawn += q_exp.action_mask.shape[0]
+            for k, v in one.items():
+                extra.setdefault(k, []).append(v)
+        # logged as q_only_<metric>, the mean over those steps
+        metrics.update({f"q_only_{k}": sum(v) / len(v) for k, v in extra.items()})
     p_exp = p_experience(cfg, roles, items, metrics)
     drawn += p_exp.action_mask.shape[0]
     if sink is not None:

@@ -41,9 +41,9 @@ class PolicyUpdate:
         from repulse.losses.policy import ppo_policy_loss
 
         mask = exp.action_mask.to(torch.float32)
-        want_entropy = self.entropy_coef is not None
+        bonus = bool(self.entropy_coef)
         logp, ent = action_logprobs(
-            self.engine.module, exp.samples, self.temperature, with_entropy=want_entropy
+            self.engine.module, exp.samples, self.temperature, with_entropy=True, entropy_grad=bonus
         )
         logp = logp.float()
         per_tok, m = ppo_policy_loss(
@@ -64,10 +64,9 @@ class PolicyUpdate:
             kl = KL_ESTIMATORS[self.kl_estimator](logp, exp.ref_logprobs)
             per_tok = per_tok + self.kl_loss_coef * kl
             stats["kl_loss"] = (_sum(kl.detach(), mask), n)
-        if ent is not None:
-            stats["entropy"] = (_sum(ent.detach().float(), mask), n)
-            if self.entropy_coef:
-                per_tok = per_tok - self.entropy_coef * ent.float()
+        stats["entropy"] = (_sum(ent.detach().float(), mask), n)
+        if bonus:
+            per_tok = per_tok - self.entropy_coef * ent.float()
         return MicroResult((per_tok * mask).sum(), stats)
 
 

@@ -58,6 +58,25 @@ def test_every_method_runs_and_logs_exact_p_bad(toy, toy_lm_rm, tmp_path, method
         assert all("loss_u" in r for r in rows if "reward" in r)
 
 
+@pytest.mark.slow
+def test_a_threshold_outside_the_rewards_seen_warns(toy, toy_lm_rm, tmp_path, monkeypatch, capsys):
+    import repulse.errors
+    from repulse.trainers import rl_loop
+    from repulse.workflows.demo import rl_config
+
+    monkeypatch.setattr(repulse.errors, "_warned", set())
+    lm, rm = toy_lm_rm
+    cfg = rl_config(toy, lm, rm, tmp_path, "reinforce", seed=1, quick=True)
+    cfg.repulse.fit_steps, cfg.train.num_episodes, cfg.repulse.analytic_bad_word_calc = 1, 2, False
+    cfg.repulse.bad_threshold = -1e6
+    rl_loop.run(cfg)
+    err = capsys.readouterr().err
+    assert "--repulse.bad_threshold -1e+06 is outside the range of rewards seen" in err
+    assert "were 0 throughout" in err
+    rows = [r for r in _metrics(Path(cfg.ckpt.output_dir)) if "reward" in r]
+    assert all(r["reward_min"] <= r["reward"] <= r["reward_max"] for r in rows)
+
+
 def test_repulse_validation_errors():
     base = [
         "--actor.model_name_or_path", "m", "--data.prompt_dataset", "p.jsonl", "--reward.remote_url", "r.py",
@@ -70,6 +89,14 @@ def test_repulse_validation_errors():
     with pytest.raises(UserError, match="--repulse.reward_transform"):
         parse_config("rl", RLConfig, [*base, "--repulse.method", "reward_transform",
                                       "--rollout.n_samples_per_prompt", "4"], validate)  # fmt: skip
+    with pytest.raises(UserError, match="--repulse.q_updates_per_step must be at least 1"):
+        parse_config("rl", RLConfig, [*base, "--repulse.method", "repulse", "--repulse.q_updates_per_step", "0",
+                                      "--rollout.n_samples_per_prompt", "4"], validate)  # fmt: skip
+    with pytest.raises(UserError, match="--actor.dual_clip must be > 1"):
+        parse_config("rl", RLConfig, [*base, "--actor.dual_clip", "0.5"], validate)
+    with pytest.raises(UserError, match="--algo.dynamic_filtering_range 1.0 0.0"):
+        parse_config("rl", RLConfig, [*base, "--algo.dynamic_filtering_enable", "--algo.dynamic_filtering_range",
+                                      "1", "0", "--rollout.n_samples_per_prompt", "4"], validate)  # fmt: skip
 
 
 @pytest.mark.slow
@@ -173,3 +200,130 @@ def test_eval_tail_proposal_exact_negdata_and_default_output(toy_lm_rm, tmp_path
         cwd=monkey_cwd, check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     assert (monkey_cwd / "tail_eval" / "samples.jsonl").is_file() and not (bare / "samples.jsonl").exists()
+
+
+# --------------------------------------------------------------------------- the joint step's wiring
+
+
+def _token_logprobs(model, s):
+    """log p of each response token, written out here (independent of repulse's helpers)."""
+    import torch
+
+    pos = (s.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=s.sequences, attention_mask=s.attention_mask, position_ids=pos).logits
+    logits = logits[:, s.prompt_len - 1 : -1].float()
+    return torch.log_softmax(logits, -1).gather(-1, s.response[..., None]).squeeze(-1) * s.action_mask
+
+
+def test_joint_step_gradients_are_the_documented_losses(toy):
+    """One RePULSe joint step through ``RepulseUpdate`` and ``run_micro_batches``: p's gradient is
+    ∇[L_r + α·L_u] and q's is ∇L_q, each recomputed here from the formulas of spec §1.3-1.4 with
+    plain torch (token-mean log-likelihoods; RLOO baseline; w = softmax per prompt of
+    Σ log p(s') − β·r − Σ log q_old(s'), masked sums; π weights of the tokens strictly before t).
+    2 prompts × N = 3 samples of up to 5 tokens (variable lengths), float64 references, 1e-5."""
+    import copy
+
+    import torch
+
+    from repulse.config.sections import AdamSection, EngineSection, MuonSection, OptimSection
+    from repulse.engine import build_engine
+    from repulse.engine.spec import optim_spec_from
+    from repulse.models.loading import load_causal_lm
+    from repulse.rl.experience import Experience, batched_logprobs
+    from repulse.rl.rollout import hf_generate
+    from repulse.trainers.fit import run_micro_batches
+    from repulse.trainers.rl_updates import RepulseBatch, RepulseUpdate
+
+    torch.manual_seed(0)
+    n, alpha, beta = 3, 0.7, 2.0
+    base = load_causal_lm(str(toy.llama))
+    p_ref, q_ref = copy.deepcopy(base), copy.deepcopy(base)
+    with torch.no_grad():  # q differs from p, so the importance weights are not uniform
+        for w in q_ref.parameters():
+            w.add_(0.05 * torch.randn_like(w))
+    engines = {
+        k: build_engine(
+            copy.deepcopy(m),
+            optim_spec_from(AdamSection(), MuonSection(), OptimSection(), 1),
+            EngineSection(),
+        )
+        for k, m in (("p", p_ref), ("q", q_ref))
+    }
+    prompts = [[1, 40, 41, 42], [1, 50, 51]]
+    gen = dict(n_samples=n, max_new_tokens=5, temperature=1.0, top_p=1.0, top_k=0, eos_id=2, pad_id=0,
+               micro_batch_size=16, device=torch.device("cpu"))  # fmt: skip
+    sp, sq = hf_generate(p_ref, prompts, **gen), hf_generate(q_ref, prompts, **gen)
+    assert len(set(sq.action_mask.sum(-1).tolist())) > 1 or len(set(sp.action_mask.sum(-1).tolist())) > 1
+    returns = torch.tensor([0.3, -1.2, 2.0, 0.5, 0.1, -0.4])
+    r_q = torch.tensor([-2.0, 0.5, 1.0, -0.3, 0.8, -1.5])
+    p_exp = Experience(sp, batched_logprobs(p_ref, sp, 16), returns=returns)
+    q_old = batched_logprobs(q_ref, sq, 16)
+    q_exp = Experience(sq, q_old, rewards=r_q)
+    method = RepulseUpdate(
+        engines["p"], engines["q"], train_p=True, alpha=alpha, beta=beta, weights="importance"
+    )
+    run_micro_batches(engines, method, [RepulseBatch(p_exp, q_exp, n)], train=True)
+
+    # the references, from the formulas
+    def tmean(x, m):
+        return (x * m).sum(-1) / m.sum(-1)
+
+    mp, mq = sp.action_mask.double(), sq.action_mask.double()
+    lp_p = _token_logprobs(p_ref, sp).double()
+    lp_q = _token_logprobs(p_ref, sq).double()
+    R = returns.double().view(-1, n)
+    adv = (R - (R.sum(1, keepdim=True) - R) / (n - 1)).flatten()
+    loss_r = (adv * -tmean(lp_p, mp)).mean()
+    logw = (lp_q.detach() * mq).sum(-1) - beta * r_q.double() - (q_old.double() * mq).sum(-1)
+    w = torch.softmax(logw.view(-1, n), 1).flatten()
+    loss_u = (w * tmean(lp_q, mq)).mean()
+    (loss_r + alpha * loss_u).backward()
+    lq = _token_logprobs(q_ref, sq).double()
+    diff = (lp_q.detach() - q_old.double()) * mq
+    w_pi = torch.softmax((diff.cumsum(-1) - diff).view(-1, n, diff.shape[-1]), 1).reshape(diff.shape)
+    loss_q = tmean((w_pi - w[:, None]) * (lq - lp_q.detach()), mq).mean()
+    loss_q.backward()
+    for name, ref in (("p", p_ref), ("q", q_ref)):
+        got = dict(engines[name].module.named_parameters())
+        for k, v in ref.named_parameters():
+            torch.testing.assert_close(
+                got[k].grad, v.grad.to(got[k].grad.dtype), atol=1e-5, rtol=1e-4, msg=f"{name}:{k}"
+            )
+        assert any(v.grad.abs().sum() > 0 for v in ref.parameters())
+
+
+@pytest.mark.slow
+def test_update_order_and_extra_proposal_steps(toy, toy_lm_rm, tmp_path):
+    """Default: q's CTL step targets σ built from the pre-update p, and p's step (which sees q only
+    through the stored samples and log q_old) is the same whatever the order; ``--repulse.p_first``
+    updates p first and q then targets the updated p, so p ends equal and q differs.
+    ``--repulse.q_updates_per_step 3``: two extra q-only steps on fresh q samples before the joint
+    step (logged as ``q_only_*``), which moves q further and leaves p's own samples unchanged."""
+    import torch
+    from same_update import weights
+
+    from repulse.trainers import rl_loop
+    from repulse.workflows.demo import rl_config
+
+    lm, rm = toy_lm_rm
+
+    def go(name: str, **over):
+        cfg = rl_config(toy, lm, rm, tmp_path / name, "repulse", seed=1, quick=True)
+        cfg.repulse.fit_steps, cfg.train.num_episodes, cfg.repulse.analytic_bad_word_calc = 1, 1, False
+        for k, v in over.items():
+            setattr(cfg.repulse, k, v)
+        rl_loop.run(cfg)
+        out = Path(cfg.ckpt.output_dir)
+        return [r for r in _metrics(out) if "reward" in r], weights(out), weights(out / "proposal")
+
+    rows, p, q = go("q_first")
+    rows_pf, p_pf, q_pf = go("p_first", p_first=True)
+    rows_x, p_x, q_x = go("extra", q_updates_per_step=3)
+    assert len(rows) == len(rows_pf) == len(rows_x) == 1
+    assert rows[0]["reward"] == rows_pf[0]["reward"]  # same seed, same p samples
+    for k in p:
+        torch.testing.assert_close(p_pf[k], p[k], atol=1e-7, rtol=0)
+    assert any(not torch.equal(q_pf[k], q[k]) for k in q)
+    assert "q_only_loss_ctl" in rows_x[0] and "q_only_q_grad_norm" in rows_x[0]
+    assert "q_only_loss_ctl" not in rows[0]
+    assert any(not torch.equal(q_x[k], q[k]) for k in q)

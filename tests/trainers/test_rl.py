@@ -349,13 +349,18 @@ def test_two_processes_reproduce_one(toy, tmp_path):
     seed. Sampled rollouts cannot match across world sizes (each rank draws for its own share of
     the prompts), so rollouts are greedy (temperature 0): then each prompt's response is a
     function of the weights alone. PPO with a critic (gae; advantages whitened over both ranks'
-    tokens) and a KL-in-reward reference, one optimizer step per rollout, lr 1e-3, 3 steps:
+    tokens), a KL-in-reward reference with an adaptive controller and running reward
+    normalisation (both must see every rank's samples, not their own), one optimizer step per
+    rollout, lr 1e-3, 3 steps:
     per-step reward, reward std (over all samples, not a mean of per-rank stds), KL, losses and
     gradient norms of actor and critic agree within a relative 1e-4, and actor and critic made the
     same update (fp32; only reduction order and padding widths differ; ``same_update``)."""
     over = dict(
         algo__advantage__estimator="gae",
         algo__kl__init_coef=0.05,
+        algo__kl__target=0.01,
+        algo__kl__horizon=10,
+        reward__normalize_enable=True,
         rollout__n_samples_per_prompt=1,
         rollout__temperature=0.0,
         train__batch_size=8,
@@ -373,7 +378,17 @@ def test_two_processes_reproduce_one(toy, tmp_path):
     assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3]
     assert one[0]["reward_std"] > 0.01  # greedy answers differ between prompts: a real signal
     assert one[-1]["kl"] != 0.0
-    keys = ("reward", "reward_std", "kl", "response_length", "policy_loss", "value_loss")
+    assert one[-1]["kl_coef"] != one[0]["kl_coef"]  # the controller moved
+    keys = (
+        "reward",
+        "reward_std",
+        "kl",
+        "kl_coef",
+        "shaped_reward",
+        "response_length",
+        "policy_loss",
+        "value_loss",
+    )
     for a, b in zip(one, two):
         for key in (*keys, "actor_grad_norm", "critic_grad_norm"):
             assert b[key] == approx(a[key]), (key, a["step"], a[key], b[key])

@@ -283,15 +283,25 @@ def test_rm_two_processes_reproduce_one(toy, tmp_path, engine):
     from repulse.trainers import rm
 
     one = tmp_path / "one"
-    rm.run(pairs_cfg(toy, one, train__max_steps=3))
+    # 9 eval pairs over 2 processes in micro-batches of 4: shards of 5 and 4 - the shorter one
+    # runs a dropped copy so that both run 2 forwards (sharded engines would hang otherwise)
+    ev = dict(eval__dataset=str(toy.pairs_eval), eval__max_samples=9)
+    rm.run(pairs_cfg(toy, one, train__max_steps=3, **ev))
     two_cfg = pairs_cfg(
-        toy, tmp_path / "two", train__max_steps=3, engine__backend=engine, engine__zero_stage=3
+        toy, tmp_path / "two", train__max_steps=3, engine__backend=engine, engine__zero_stage=3, **ev
     )
     two_cfg.engine.param_dtype = "fp32"
     torchrun(["rm", "--config", cfg_file(two_cfg, tmp_path / "two.yaml")], cwd=tmp_path)
     assert_two_processes_match(
         toy.llama, one, tmp_path / "two", ("loss", "acc", "margin", "chosen_reward", "grad_norm")
     )
+    from same_update import approx
+
+    ea, eb = eval_rows(one), eval_rows(tmp_path / "two")
+    assert [r["step"] for r in ea] == [r["step"] for r in eb] == [0, 3]
+    for ra, rb in zip(ea, eb):  # every eval pair counted once: the same averages
+        for key in ("eval_loss", "eval_acc", "eval_margin"):
+            assert rb[key] == approx(ra[key]), (key, ra, rb)
     cfg_one = json.loads((one / "config.json").read_text())
     cfg_two = json.loads((tmp_path / "two" / "config.json").read_text())
     assert cfg_two["repulse_reward_mean"] == pytest.approx(cfg_one["repulse_reward_mean"], abs=1e-5)
