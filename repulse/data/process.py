@@ -93,8 +93,9 @@ class ProcessRewardDataset(TokenDataset):
             labels = self._labels(raw, text, parts, row_label(row, i), label_key)
             if len(labels) != n_steps:
                 raise UserError(
-                    f"{row_label(row, i)}: the input has {n_steps} step placeholder(s) {placeholder_token!r} but "
-                    f"'{label_key}' (--data.label_key) has {len(labels)} label(s); they must match one to one."
+                    f"{row_label(row, i)}: the input has {n_steps} step placeholder(s) "
+                    f"{placeholder_token!r} but '{label_key}' (--data.label_key) has {len(labels)} label(s); "
+                    "they must match one to one."
                 )
             plans.append((len(pieces), len(parts), labels))
             pieces.extend(parts)

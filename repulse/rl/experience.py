@@ -4,6 +4,10 @@ One forward per model per sample set: the policy's old log-probs, the reference'
 log-probs (only when a KL term is on), the critic's values (only for ``gae``).
 All are computed with dropout off and with the same micro-batches the update uses,
 so the first update of a fresh rollout sees an importance ratio of exactly 1.
+
+The old log-probs are skipped (``old_logprobs`` None) when nothing reads them before the
+update and the whole rollout is one optimizer step: the update's own forward then runs at
+the very weights that sampled, so π_old = sg(π) exactly and a forward is saved.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ class Experience:
     """A batch of samples and the tensors computed from them ([B, T] unless noted)."""
 
     samples: Samples
-    old_logprobs: torch.Tensor
+    old_logprobs: torch.Tensor | None  # None: one optimizer step per rollout, π_old = sg(π)
     ref_logprobs: torch.Tensor | None = None
     values: torch.Tensor | None = None
     rewards: torch.Tensor | None = None  # [B] sequence reward after shaping

@@ -2,7 +2,8 @@
 
 Request ``{"query": [text, ...]}`` (optionally ``"prompts"``, ``"labels"``); answer
 ``{"rewards": [...], "scores": [...]}``. Requests are scored in micro-batches of
-``--batch_size``; a malformed request gets HTTP 400 with a one-line reason.
+``--batch_size``; a malformed request gets HTTP 400 with a one-line reason (clients do not
+retry it), a failure while scoring HTTP 500 (clients retry it).
 """
 
 from __future__ import annotations
@@ -74,9 +75,12 @@ def make_server(scorer: RewardScorer, host: str, port: int) -> ThreadingHTTPServ
                 queries = body["query"]
                 if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
                     raise ValueError("'query' must be a list of strings")
-            except (ValueError, KeyError) as exc:
-                return self._send(400, {"error": f"bad request: {exc}"})
-            rewards = scorer.score(queries)
+            except (ValueError, KeyError, TypeError) as exc:  # TypeError: a body that is not an object
+                return self._send(400, {"error": f"bad request: {type(exc).__name__}: {exc}"})
+            try:
+                rewards = scorer.score(queries)
+            except Exception as exc:  # answer it (HTTP 500, retried by the client) instead of dropping it
+                return self._send(500, {"error": f"scoring failed: {type(exc).__name__}: {exc}"})
             self._send(200, {"rewards": rewards, "scores": rewards, "extra_logs": {}})
 
     return ThreadingHTTPServer((host, port), Handler)

@@ -7,6 +7,7 @@ Several sources combine with ``--reward.reduction`` (sum by default).
 
 from __future__ import annotations
 
+import http.client
 import importlib.util
 import json
 import time
@@ -167,21 +168,61 @@ class PythonRewardSource:
         return rewards
 
 
+def _http_body(exc: urllib.error.HTTPError, limit: int = 300) -> str:
+    """The first ``limit`` characters of an error answer's body, on one line."""
+    try:
+        raw = exc.read()
+    except Exception:  # the body itself may be cut off; the status still says enough
+        return ""
+    text = " ".join(raw.decode("utf-8", errors="replace").split())
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
 def post_json(url: str, payload: dict, timeout: float, retries: int) -> dict:
-    """POST with retries and back-off; a server that stays down is a clear error."""
+    """POST ``payload`` as JSON and return the JSON answer.
+
+    Tried ``1 + retries`` times, with back-off (0.2 s, 0.4 s, ... at most 2 s between tries), when
+    the server cannot be reached, does not answer within ``timeout`` seconds, drops the
+    connection, answers HTTP 5xx or answers something that is not JSON. An HTTP 4xx answer says
+    the request itself is wrong: it is not retried, and the error shows its status and body.
+    A server that never answers is one clear error naming the URL and the number of tries.
+    """
     data = json.dumps(payload).encode()
-    last: Exception | None = None
-    for attempt in range(max(1, retries)):
+    tries = 1 + max(0, retries)
+    failure = hint = ""
+    for attempt in range(tries):
+        if attempt:
+            time.sleep(min(2.0, 0.2 * 2 ** (attempt - 1)))
+        req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
         try:
-            req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return json.loads(resp.read().decode())
-        except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as exc:
-            last = exc
-            time.sleep(min(2.0, 0.2 * 2**attempt))
+                body = resp.read()
+        except urllib.error.HTTPError as exc:  # an answer with an error status (before URLError: a subclass)
+            body_text = _http_body(exc)
+            status = f"HTTP {exc.code} {exc.reason}" + (f": {body_text}" if body_text else "")
+            if 400 <= exc.code < 500:
+                raise UserError(
+                    f"--reward.remote_url {url}: the reward server rejected the request with {status}"
+                ) from None
+            failure, hint = f"answered {status}", ""
+            continue
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError):
+                failure = f"did not answer within --reward.timeout_s {timeout:g} s"
+                hint = " Is it overloaded, or does it need a longer --reward.timeout_s?"
+            else:
+                failure = f"did not answer ({type(reason).__name__}: {reason})"
+                hint = " Is it running (repulse serve-rm ...)?"
+            continue
+        try:
+            return json.loads(body.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            failure, hint = f"answered something that is not JSON: {body[:200]!r}", " Is it a reward server?"
+    plural = "try" if tries == 1 else "tries"
     raise UserError(
-        f"--reward.remote_url {url}: the reward server did not answer after {retries} tries "
-        f"({getattr(last, 'reason', last)}). Is it running (repulse serve-rm ...)?"
+        f"--reward.remote_url {url}: the reward server {failure} after {tries} {plural} "
+        f"(--reward.retries {retries}).{hint}"
     )
 
 

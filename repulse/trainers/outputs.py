@@ -52,10 +52,11 @@ class MetricsLog:
         if not enabled:
             return
         if resume_step > 0 and self.path.exists():
+            # a line that does not parse was being written when the run died: drop it too
             kept = [
                 ln
                 for ln in self.path.read_text().splitlines()
-                if ln.strip() and self._step_of(ln) <= resume_step
+                if ln.strip() and (step := self._step_of(ln)) is not None and step <= resume_step
             ]
             self.path.write_text("".join(ln + "\n" for ln in kept))
         elif resume_step == 0:
@@ -79,11 +80,12 @@ class MetricsLog:
             )
 
     @staticmethod
-    def _step_of(line: str) -> int:
+    def _step_of(line: str) -> int | None:
+        """The line's step (0 if it has none); None if it is not a whole JSON object."""
         try:
             return int(json.loads(line).get("step", 0))
-        except (ValueError, AttributeError):
-            return 0
+        except (ValueError, AttributeError, TypeError):
+            return None
 
     def log(self, step: int, metrics: dict[str, Any], prefix: str = "") -> None:
         if not self.enabled:

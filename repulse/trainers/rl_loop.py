@@ -241,8 +241,21 @@ def filter_groups(cfg: RLConfig, roles: Roles, raw: torch.Tensor, metrics: dict)
     return (groups[:k, None] * n + torch.arange(n)).flatten()
 
 
-def make_experience(cfg: RLConfig, roles: Roles, items: list[dict], metrics: dict) -> Experience | None:
-    """One rollout batch → ``Experience``; None when dynamic filtering left nothing to learn from."""
+def old_logprobs_needed(cfg: RLConfig, updates_per_step: int) -> bool:
+    """Whether the experience needs π_old before the update: for the KL to the reference (in the
+    reward, and logged and fed to the KL controller in KL-loss mode too), or because the rollout
+    feeds several optimizer steps (later ones see moved weights)."""
+    return updates_per_step > 1 or kl_needed(cfg)
+
+
+def make_experience(
+    cfg: RLConfig, roles: Roles, items: list[dict], metrics: dict, need_old: bool = True
+) -> Experience | None:
+    """One rollout batch → ``Experience``; None when dynamic filtering left nothing to learn from.
+
+    ``need_old`` False (see ``old_logprobs_needed``): π_old is left to the update, which takes
+    sg(π) of its own forward - exact, since the weights have not moved since sampling.
+    """
     from repulse.losses.kl import KL_ESTIMATORS
     from repulse.rl.advantages import compute_advantages, token_rewards
 
@@ -270,14 +283,18 @@ def make_experience(cfg: RLConfig, roles: Roles, items: list[dict], metrics: dic
     samples = samples.to(device)
     raw = raw.to(device)
     micro = cfg.train.micro_batch_size
-    old = batched_logprobs(roles.policy.module, samples, micro, cfg.rollout.temperature)
+    old = batched_logprobs(roles.policy.module, samples, micro, cfg.rollout.temperature) if need_old else None
     mask = samples.action_mask.float()
     ref = ref_logprobs(roles, samples, micro, cfg.rollout.temperature)
     values = batched_values(roles.critic.module, samples, micro) if roles.critic is not None else None
     # the overlong penalty is relative to the budget L_max, not to this batch's longest response
     max_new = max_new_tokens(cfg, [it["prompt_ids"] for it in items])
     rewards = shape_rewards(cfg, roles, raw.cpu(), samples, max_new).to(device)
-    kl = KL_ESTIMATORS[cfg.algo.kl.estimator](old, ref) * mask if ref is not None else torch.zeros_like(old)
+    kl = (
+        KL_ESTIMATORS[cfg.algo.kl.estimator](old, ref) * mask
+        if ref is not None and old is not None
+        else torch.zeros_like(mask)
+    )
     coef = roles.kl_ctl.value
     penalty = None if cfg.algo.kl.use_loss else coef * kl
     a = cfg.algo.advantage
@@ -449,6 +466,7 @@ def run(cfg: RLConfig) -> int:
     if cfg.train.max_steps > 0:
         total = min(total, cfg.train.max_steps)
     roles = build_roles(cfg, run_.device, world, total * updates_per_step, accum)
+    need_old = old_logprobs_needed(cfg, updates_per_step)
     if world > 1:
         # Models (and fresh value heads) were initialised from the shared seed; sampling must
         # not be: with one random stream per rank, ranks would draw identical samples.
@@ -503,7 +521,7 @@ def run(cfg: RLConfig) -> int:
             items = [prompts[i] for i in mine]
             metrics: dict[str, Any] = {}
             if cfg.repulse.method == "rl":
-                exp = make_experience(cfg, roles, items, metrics)
+                exp = make_experience(cfg, roles, items, metrics, need_old)
                 n_samples = len(items) * cfg.rollout.n_samples_per_prompt
                 if exp is not None:
                     if sink is not None:

@@ -65,13 +65,13 @@ def p_experience(cfg: RLConfig, roles: Roles, items: list[dict], metrics: dict) 
     s = sample(roles.policy, roles, cfg, [it["prompt_ids"] for it in items], n, cfg.rollout.temperature).to(
         device
     )
-    old = batched_logprobs(roles.policy.module, s, micro)
     mask = s.action_mask.float()
     raw, _ = score(roles, s, items, cfg.reward.reduction)
     raw = raw.to(device)
     kl_seq = torch.zeros_like(raw)
-    ref = None
+    ref = old = None  # π_old only serves the KL penalty: p's REINFORCE step uses its own forward
     if roles.ref is not None:
+        old = batched_logprobs(roles.policy.module, s, micro)
         ref = ref_logprobs(roles, s, micro)
         kl_seq = (KL_ESTIMATORS[cfg.algo.kl.estimator](old, ref) * mask).sum(-1)
     lam = cfg.algo.kl.init_coef

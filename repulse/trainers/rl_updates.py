@@ -46,11 +46,12 @@ class PolicyUpdate:
             self.engine.module, exp.samples, self.temperature, with_entropy=True, entropy_grad=bonus
         )
         logp = logp.float()
+        old = exp.old_logprobs if exp.old_logprobs is not None else logp.detach()
         per_tok, m = ppo_policy_loss(
-            logp, exp.old_logprobs, exp.advantages, mask, self.eps_low, self.eps_high, self.dual_clip
+            logp, old, exp.advantages, mask, self.eps_low, self.eps_high, self.dual_clip
         )
         n = float(mask.sum())
-        log_ratio = logp.detach() - exp.old_logprobs
+        log_ratio = logp.detach() - old
         stats = {
             "policy_loss": (_sum(per_tok.detach(), mask), n),
             "clip_frac": (float(m["clip_frac"]) * n, n),

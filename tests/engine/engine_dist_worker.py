@@ -99,7 +99,8 @@ def opt_spec(name: str) -> OptimSpec:
 def make_engine(backend: str, optim: str, zero_stage: int, seed: int = 0, dtype: str = "fp32"):
     """Build the engine. Variants: ``fsdp-lossscale`` is FSDP with its fallback for a torch
     without ``set_force_sum_reduction_for_comms`` (loss x world size instead of a SUM
-    reduction); ``deepspeed-offload`` is ZeRO with ``adam_offload`` (DeepSpeed's CPU Adam)."""
+    reduction); ``fsdp-offload`` is FSDP with ``--engine.cpu_offload`` (``CPUOffloadPolicy``);
+    ``deepspeed-offload`` is ZeRO with ``adam_offload`` (DeepSpeed's CPU Adam)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accum = GLOBAL_BATCH // (MICRO * world)
     cfg = EngineSection(
@@ -107,6 +108,7 @@ def make_engine(backend: str, optim: str, zero_stage: int, seed: int = 0, dtype:
         zero_stage=zero_stage,
         param_dtype=dtype,
         adam_offload=backend == "deepspeed-offload",
+        cpu_offload=backend == "fsdp-offload",
     )
     extra: dict[str, Any] = {}
     if backend.startswith("deepspeed"):  # partition even tiny parameters, so ZeRO-3 gathering is exercised
@@ -124,6 +126,21 @@ def make_engine(backend: str, optim: str, zero_stage: int, seed: int = 0, dtype:
         return build()
     finally:
         FSDPEngine._sum_reduction = original
+
+
+def fsdp_offload_policies(model) -> set[str]:
+    """Names of the offload policies of every FSDP unit (``CPUOffloadPolicy`` when offloaded).
+
+    Reads FSDP2's parameter groups (private, but the only place the policy is kept)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    names = set()
+    for unit in model.modules():
+        if isinstance(unit, FSDPModule):
+            group = unit._get_fsdp_state()._fsdp_param_group
+            if group is not None:
+                names.add(type(group.offload_policy).__name__)
+    return names
 
 
 def train_step(engine, step: int) -> dict[str, float]:
@@ -164,6 +181,10 @@ def train(
         if ckpt_dir is not None and step + 1 == SAVE_AFTER:
             engine.save(ckpt_dir)
     result: dict[str, Any] = {"metrics": metrics, "state": engine.full_state_dict()}
+    if backend.startswith("fsdp"):
+        result["offload_policy"] = fsdp_offload_policies(engine.module)
+    if backend.startswith("deepspeed"):
+        result["ds_zero_stage"] = engine.ds.zero_optimization_stage()  # what DeepSpeed itself runs
     if ckpt_dir is not None:
         export = ckpt_dir.parent / (ckpt_dir.name + "_hf")
         engine.export_hf(export)

@@ -1,4 +1,5 @@
-"""Two processes (torchrun, gloo) equal one: fsdp, deepspeed ZeRO-2/3 and local vs a 1-process run.
+"""Two processes (torchrun, gloo) equal one: fsdp (also CPU-offloaded), deepspeed ZeRO-1/2/3 and
+local vs a 1-process run.
 
 Each test launches ``engine_dist_worker.py`` (see its docstring for the pattern) and
 compares rank 0's results with :func:`engine_dist_worker.train` run here on one process
@@ -114,13 +115,38 @@ def test_fsdp_and_local_two_processes_equal_one(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.distributed
+def test_fsdp_cpu_offload_reproduces_the_update(tmp_path):
+    """``--engine.cpu_offload`` (FSDP2 ``CPUOffloadPolicy``: sharded parameters, gradients and the
+    optimizer step on CPU) on 2 processes, ZeRO-3 and ZeRO-2 resharding: every FSDP unit carries
+    the CPU policy; losses, grad norms and weights match the 1-process reference (the module's
+    fp32 tolerances, abs 1e-5), the update equals the non-offloaded FSDP run's
+    (``same_update``, relative 1e-3 of each tensor's update), and save -> load -> continue and
+    the HF export are exact."""
+    from same_update import assert_same_update
+
+    runs = "fsdp-offload:adam,fsdp-offload:adam:2,fsdp:adam"
+    results = launch(tmp_path, runs, nproc=2, timeout=300)
+    assert results["fsdp:adam"]["offload_policy"] == {"OffloadPolicy"}  # the default: none
+    start = w.tiny_llama(0).state_dict()
+    for name in ("fsdp-offload:adam", "fsdp-offload:adam:2"):
+        assert results[name]["offload_policy"] == {"CPUOffloadPolicy"}, name
+        check_matches_reference(name, results[name])
+        assert_same_update(start, results["fsdp:adam"]["state"], results[name]["state"])
+        check_resume_exact(name, results[name])
+        check_export(name, results[name])
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.skipif(not HAS_DS, reason="deepspeed is not installed")
-def test_deepspeed_zero3_and_zero2_two_processes_equal_one(tmp_path):
+def test_deepspeed_zero3_zero2_and_zero1_two_processes_equal_one(tmp_path):
     # The first DeepSpeed run on a machine JIT-compiles its CPU comm op (~35 s idle, minutes
-    # on a loaded 2-core box); later runs take ~25 s. Hence the generous timeout.
-    runs = "deepspeed:adam:3,deepspeed:adam:2"
+    # on a loaded 2-core box); later runs take ~25 s. Hence the generous timeout. ZeRO-1 shards
+    # only the optimizer state: same tolerances, same exact resume.
+    runs = "deepspeed:adam:3,deepspeed:adam:2,deepspeed:adam:1"
     results = launch(tmp_path, runs, nproc=2, timeout=600)
     for name in runs.split(","):
+        assert results[name]["ds_zero_stage"] == int(name.split(":")[2]), name
         check_matches_reference(name, results[name])
         check_resume_exact(name, results[name])
         check_export(name, results[name])
@@ -129,7 +155,7 @@ def test_deepspeed_zero3_and_zero2_two_processes_equal_one(tmp_path):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_fsdp_and_deepspeed_on_one_process_without_launcher(tmp_path):
-    runs = "fsdp:adam" + (",deepspeed:adam:3" if HAS_DS else "")
+    runs = "fsdp:adam,fsdp-offload:adam" + (",deepspeed:adam:3" if HAS_DS else "")
     results = launch(tmp_path, runs, nproc=None, timeout=600)
     for name in runs.split(","):
         check_matches_reference(name, results[name])

@@ -16,29 +16,17 @@ from repulse.errors import UserError
 from repulse.trainers.rl import validate
 
 
-@pytest.fixture(scope="module")
-def toy_lm_rm(toy, tmp_path_factory):
-    """The demo's pretrained toy LM and reward model, built once (quick settings)."""
-    from repulse.trainers import rm, sft
-    from repulse.workflows.demo import _rm_config, _sft_config
-
-    out = tmp_path_factory.mktemp("demo")
-    sft.run(_sft_config(toy, out, quick=True))
-    rm.run(_rm_config(toy, out / "lm", out, quick=True))
-    return out / "lm", out / "rm"
-
-
 def _metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["reinforce", "reward_transform", "p_proposal", "repulse"])
-def test_every_method_runs_and_logs_exact_p_bad(toy, toy_lm_rm, tmp_path, method):
+def test_every_method_runs_and_logs_exact_p_bad(toy, demo_lm_rm, tmp_path, method):
     from repulse.trainers import rl_loop
     from repulse.workflows.demo import rl_config
 
-    lm, rm = toy_lm_rm
+    lm, rm = demo_lm_rm
     cfg = rl_config(toy, lm, rm, tmp_path, method, seed=1, quick=True)
     cfg.repulse.fit_steps, cfg.train.num_episodes = 1, 3
     rl_loop.run(cfg)
@@ -59,13 +47,13 @@ def test_every_method_runs_and_logs_exact_p_bad(toy, toy_lm_rm, tmp_path, method
 
 
 @pytest.mark.slow
-def test_a_threshold_outside_the_rewards_seen_warns(toy, toy_lm_rm, tmp_path, monkeypatch, capsys):
+def test_a_threshold_outside_the_rewards_seen_warns(toy, demo_lm_rm, tmp_path, monkeypatch, capsys):
     import repulse.errors
     from repulse.trainers import rl_loop
     from repulse.workflows.demo import rl_config
 
     monkeypatch.setattr(repulse.errors, "_warned", set())
-    lm, rm = toy_lm_rm
+    lm, rm = demo_lm_rm
     cfg = rl_config(toy, lm, rm, tmp_path, "reinforce", seed=1, quick=True)
     cfg.repulse.fit_steps, cfg.train.num_episodes, cfg.repulse.analytic_bad_word_calc = 1, 2, False
     cfg.repulse.bad_threshold = -1e6
@@ -101,12 +89,12 @@ def test_repulse_validation_errors():
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_eval_tail_on_two_processes_writes_every_sample_once(toy, toy_lm_rm, tmp_path):
+def test_eval_tail_on_two_processes_writes_every_sample_once(toy, demo_lm_rm, tmp_path):
     """Every sample of both ranks in one file, written once; each rank draws its own samples. The
     5 prompts are the same text, so rank 1's first generate call (prompts 1 and 3, padded with a
     copy of prompt 0) has the same input as rank 0's (prompts 0, 2, 4): with one random stream
     shared by the ranks, its samples would repeat rank 0's."""
-    lm, rm = toy_lm_rm
+    lm, rm = demo_lm_rm
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text((json.dumps({"input": "This man is a"}) + "\n") * 5)
     out = tmp_path / "tail"
@@ -145,7 +133,7 @@ def _eval_tail(argv: list[str]) -> None:
 
 
 @pytest.mark.slow
-def test_eval_tail_proposal_exact_negdata_and_default_output(toy_lm_rm, tmp_path):
+def test_eval_tail_proposal_exact_negdata_and_default_output(demo_lm_rm, tmp_path):
     """--tail.proposal: rows carry log q and the summary an importance-sampling estimate (with q :=
     p the weights are all 1, so it equals the plain estimate and the ESS is the sample count);
     --tail.exact adds the exact P(bad word); --tail.negdata_threshold writes exactly the distinct
@@ -153,7 +141,7 @@ def test_eval_tail_proposal_exact_negdata_and_default_output(toy_lm_rm, tmp_path
     (it holds the run's config.yaml, which `repulse plot` pairs the summary with)."""
     import shutil
 
-    lm, rm = toy_lm_rm
+    lm, rm = demo_lm_rm
     policy = tmp_path / "policy"
     shutil.copytree(lm, policy)
     prompts = tmp_path / "prompts.jsonl"
@@ -293,7 +281,7 @@ def test_joint_step_gradients_are_the_documented_losses(toy):
 
 
 @pytest.mark.slow
-def test_update_order_and_extra_proposal_steps(toy, toy_lm_rm, tmp_path):
+def test_update_order_and_extra_proposal_steps(toy, demo_lm_rm, tmp_path):
     """Default: q's CTL step targets σ built from the pre-update p, and p's step (which sees q only
     through the stored samples and log q_old) is the same whatever the order; ``--repulse.p_first``
     updates p first and q then targets the updated p, so p ends equal and q differs.
@@ -305,7 +293,7 @@ def test_update_order_and_extra_proposal_steps(toy, toy_lm_rm, tmp_path):
     from repulse.trainers import rl_loop
     from repulse.workflows.demo import rl_config
 
-    lm, rm = toy_lm_rm
+    lm, rm = demo_lm_rm
 
     def go(name: str, **over):
         cfg = rl_config(toy, lm, rm, tmp_path / name, "repulse", seed=1, quick=True)

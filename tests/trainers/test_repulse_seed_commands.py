@@ -63,22 +63,11 @@ def test_the_readme_has_every_method():
     assert methods == {"gae", "reinforce", "reward_transform", "p_proposal", "repulse"}
 
 
-@pytest.fixture(scope="module")
-def lm_rm(toy, tmp_path_factory):
-    from repulse.trainers import rm, sft
-    from repulse.workflows.demo import _rm_config, _sft_config
-
-    out = tmp_path_factory.mktemp("lm_rm")
-    sft.run(_sft_config(toy, out, quick=True))
-    rm.run(_rm_config(toy, out / "lm", out, quick=True))
-    return out / "lm", out / "rm"
-
-
 @pytest.mark.slow
-def test_each_readme_command_runs_three_steps(toy, lm_rm, tmp_path):
+def test_each_readme_command_runs_three_steps(toy, demo_lm_rm, tmp_path):
     from repulse.trainers import rl_loop
 
-    lm, rm = lm_rm
+    lm, rm = demo_lm_rm
     # the toy and Setting 1 commands read the key 'prompt'; Setting 2 reads chat messages
     prompts = tmp_path / "this_man_is_a.jsonl"
     row = {"prompt": "This man is a", "context_messages": [{"role": "user", "content": "This man is a"}]}
@@ -93,7 +82,7 @@ def test_each_readme_command_runs_three_steps(toy, lm_rm, tmp_path):
 
 
 @pytest.mark.slow
-def test_every_repulse_recipe_runs(toy, lm_rm, tmp_path, monkeypatch):
+def test_every_repulse_recipe_runs(toy, demo_lm_rm, tmp_path, monkeypatch):
     """Every recipe of recipes/repulse as written (relative toy_assets/ paths; the toy, Setting 1
     with its (question, answer) pair reward and Setting 2 with its chat-template reward), one
     step each."""
@@ -101,7 +90,7 @@ def test_every_repulse_recipe_runs(toy, lm_rm, tmp_path, monkeypatch):
 
     from repulse.trainers import rl_loop
 
-    lm, rm = lm_rm
+    lm, rm = demo_lm_rm
     monkeypatch.chdir(tmp_path)
     shutil.copytree(toy.root, tmp_path / "toy_assets")
     shutil.copytree(rm, tmp_path / "toy_assets" / "rm")

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 from same_update import approx, assert_same_update
-from test_rm import ROOT, TEMPLATE, assert_clean_error, cfg_file, cli, metrics, pairs_cfg, torchrun
+from test_rm import ROOT, TEMPLATE, assert_clean_error, cfg_file, cli, metrics, torchrun
 
 from repulse.config.sections import RLConfig
 
@@ -201,19 +201,6 @@ def test_every_estimator_raises_a_programmatic_reward(toy, tmp_path, estimator):
 
 
 # --------------------------------------------------------------------------- 3./4. reward models
-
-
-@pytest.fixture(scope="module")
-def toy_rm(toy, tmp_path_factory) -> Path:
-    """A toy reward model (``repulse rm`` on the toy pairs: polite vs rude answers, 24 steps of
-    16 pairs; test_rm shows this reaches eval accuracy >= 0.9) on the toy Llama."""
-    from repulse.trainers import rm
-
-    out = tmp_path_factory.mktemp("rl_rm") / "rm"
-    cfg = pairs_cfg(toy, out, train__batch_size=16, train__micro_batch_size=16, train__max_steps=24)
-    cfg.adam.lr = 2e-3
-    rm.run(cfg)
-    return out
 
 
 def rm_cfg(toy, rm: Path, out: Path, **over) -> RLConfig:

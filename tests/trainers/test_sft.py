@@ -1,9 +1,13 @@
-"""SFT end to end: learning, export, packing, accumulation, resume, bad input."""
+"""SFT end to end: learning, export, packing, accumulation, resume, bad input, the seed
+commands as copied, and the fit loop's outputs (TensorBoard, checkpoint rotation, eval
+cadence, progress bar)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,7 +99,7 @@ def _cli(args: list[str], **kw) -> subprocess.CompletedProcess:
     )
 
 
-def _flags(toy, out: Path, steps: int) -> list[str]:
+def _flags(toy, out: Path, steps: int, save_steps: int) -> list[str]:
     return [
         "sft",
         "--model.model_name_or_path", str(toy.llama),
@@ -106,39 +110,82 @@ def _flags(toy, out: Path, steps: int) -> list[str]:
         "--train.max_steps", str(steps),
         "--adam.lr", "1e-3",
         "--ckpt.output_dir", str(out),
-        "--ckpt.save_steps", "2",
+        "--ckpt.save_steps", str(save_steps),
         "--logger.progress_bar", "false",
     ]  # fmt: skip
 
 
+def _logged_steps(out: Path) -> list[int]:
+    """Steps of the complete lines of a metrics.jsonl that a live run may be appending to."""
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return []
+    steps = []
+    for line in path.read_text().split("\n")[:-1]:  # the last piece may be a line being written
+        try:
+            steps.append(json.loads(line)["step"])
+        except (ValueError, KeyError):
+            pass
+    return steps
+
+
+def _last_checkpoint(ckpts: Path) -> int:
+    done = [
+        int(p.parent.name.split("_")[1])
+        for p in ckpts.glob("step_*/trainer.json")
+        if "." not in p.parent.name
+    ]
+    return max(done, default=0)
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(toy, tmp_path):
+    """SIGKILL a 12-step run (checkpoints every 4 steps) while it is still training, after step_4
+    is on disk *and* steps past it are in metrics.jsonl; resume with ``--ckpt.load_enable``.
+
+    Before the resume: the process was killed by the signal (not finished), no final model was
+    written, no half-written checkpoint looks finished, and metrics.jsonl holds steps the resume
+    will redo. After it: final weights and per-step losses equal an uninterrupted run's bit for
+    bit, and metrics.jsonl holds steps 1..12 exactly once each (the lines past the checkpoint
+    are dropped, not repeated)."""
     from safetensors.torch import load_file
 
+    n, every = 12, 4
     full = tmp_path / "full"
-    assert _cli(_flags(toy, full, 8)).returncode == 0
+    done = _cli([*_flags(toy, full, n, every)])
+    assert done.returncode == 0, done.stderr[-3000:]
     part = tmp_path / "part"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "repulse", *_flags(toy, part, 8)],
+        [sys.executable, "-m", "repulse", *_flags(toy, part, n, every)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     ckpts = part / "checkpoints"
     deadline = time.time() + 240
-    while time.time() < deadline and not (ckpts / "step_4" / "trainer.json").exists():
-        time.sleep(0.05)
+    while time.time() < deadline and proc.poll() is None:
+        if _last_checkpoint(ckpts) >= every and max(_logged_steps(part), default=0) > _last_checkpoint(ckpts):
+            break
+        time.sleep(0.01)
+    still_running = proc.poll() is None
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    assert (ckpts / "step_4" / "trainer.json").exists(), "the run never reached its second checkpoint"
+    assert still_running, "the run ended (or timed out) before it could be killed mid-training"
+    assert proc.returncode == -signal.SIGKILL
+    assert not (part / "model.safetensors").exists(), "killed runs must not leave a final model"
     assert not any(p.name.endswith(".tmp") and (p / "trainer.json").exists() for p in ckpts.iterdir())
-    resumed = _cli([*_flags(toy, part, 8), "--ckpt.load_enable"])
-    assert resumed.returncode == 0, resumed.stderr
+    resume_from = _last_checkpoint(ckpts)
+    before = _logged_steps(part)
+    assert resume_from >= every and max(before) > resume_from, (resume_from, before)
+    assert before == list(range(1, max(before) + 1))
+
+    resumed = _cli([*_flags(toy, part, n, every), "--ckpt.load_enable"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {ckpts / f'step_{resume_from}'} at step {resume_from}" in resumed.stdout
     a, b = load_file(full / "model.safetensors"), load_file(part / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    steps = [r["step"] for r in _metrics(part) if "loss" in r]
-    assert steps == list(range(1, 9))
+    assert [r["step"] for r in _metrics(part)] == list(range(1, n + 1))  # none repeated or missing
     assert _losses(part) == _losses(full)
 
 
@@ -159,9 +206,10 @@ def _assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> Non
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr
     err = proc.stderr.strip()
-    assert err.startswith("error:"), err
+    assert err.startswith("error:") and "\n\n" not in err, err
+    flat = " ".join(err.split())  # the CLI wraps the paragraph at 100 columns
     for needle in needles:
-        assert needle in err, (needle, err)
+        assert needle in flat, (needle, err)
 
 
 @pytest.mark.slow
@@ -170,7 +218,8 @@ def test_bad_input_gives_one_paragraph_errors(toy, tmp_path):
     _assert_clean_error(_bad(tmp_path, toy, data=str(missing)), "missing.jsonl")
     no_key = tmp_path / "nokey.jsonl"
     no_key.write_text('{"input": "a", "output": "b"}\n{"question": "c", "output": "d"}\n')
-    _assert_clean_error(_bad(tmp_path, toy, data=str(no_key)), "input")
+    # 1-based like the malformed-JSON line numbers, with the file and line
+    _assert_clean_error(_bad(tmp_path, toy, data=str(no_key)), "row 2 (", "nokey.jsonl, line 2)", "'input'")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     _assert_clean_error(_bad(tmp_path, toy, data=str(empty)), "empty")
@@ -222,3 +271,195 @@ def test_sft_recipes_run(toy, tmp_path, monkeypatch, recipe):
     from test_rm import run_recipe
 
     run_recipe(toy, tmp_path, "sft", recipe, monkeypatch)
+
+
+# --------------------------------------------------------------------------- seed commands, as copied
+
+
+def _seed_argv(name: str, toy, data: Path) -> tuple[list[str], Path]:
+    """The seed command ``name`` split as bash would, launcher stripped (``repulse sft``), the
+    Hub model and data names swapped for toy paths, the wandb key dropped; and its output dir."""
+    config_tests = str(Path(__file__).resolve().parents[1] / "config")
+    if config_tests not in sys.path:
+        sys.path.insert(0, config_tests)
+    from seed_commands import SEED_COMMANDS
+    from test_legacy import shell_split
+
+    from repulse.config.legacy import split_launcher
+
+    (seed,) = [c for c in SEED_COMMANDS if c.name == name]
+    command, argv = split_launcher(shell_split(seed.text))
+    assert command == "sft"
+    swap = {
+        "--pretrain": toy.llama,
+        "--model.model_name_or_path": toy.llama,
+        "--dataset": data,
+        "--data.dataset": data,
+    }
+    argv = [str(swap[argv[i - 1]]) if i and argv[i - 1] in swap else a for i, a in enumerate(argv)]
+    assert sum(a in swap for a in argv) == 2, "a model and a data set to swap"
+    for key in ("--use_wandb", "--logger.wandb.key"):  # an account key, like the Hub names
+        if key in argv:
+            i = argv.index(key)
+            del argv[i : i + 2]
+    out = argv[argv.index("--save_path" if "--save_path" in argv else "--ckpt.output_dir") + 1]
+    return argv, Path(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["readme_sft", "v0102_sft", "v0102_sft_muon"])
+def test_sft_seed_command_runs_to_completion(toy, tmp_path, name):
+    """The old-flat-form (RePULSe README) and 0.10.2-form SFT seed commands, run as
+    ``python -m repulse sft <the seed's flags>`` in a fresh directory (its relative
+    ``./checkpoint/...`` output path as written), with toy model/data and two steps appended
+    (``--train.batch_size 4 --train.micro_batch_size 2 --train.max_steps 2``).
+
+    Checks: exit 0; the resolved config.yaml holds the seed's values under our names (keys,
+    template, packing, ZeRO stage, bf16, learning rate(s)), so the translation reached the run;
+    metrics.jsonl has steps 1 and 2 with finite losses and the seed's peak learning rate at step 2
+    (warmup: 0 at step 1); the exported directory loads with ``AutoModelForCausalLM`` /
+    ``AutoTokenizer`` as a bf16 Llama with the toy model's tensors and gives finite logits."""
+    import yaml
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rows = [json.loads(line) for line in toy.sft.read_text().splitlines()[:16]]
+    data = tmp_path / "openorca.jsonl"  # OpenOrca's columns
+    data.write_text(
+        "".join(json.dumps({"question": r["input"], "response": r["output"]}) + "\n" for r in rows)
+    )
+    argv, out = _seed_argv(name, toy, data)
+    shrink = ["--train.batch_size", "4", "--train.micro_batch_size", "2", "--train.max_steps", "2",
+              "--logger.progress_bar", "false"]  # fmt: skip
+    proc = _cli(["sft", *argv, *shrink], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / out
+    assert "translated" in proc.stderr  # the seed's names were rewritten, with a note
+
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert (cfg["data"]["input_key"], cfg["data"]["output_key"]) == ("question", "response")
+    assert cfg["data"]["dataset"] == str(data) and cfg["model"]["model_name_or_path"] == str(toy.llama)
+    assert cfg["engine"]["packing_samples"] is True and cfg["engine"]["zero_stage"] == 2
+    assert cfg["engine"]["param_dtype"] == "bf16" and cfg["model"]["gradient_checkpointing_enable"] is True
+    assert cfg["adam"]["lr"] == 5e-6
+    if name != "v0102_sft_muon":
+        assert cfg["data"]["input_template"] == "User: {}\nAssistant: "  # $'...' decoded: a real newline
+    else:
+        assert cfg["optim"]["name"] == "muon" and cfg["muon"]["lr"] == 0.02
+
+    logged = [r for r in _metrics(out) if "loss" in r]
+    assert [r["step"] for r in logged] == [1, 2]
+    assert all(math.isfinite(r["loss"]) for r in logged)
+    assert logged[0]["lr"] == 0.0 and logged[1]["lr"] == pytest.approx(5e-6, rel=1e-9)
+    if name == "v0102_sft_muon":
+        assert logged[1]["muon_lr"] == pytest.approx(0.02, rel=1e-9)
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.architectures == ["LlamaForCausalLM"] and model.dtype == torch.bfloat16
+    assert set(load_file(out / "model.safetensors")) == set(load_file(toy.llama / "model.safetensors"))
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = torch.tensor([tok("User: hello\nAssistant: ")["input_ids"]])
+    assert torch.isfinite(model(ids).logits.float()).all()
+
+
+# --------------------------------------------------------------------------- fit-loop outputs
+
+
+def test_tensorboard_events_hold_every_logged_step(toy, tmp_path):
+    """``--logger.tensorboard_dir``: the event files, read back with TensorBoard's own
+    ``EventAccumulator``, hold a ``loss`` (and ``lr``, ``grad_norm``) scalar at exactly the steps
+    metrics.jsonl logged (every 2 steps, plus the last), with the same values (TensorBoard stores
+    float32: relative 1e-6)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, tb = tmp_path / "run", tmp_path / "tb"
+    sft.run(_cfg(toy, out, train__max_steps=5, logger__logging_steps=2, logger__tensorboard_dir=str(tb)))
+    logged = [r for r in _metrics(out) if "loss" in r]
+    assert [r["step"] for r in logged] == [2, 4, 5]
+    acc = EventAccumulator(str(tb))
+    acc.Reload()
+    assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(acc.Tags()["scalars"])
+    for tag in ("loss", "lr", "grad_norm"):
+        events = acc.Scalars(tag)
+        assert [e.step for e in events] == [2, 4, 5], tag
+        assert [e.value for e in events] == pytest.approx([r[tag] for r in logged], rel=1e-6), tag
+
+
+def test_checkpoint_rotation_keeps_the_last_max_num(toy, tmp_path):
+    """``--ckpt.save_steps 1 --ckpt.max_num 2`` over 5 steps: checkpoints are written after
+    steps 1-4 (the final state is the exported model), and only ``step_3`` and ``step_4`` remain,
+    each complete (``trainer.json`` naming its step, engine state present); no ``.tmp`` directory
+    is left behind."""
+    out = tmp_path / "run"
+    sft.run(_cfg(toy, out, train__max_steps=5, ckpt__save_steps=1, ckpt__max_num=2))
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_3", "step_4"]
+    for step in (3, 4):
+        assert json.loads((ckpts / f"step_{step}" / "trainer.json").read_text())["step"] == step
+        assert (ckpts / f"step_{step}" / "model" / "model.safetensors").is_file()
+    assert not list(out.rglob("*.tmp"))
+    assert (out / "model.safetensors").is_file()
+
+
+def test_eval_cadence(toy, tmp_path):
+    """Eval rows (``eval_loss``) are logged before training (step 0), every ``--eval.steps``
+    steps and after the last step: 0, 2, 4, 5 for 5 steps with ``--eval.steps 2``. With the
+    default ``-1``: once per epoch (16 samples / batch 8 = 2 steps an epoch, 2 epochs: 0, 2, 4).
+    The last row evaluates the final weights: it differs from the one before it."""
+    out = tmp_path / "k2"
+    sft.run(_cfg(toy, out, train__max_steps=5, eval__steps=2, eval__dataset=str(toy.sft_eval)))
+    evals = [r for r in _metrics(out) if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4, 5]
+    assert evals[-1]["eval_loss"] != evals[-2]["eval_loss"] and evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    out = tmp_path / "epochs"
+    sft.run(
+        _cfg(
+            toy,
+            out,
+            train__max_steps=-1,
+            train__max_epochs=2,
+            data__max_samples=16,
+            eval__dataset=str(toy.sft_eval),
+        )
+    )
+    assert [r["step"] for r in _metrics(out) if "eval_loss" in r] == [0, 2, 4]
+    assert [r["step"] for r in _metrics(out) if "loss" in r] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_progress_bar_shows_loss_lr_and_tokens_per_s(toy, tmp_path):
+    """With the bar on (the default) the console shows the step count and the last step's loss,
+    lr and tok/s, formatted ``.4g``, equal to that step's metrics.jsonl values. (Off a terminal,
+    rich prints the bar's final state once; ``COLUMNS=200`` so nothing is cut.)"""
+    out = tmp_path / "run"
+    flags = [a for a in _flags(toy, out, 3, -1) if a not in ("--logger.progress_bar", "false")]
+    proc = _cli(flags, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    console = proc.stdout + proc.stderr
+    shown = re.findall(r"(\d+)/3 .*?loss (\S+)\s+lr (\S+)\s+tok/s (\S+)", console)
+    assert shown, console[-2000:]
+    done, loss, lr, tok_s = shown[-1]
+    last = _metrics(out)[-1]
+    assert (int(done), loss, lr, tok_s) == (
+        3,
+        f"{last['loss']:.4g}",
+        f"{last['lr']:.4g}",
+        f"{last['tokens_per_s']:.4g}",
+    )
+    assert last["tokens_per_s"] > 0 and last["lr"] > 0
+
+
+def test_resume_drops_metrics_past_the_checkpoint_and_torn_lines(tmp_path):
+    """``MetricsLog`` on resume from step 3 keeps steps 0..3 of metrics.jsonl and drops later
+    steps and a line cut short by a kill (no newline, not JSON), so appending continues cleanly."""
+    from repulse.config.sections import LoggerSection
+    from repulse.trainers.outputs import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "loss": 1.0}) for s in range(0, 6)]
+    path.write_text("\n".join(lines) + "\n" + '{"step": 6, "lo')
+    log = MetricsLog(tmp_path, LoggerSection(), None, True, resume_step=3)
+    log.log(4, {"loss": 2.0})
+    log.close()
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4] and rows[-1]["loss"] == 2.0
