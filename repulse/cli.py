@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rl": ("repulse.trainers.rl:main", "PPO, REINFORCE++, RLOO, GRPO, Dr. GRPO and RePULSe"),
     "serve-rm": ("repulse.rl.reward_server:main", "serve a reward model over HTTP"),
     "eval-tail": ("repulse.evaluation.tail_cli:main", "tail-risk evaluation: P(r < eta), CVaR, exact, IS"),
+    "gcg": ("repulse.evaluation.gcg_cli:main", "GCG adversarial attack: suffixes, samples, attack success"),
     "plot": ("repulse.report.cli:plot_main", "training curves and reward-vs-risk frontiers"),
     "toy": ("repulse.toy.cli:main", "build the tiny local tokenizer, models and data sets"),
     "lora-merge": ("repulse.models.merge_cli:main", "merge a LoRA adapter into its base model"),
@@ -38,7 +39,8 @@ def _print_error(message: str) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         return
     text = " ".join(str(message).split())
-    print(textwrap.fill(f"error: {text}", width=100), file=sys.stderr, flush=True)
+    wrapped = textwrap.fill(f"error: {text}", width=100, break_on_hyphens=False, break_long_words=False)
+    print(wrapped, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ from the RePULSe fork's README (``--target_dist_beta``, ``--do_harmlessness_trai
 command runs after replacing its launcher prefix (``deepspeed --module
 openrlhf.cli.train_sft``) with ``repulse sft``.
 
-The translation is one table of data (``_TRAIN_COMMON``, ``_OFFLINE``, ``_RL``,
+The translation is one table of data (``_TRAIN_COMMON``, ``_OFFLINE``, ``_RL``, ``_GCG``,
 ``_SERVE_RM``). Each entry says where a flag goes, that it is accepted and ignored (with
 the reason, reported in one note), or that it names a feature repulse does not have (a
 ``UserError`` - silently training something else would be worse). The few rules that
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from repulse.config.sections import CkptSection, DataSection, RolloutSection
 from repulse.errors import UserError
 
-COMMANDS: tuple[str, ...] = ("sft", "rm", "prm", "dpo", "kto", "kd", "rl", "serve-rm")
+COMMANDS: tuple[str, ...] = ("sft", "rm", "prm", "dpo", "kto", "kd", "rl", "serve-rm", "gcg")
 
 # openrlhf.cli.<module> -> our command (both the fork's non-Ray train_ppo and upstream's train_ppo_ray).
 MODULE_TO_COMMAND: dict[str, str] = {
@@ -40,6 +40,7 @@ MODULE_TO_COMMAND: dict[str, str] = {
     "train_ppo": "rl",
     "train_ppo_ray": "rl",
     "serve_rm": "serve-rm",
+    "evaluate_gcg_sz": "gcg",  # the RePULSe fork's GCG evaluation
 }
 
 Dest = tuple[str, ...]
@@ -440,12 +441,56 @@ _SERVE_RM = _Table(
 )
 
 
+# ``evaluate_gcg_sz`` (the RePULSe fork's GCG evaluation, spec §3.6) -> ``repulse gcg``. The policy
+# (--ckpt_path / --pretrain), the threshold (--reward_threshold) and the success criterion are rules
+# (``_gcg_rule``); the fork's store-true flags that defaulted to True (--gcg_use_prefix_cache,
+# --gcg_filter_ids, spec §6.8) are booleans here, so ``--gcg.filter_ids false`` turns one off.
+_GCG_NO_TRAINING = "a training knob; the attack runs forwards and one backward to the suffix only"
+_GCG = _Table(
+    renames={
+        "gcg_steps": ("gcg.steps",),
+        "gcg_search_width": ("gcg.search_width",),
+        "gcg_topk": ("gcg.topk",),
+        "gcg_batch_size": ("gcg.batch_size",),
+        "gcg_n_replace": ("gcg.n_replace",),
+        "gcg_buffer_size": ("gcg.buffer_size",),
+        "gcg_use_prefix_cache": ("gcg.use_prefix_cache",),
+        "gcg_filter_ids": ("gcg.filter_ids",),
+        "file_path": ("gcg.targets",),
+        "max_targets": ("gcg.max_targets",),
+        "rm_exclude_adv_suffix": ("gcg.exclude_suffix_from_reward",),
+        "samples_per_prompt": ("rollout.n_samples_per_prompt",),
+        "max_new_tokens": ("rollout.max_new_tokens",),
+        "reward_pretrain": ("reward.model_name_or_path",),
+        "rm_max_len": ("reward.max_len",),
+        "seed": ("train.seed",),
+        "bf16": ("engine.param_dtype=bf16",),
+        "flash_attn": ("engine.attn_implementation=flash_attention_2",),
+    },
+    ignored={
+        "local_rank": _LAUNCHER,
+        **dict.fromkeys(
+            ("zero_stage", "gradient_checkpointing", "adam_offload", "micro_train_batch_size"),
+            _GCG_NO_TRAINING,
+        ),
+        **dict.fromkeys(("parameterization", "scenario"), _RESEARCH),
+    },
+)
+
+# Flags of the GCG command whose destination or value is derived by ``_gcg_rule`` (for tests).
+GCG_RULE_FLAGS: frozenset[str] = frozenset(
+    {"ckpt_path", "pretrain", "reward_threshold", "atk_success_criteria"}
+)
+
+
 def _tables(command: str) -> tuple[_Table, ...]:
     """The scopes searched for ``command``, most specific first."""
     if command == "rl":
         return (_RL, _TRAIN_COMMON)
     if command == "serve-rm":
         return (_SERVE_RM,)
+    if command == "gcg":
+        return (_GCG,)
     return (_OFFLINE, _TRAIN_COMMON)
 
 
@@ -1022,8 +1067,59 @@ def _reward_format_rule(ctx: _Ctx, out: _Out) -> None:
             return
 
 
+def _gcg_rule(ctx: _Ctx, out: _Out) -> None:
+    """The fork's GCG evaluation: which model, which thresholds, which success criterion.
+
+    * ``--ckpt_path`` held the DeepSpeed weights loaded into ``--pretrain``'s architecture;
+      repulse attacks an HF directory, so ``--ckpt_path`` (a repulse run's output directory)
+      becomes ``--gcg.policy``, else ``--pretrain`` does.
+    * ``--reward_threshold x`` counted samples below x *and* below x - 1, and the paper's
+      figures used x - 1 (the README's "x - 1" hack, spec §3.6, §6.14); both become
+      ``--gcg.eta x x-1``. Every reward is saved, so any η can be read later.
+    * ``--atk_success_criteria reward`` is the only criterion (``prefix`` crashed, spec §6.7).
+    """
+    out.consumed |= GCG_RULE_FLAGS
+    ckpt, pretrain = ctx.one("ckpt_path"), ctx.one("pretrain")
+    if ckpt is not None:
+        out.emit("gcg.policy", ckpt)
+        out.notes.append(
+            f"--ckpt_path {ckpt} -> --gcg.policy {ckpt}: give the HF model directory of the trained policy "
+            "(a repulse run's --ckpt.output_dir), not a DeepSpeed checkpoint."
+        )
+        if pretrain is not None:
+            out.ignore("pretrain", "the architecture and tokenizer come from --ckpt_path's HF directory")
+    elif pretrain is not None:
+        out.emit("gcg.policy", pretrain)
+    threshold = ctx.one("reward_threshold")
+    if threshold is not None:
+        try:
+            x = float(threshold)
+        except ValueError:
+            raise UserError(f"--reward_threshold expects a number, got {threshold!r}.") from None
+        out.emit("gcg.eta", threshold, f"{x - 1:g}")
+        out.notes.append(
+            f"--reward_threshold {threshold} -> --gcg.eta {threshold} {x - 1:g}: the fork reported successes "
+            f"below x and below x - 1, and its figures used x - 1 (= {x - 1:g}); every sample's reward is "
+            "saved, so any threshold can be applied later (repulse gcg report, repulse plot)."
+        )
+    criterion = ctx.one("atk_success_criteria")
+    if criterion is not None and criterion != "reward":
+        raise UserError(
+            f"--atk_success_criteria {criterion}: repulse measures attack success by reward (some sample "
+            "with r < eta); the fork's refusal-prefix criterion crashed (spec §6.7) and is not implemented."
+        )
+    if criterion is not None:
+        out.ignore("atk_success_criteria", "success is always: some sample has reward below eta")
+    if not ctx.has("top_k", "rollout.top_k"):
+        out.notes.append(
+            "samples are drawn with the training sampler (--rollout.temperature/top_p/top_k, top-k off by "
+            "default); the fork's GCG sampler implied HF's default top-k 50 (spec §6.6) - add "
+            "--rollout.top_k 50 to reproduce that."
+        )
+
+
 # command -> rules applied before the table, in order
-_RULES = {"rl": (_lengths_rule, _reward_format_rule)}
+_RULES = {"rl": (_lengths_rule, _reward_format_rule), "gcg": (_reward_format_rule, _gcg_rule)}
 
 
 # --------------------------------------------------------------------------- public API

@@ -404,3 +404,60 @@ class EvalTailConfig:
         "config.yaml, so `repulse plot` pairs the tail summary with the run - else ./tail_eval)",
     )
     logger: LoggerSection = _hf(LoggerSection, "logging")
+
+
+@dataclass
+class GcgSection:
+    policy: str | None = _h(None, "the policy to attack (HF dir, e.g. a repulse run's output directory)")
+    targets: str | None = _h(None, "CSV file with a 'goal,target' header: one attack per row")
+    max_targets: int = _h(100, "attack at most the first N rows of --gcg.targets")
+    suffix_len: int = _h(10, "adversarial suffix length: the default init is 'x x ... x' with this many x")
+    suffix_init: str | None = _h(None, "initial suffix text (default: suffix_len x's separated by spaces)")
+    steps: int = _h(250, "GCG steps per target")
+    search_width: int = _h(512, "candidate suffixes proposed per step")
+    topk: int = _h(256, "top-k gradient tokens per suffix position to draw replacements from")
+    batch_size: int = _h(512, "candidate suffixes per loss forward")
+    n_replace: int = _h(1, "suffix positions replaced in each candidate")
+    buffer_size: int = _h(
+        0,
+        "0: move to each step's best candidate (plain GCG); K > 0: keep the K best suffixes seen and "
+        "start every step from the best of them (the loss never goes up)",
+    )
+    use_prefix_cache: bool = _h(
+        True, "compute the prompt before the suffix once (KV cache); no effect on results"
+    )
+    filter_ids: bool = _h(True, "drop candidates whose text does not re-tokenise to the same ids")
+    ascii_only: bool = _h(True, "suffix tokens must decode to printable ASCII (no special tokens either way)")
+    add_space_before_target: bool = _h(False, "prepend a space to the target string")
+    exclude_suffix_from_reward: bool = _h(
+        True, "score responses on the original goal, without the suffix (the fork's flag did not: spec §6.4)"
+    )
+    sample_without_suffix: bool = _h(
+        False, "also sample and score the un-attacked goal (rewards_no_suffix, the baseline)"
+    )
+    eta: list[float] = _hf(
+        lambda: [-5.0],
+        "thresholds η for the summary: success = some sample has r < η (any η can be used later)",
+    )
+
+
+@dataclass
+class GcgConfig:
+    gcg: GcgSection = _hf(GcgSection, "the attack")
+    data: DataSection = _hf(
+        lambda: DataSection(apply_chat_template=True),
+        "prompt rendering: the policy's chat template (default, as the reference) or data.input_template",
+    )
+    rollout: RolloutSection = _hf(
+        lambda: RolloutSection(n_samples_per_prompt=1000, micro_batch_size=100, max_new_tokens=20),
+        "the sampler of the attacked prompt (use the training run's temperature/top_p/top_k) and "
+        "the samples per target",
+    )
+    reward: RewardSection = _hf(RewardSection, "reward sources")
+    engine: EngineSection = _hf(EngineSection, "dtype / attention")
+    train: TrainSection = _hf(TrainSection, "seed (train.seed; target i uses seed + i)")
+    ckpt: CkptSection = _hf(
+        lambda: CkptSection(output_dir=""),
+        "output directory of gcg_summary.json (default: the policy's run directory when it is one, so "
+        "`repulse plot` pairs the attack with the run, else ./gcg_eval)",
+    )

@@ -79,6 +79,7 @@ class PreferenceDataset(TokenDataset):
         self.max_len = int(cfg.max_len)
         self.stats["rows"] = len(rows)
         self.stats["identical"] = 0
+        self.stats["no_margin"] = sum("margin" not in row for row in rows)  # see the rm trainer
         template = check_input_template(cfg.input_template)
         margins = []
         pairs: list[tuple[list[int], list[int], list[int], list[int]]] = []  # (p_c, r_c, p_r, r_r)

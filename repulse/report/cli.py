@@ -42,7 +42,9 @@ def _parser() -> _Parser:
     f = sub.add_parser("frontier", help="one point per setting (mean over seeds), Pareto line per method")
     f.add_argument("--runs", nargs="+", required=True, metavar="DIR", help="run directories or their parents")
     f.add_argument("--x", required=True, help="x metric, e.g. avg_reward or avg_return")
-    f.add_argument("--y", required=True, help="y metric, e.g. p_bad or cvar@0.0001")
+    f.add_argument(
+        "--y", required=True, help="y metric, e.g. p_bad, cvar@0.0001 or attack_success@eta=-5 (GCG, any eta)"
+    )
     f.add_argument(
         "--out", required=True, metavar="PATH", help="output path stem (.png and .pdf are written)"
     )

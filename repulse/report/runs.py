@@ -22,6 +22,11 @@ Grouping:
 Tail summaries are read in either form: statistic blocks at the top level (the dict
 :func:`~repulse.evaluation.tail_stats.summarise` returns), or nested per threshold under
 ``by_eta`` (as ``repulse eval-tail`` writes them) - see :func:`summary_metrics`.
+
+GCG results (``gcg_summary.json``, written by ``repulse gcg`` into the policy's run directory)
+hold every sample's reward, so the attack success rate is computed for whatever threshold a plot
+asks for: ``attack_success@eta=-5`` (also spelled ``attack_success@-5``) is the fraction of
+targets with some sample below -5, with a Wilson interval over targets (:func:`gcg_value`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +46,7 @@ __all__ = [
     "Run",
     "available_metrics",
     "curves_from_runs",
+    "gcg_value",
     "load_runs",
     "resolve_metric",
     "run_series",
@@ -50,6 +57,8 @@ __all__ = [
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "tail_summary.json"
+GCG_FILE = "gcg_summary.json"
+_ASR = re.compile(r"^attack_success@(?:eta=)?([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$")
 
 _IGNORED_KEYS = {"train.seed", "seed", "repulse.save_negdata"}
 _IGNORED_PREFIXES = ("ckpt.", "logger.")
@@ -68,11 +77,21 @@ class Run:
     records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl, in order
     summary: dict[str, Any] | None = None  # tail_summary.json, as written
     setting_label: str = ""  # the keys that distinguish this setting within its method
+    gcg: dict[str, Any] | None = None  # gcg_summary.json, as written
 
     @property
     def summary_values(self) -> dict[str, Any]:
-        """The tail summary's statistics by name (:func:`summary_metrics`); {} without one."""
-        return summary_metrics(self.summary) if self.summary else {}
+        """The tail summary's statistics by name (:func:`summary_metrics`), plus the GCG attack
+        success at the thresholds its file names (``attack_success@eta=X``; any other X is computed
+        on demand by :func:`run_value`); {} without either."""
+        out = summary_metrics(self.summary) if self.summary else {}
+        if self.gcg:
+            etas = [float(e) for e in self.gcg.get("eta") or [] if _is_number(e)]
+            for eta in etas:
+                out.setdefault(_asr_name(eta), gcg_value(self.gcg, eta))
+            if len(etas) == 1:
+                out.setdefault("attack_success", gcg_value(self.gcg, etas[0]))
+        return out
 
     @property
     def label(self) -> str:
@@ -133,6 +152,25 @@ def _read_summary(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{path}: the tail summary must be a JSON object.")
     return data
+
+
+def _read_gcg(path: Path) -> dict[str, Any]:
+    from repulse.evaluation.gcg_cli import read_summary
+
+    return read_summary(path)
+
+
+def _asr_name(eta: float) -> str:
+    return f"attack_success@eta={eta:g}"
+
+
+def gcg_value(gcg: dict[str, Any], eta: float) -> dict[str, Any]:
+    """Attack success rate at ``eta`` from a GCG summary's saved rewards: ``{"mean", "low", "high",
+    "successes", "n_targets"}`` (a target succeeds if some sample has reward < eta)."""
+    from repulse.evaluation.gcg_cli import attack_success, rewards_of
+
+    block = attack_success(rewards_of(gcg), eta)
+    return {k: block[k] for k in ("mean", "low", "high", "successes", "n_targets")}
 
 
 def summary_metrics(summary: dict[str, Any]) -> dict[str, Any]:
@@ -240,7 +278,7 @@ def _discover(paths: Iterable[str | Path]) -> list[Path]:
             root = root.parent
         for dirpath, dirnames, filenames in os.walk(root):
             names = set(filenames)
-            if CONFIG_FILE in names and (METRICS_FILE in names or SUMMARY_FILE in names):
+            if CONFIG_FILE in names and names & {METRICS_FILE, SUMMARY_FILE, GCG_FILE}:
                 found[Path(dirpath).resolve()] = None
                 dirnames[:] = []  # a run's sub-directories (checkpoints, exports) are not runs
             else:
@@ -288,8 +326,9 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> dict[str, list[Run]]:
         cfg = _read_config(d / CONFIG_FILE)
         records = _read_metrics(d / METRICS_FILE) if (d / METRICS_FILE).exists() else []
         summary = _read_summary(d / SUMMARY_FILE) if (d / SUMMARY_FILE).exists() else None
+        gcg = _read_gcg(d / GCG_FILE) if (d / GCG_FILE).exists() else None
         setting = json.dumps(_setting_items(cfg), sort_keys=True, default=str)
-        run = Run(d, _method_of(cfg), _seed_of(cfg), setting, cfg, records, summary)
+        run = Run(d, _method_of(cfg), _seed_of(cfg), setting, cfg, records, summary, gcg=gcg)
         groups.setdefault(run.method, []).append(run)
     out: dict[str, list[Run]] = {}
     for method in sorted(groups):
@@ -328,6 +367,9 @@ def resolve_metric(groups: dict[str, list[Run]], metric: str, series_only: bool 
     """The stored name of ``metric``: itself if present, else the unique key ending in ``/metric``
     (so ``p_bad`` finds ``eval/p_bad``).  Unknown or ambiguous names raise a UserError that
     lists the metrics that exist (``series_only``: only metrics.jsonl keys count)."""
+    asr = _ASR.match(metric)
+    if asr and not series_only and any(r.gcg for runs in groups.values() for r in runs):
+        return _asr_name(float(asr.group(1)))  # any threshold: computed from the saved rewards
     names = available_metrics(groups, series_only)
     if metric in names:
         return metric
@@ -368,9 +410,14 @@ def run_series(run: Run, metric: str) -> list[tuple[float, float]]:
 def run_value(run: Run, metric: str) -> tuple[float, tuple[float, float] | None] | None:
     """A run's final value of ``metric`` and, if the tail summary has one, its interval.
 
-    Looks in ``tail_summary.json`` first (a number, or a block with ``mean``/``low``/``high``),
-    then takes the last value logged in ``metrics.jsonl``.  None if the run has neither.
+    ``attack_success@eta=X`` comes from the run's ``gcg_summary.json`` at any X.  Otherwise looks
+    in ``tail_summary.json`` first (a number, or a block with ``mean``/``low``/``high``), then
+    takes the last value logged in ``metrics.jsonl``.  None if the run has neither.
     """
+    asr = _ASR.match(metric)
+    if asr and run.gcg:
+        block = gcg_value(run.gcg, float(asr.group(1)))
+        return block["mean"], (block["low"], block["high"])
     values = run.summary_values
     if metric in values:
         block = values[metric]

@@ -318,6 +318,12 @@ def make_experience(
     if reduce is not None:
         moments = reduce(moments.to(device)).cpu()
     kl_total, kl_count = (float(v) for v in moments)
+    if old is not None and samples.logprobs is not None:
+        # sampler vs training forward at the same weights: ~1e-6 here; a large value flags a
+        # rollout engine that is out of sync with the policy (or numerics that differ)
+        metrics["rollout_logprob_diff"] = float(
+            (old - samples.logprobs).abs().sum() / mask.sum().clamp(min=1)
+        )
     metrics.update(
         shaped_reward=float(rewards.mean()),
         kl=float((kl.sum(-1)).mean()),

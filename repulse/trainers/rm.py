@@ -168,6 +168,12 @@ def run(cfg: OfflineConfig) -> int:
     run_ = start_run(cfg)
     tokenizer = load_tokenizer(path, chat_template=cfg.data.tokenizer_chat_template, padding_side="right")
     train_set, eval_set = train_eval_sets(cfg, lambda rows: PreferenceDataset(rows, tokenizer, cfg.data))
+    for name, ds in (("--data.dataset", train_set), ("--eval.dataset", eval_set)):
+        if cfg.model.margin_loss_enable and ds is not None and ds.stats["no_margin"]:
+            raise UserError(
+                f"--model.margin_loss_enable needs a 'margin' field in every row, but {ds.stats['no_margin']} of "
+                f"{ds.stats['rows']} rows of {name} have none; add it, or drop --model.margin_loss_enable."
+            )
     collate = partial(preference_collate, pad_id=tokenizer.pad_token_id, packing=cfg.engine.packing_samples)
     model = load_scalar_model(
         path,

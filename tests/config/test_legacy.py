@@ -19,7 +19,7 @@ import yaml
 
 from repulse.config import legacy
 from repulse.config.legacy import flip_sign, split_launcher, translate_argv
-from repulse.config.sections import OfflineConfig, RLConfig
+from repulse.config.sections import GcgConfig, OfflineConfig, RLConfig
 from repulse.errors import UserError
 
 _spec = importlib.util.spec_from_file_location("seed_commands", Path(__file__).with_name("seed_commands.py"))
@@ -70,10 +70,11 @@ def valid_fields(cls: type, prefix: str = "") -> dict[str, typing.Any]:
 
 OFFLINE_FIELDS = valid_fields(OfflineConfig)
 RL_FIELDS = valid_fields(RLConfig)
+ROOTS = {"rl": RLConfig, "gcg": GcgConfig}
 
 
 def root_fields(command: str) -> dict[str, typing.Any]:
-    return RL_FIELDS if command == "rl" else OFFLINE_FIELDS
+    return valid_fields(ROOTS.get(command, OfflineConfig))
 
 
 def group(argv: list[str]) -> list[tuple[str | None, list[str]]]:
@@ -132,7 +133,7 @@ def test_seed_command_parses(seed):
 
     command, argv = split_launcher(shell_split(seed.text))
     new, _ = translate_argv(argv, command)
-    build(RLConfig if command == "rl" else OfflineConfig, [], split_flags(new))
+    build(ROOTS.get(command, OfflineConfig), [], split_flags(new))
 
 
 @pytest.mark.parametrize("seed", TRANSLATABLE, ids=lambda s: s.name)
@@ -143,6 +144,8 @@ def test_seed_values_are_preserved(seed):
     out_groups = group(new)
     fork = command == "rl" and any(name in legacy.FORK_FLAGS for name, _ in group(argv))
     for name, values in group(argv):
+        if command == "gcg" and name in legacy.GCG_RULE_FLAGS:
+            continue  # value-dependent: checked by hand in test_gcg_command_translates
         if name in legacy.RULE_FLAGS and (fork or name in {"prompt_max_len", "generate_max_len"}):
             continue  # value-dependent: checked by hand below
         dests = legacy.table_destinations(name, command)
@@ -164,10 +167,52 @@ def test_every_seed_command_is_extracted():
     assert len({s.name for s in seeds.SEED_COMMANDS}) == len(seeds.SEED_COMMANDS)
 
 
-def test_gcg_command_has_no_translation():
-    gcg = next(s for s in seeds.SEED_COMMANDS if s.name == "gcg_eval")
-    with pytest.raises(UserError, match="evaluate_gcg_sz"):
-        split_launcher(shell_split(gcg.text))
+def test_gcg_command_translates():
+    """The README's GCG evaluation runs as ``repulse gcg``: every flag lands or is reported ignored."""
+    from repulse.config import parse_config
+
+    command, argv, new, notes = translate_seed("gcg_eval")
+    assert command == "gcg"
+    out = as_dict(new)
+    ckpt = argv[argv.index("--ckpt_path") + 1]
+    assert out["gcg.policy"] == [ckpt]  # the trained weights, not --pretrain's base model
+    assert out["gcg.eta"] == ["-4.0", "-5"]  # the reference's x and its figures' x - 1
+    assert out["gcg.targets"] == ["data/harmful_behaviors_custom.csv"]
+    assert out["reward.model_name_or_path"] == ["OpenAssistant/reward-model-deberta-v3-large-v2"]
+    assert out["reward.input_format"] == ["pair"]  # the fork scored its DeBERTa RM on (question, answer)
+    assert out["gcg.exclude_suffix_from_reward"] == [] and out["gcg.filter_ids"] == []
+    ignored = ignored_notes(notes)[0]
+    for flag in (
+        "--pretrain",
+        "--zero_stage",
+        "--gradient_checkpointing",
+        "--parameterization",
+        "--scenario",
+    ):
+        assert flag in ignored
+    assert any("top_k 50" in n for n in notes)  # the reference's sampler differed (spec §6.6)
+    cfg = parse_config("gcg", GcgConfig, argv, None)
+    g = cfg.gcg
+    assert (g.steps, g.search_width, g.topk, g.batch_size, g.n_replace, g.buffer_size) == (
+        250,
+        512,
+        256,
+        512,
+        1,
+        0,
+    )
+    assert g.use_prefix_cache and g.filter_ids and g.exclude_suffix_from_reward and g.max_targets == 100
+    assert g.eta == [-4.0, -5.0] and cfg.rollout.max_new_tokens == 20 and cfg.rollout.top_k == 0
+    assert cfg.rollout.n_samples_per_prompt == 1000 and cfg.train.seed == 42
+    # --pretrain alone names the policy; the store-true flags of the fork can be turned off here
+    cfg = parse_config(
+        "gcg", GcgConfig, ["--pretrain", "m", "--gcg_filter_ids", "--gcg.filter_ids", "false"], None
+    )
+    assert cfg.gcg.policy == "m" and cfg.gcg.filter_ids is False
+    with pytest.raises(UserError, match="atk_success_criteria prefix"):
+        translate_argv(["--atk_success_criteria", "prefix"], "gcg")
+    with pytest.raises(UserError, match="reward_threshold"):
+        translate_argv(["--reward_threshold", "low"], "gcg")
 
 
 # --------------------------------------------------------------------------- shell-isms

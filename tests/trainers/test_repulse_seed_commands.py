@@ -45,7 +45,7 @@ def _toy_argv(text: str, lm: Path, rm: Path, prompts: Path, out: Path) -> list[s
     shrink = [
         "--rollout.batch_size", "1", "--rollout.n_samples_per_prompt", "4",
         "--rollout.micro_batch_size", "8", "--rollout.max_new_tokens", "2", "--train.batch_size", "4",
-        "--train.micro_batch_size", "4", "--train.max_steps", "3", "--repulse.fit_steps", "1",
+        "--train.micro_batch_size", "4", "--train.max_steps", "3", "--train.num_episodes", "3", "--repulse.fit_steps", "1",
         "--engine.param_dtype", "fp32", "--actor.gradient_checkpointing_enable", "false",
         "--ckpt.output_dir", str(out), "--logger.progress_bar", "false",
     ]  # fmt: skip

@@ -260,6 +260,14 @@ def test_rm_bad_pairs_through_the_cli(toy, tmp_path):
         "warning" in proc.stderr
         and "3 of 8 preference pairs have identical chosen and rejected" in proc.stderr
     )
+    no_margin = tmp_path / "no_margin.jsonl"
+    no_margin.write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "margin"}) + "\n" for r in rows)
+    )
+    proc = cli(
+        [*base, "--data.dataset", str(no_margin), "--data.prompt_key", "prompt", "--model.margin_loss_enable"]
+    )
+    assert_clean_error(proc, "--model.margin_loss_enable", "'margin'", "8 of 8 rows")
 
 
 @pytest.mark.slow
