@@ -1,9 +1,10 @@
-"""Render ``bench/results/*.json`` as Markdown tables inside ``bench/README.md``.
+"""Render ``bench/results/*.json`` as Markdown tables inside ``bench/README.md`` and the README.
 
 Usage: ``python bench/report.py [--check]`` (standard library only: runs with any Python 3.10+).
-The tables go between ``<!-- bench:results:start -->`` and ``<!-- bench:results:end -->``;
-everything else in the README is left alone. ``--check`` exits 1 if the README is not up to
-date with the JSON (without writing it).
+The full tables go between ``<!-- bench:results:start -->`` and ``<!-- bench:results:end -->``
+of ``bench/README.md``; a one-table summary (the ratios) between ``<!-- bench-results:start -->``
+and ``<!-- bench-results:end -->`` of the top-level ``README.md``. Everything else in both files
+is left alone. ``--check`` exits 1 if either is not up to date with the JSON (writing nothing).
 
 Why generated: numbers typed by hand drift from the measurements; the JSON is the record.
 """
@@ -20,6 +21,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results"
 README = BENCH_DIR / "README.md"
 START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
+TOP_README = BENCH_DIR.parent / "README.md"
+TOP_START, TOP_END = "<!-- bench-results:start -->", "<!-- bench-results:end -->"
 ORDER = ["sft", "pref", "rl", "scale"]
 TITLES = {
     "sft": "SFT tokens/s vs TRL SFTTrainer (`bench_sft.py`)",
@@ -129,48 +132,98 @@ def _per_process_rss(case: dict[str, Any], impl: str) -> str:
 
 def render() -> str:
     lines = [START, ""]
-    found = False
-    names = ORDER + sorted(
-        p.stem for p in RESULTS.glob("*.json") if p.stem not in ORDER and "quick" not in p.stem
-    )
-    for name in names:
-        path = RESULTS / f"{name}.json"
-        if not path.exists():
-            continue
-        found = True
-        data = json.loads(path.read_text())
+    results = _results()
+    for name, data in results:
         lines += [f"### {TITLES.get(name, name)}", "", _machine(data["machine"], data.get("config", {})), ""]
         lines += render_scale(data) if name == "scale" else render_vs_trl(data)
         for note in data.get("notes", []):
             lines += ["", f"> {note}"]
         lines.append("")
-    if not found:
+    if not results:
         lines += ["_No results yet: run `bash bench/run_all.sh`._", ""]
     lines.append(END)
     return "\n".join(lines)
 
 
+def _results() -> list[tuple[str, dict[str, Any]]]:
+    names = ORDER + sorted(
+        p.stem for p in RESULTS.glob("*.json") if p.stem not in ORDER and "quick" not in p.stem
+    )
+    return [
+        (n, json.loads((RESULTS / f"{n}.json").read_text()))
+        for n in names
+        if (RESULTS / f"{n}.json").exists()
+    ]
+
+
+def render_summary() -> str:
+    """The top-level README's table: every case's ratio, from the same JSON."""
+    lines = [TOP_START, ""]
+    rows = [
+        "| benchmark | case | unit | repulse | peer | ratio (paired range) | goal |",
+        "|---|---|---|---:|---:|---|---|",
+    ]
+    dates = set()
+    for name, data in _results():
+        dates.add(str(data["machine"].get("date", "?"))[:10])
+        for c in data["cases"]:
+            imp = c["impls"]
+            if name == "scale":
+                for impl, st in imp.items():
+                    if impl == "1proc":
+                        continue
+                    r = (c.get("ratios") or {}).get(f"{impl}/1proc")
+                    rows.append(
+                        f"| {name} | `{impl}` vs 1 process | {c['unit']} | {_num(st.get('median'))} | "
+                        f"{_num(imp.get('1proc', {}).get('median'))} | {_ratio(r)} | |"
+                    )
+                continue
+            r = (c.get("ratios") or {}).get("repulse/trl")
+            rows.append(
+                f"| {name} | `{c['name']}` vs TRL | {c['unit']} | {_num(imp.get('repulse', {}).get('median'))} | "
+                f"{_num(imp.get('trl', {}).get('median'))} | {_ratio(r)} | {_goal(c.get('goal_ratio'), r)} |"
+            )
+    if len(rows) == 2:
+        lines += ["_No results yet: run `bash bench/run_all.sh`._", ""]
+    else:
+        lines += [
+            f"Measured {', '.join(sorted(dates))} on the 2-core CPU machine described in `bench/README.md`:",
+            "",
+        ]
+        lines += rows + [""]
+    lines.append(TOP_END)
+    return "\n".join(lines)
+
+
+def _splice(path: Path, start: str, end: str, body: str) -> tuple[str, str] | None:
+    text = path.read_text()
+    if start not in text or end not in text:
+        sys.stderr.write(f"error: {path} has no {start} ... {end} markers to write the tables between.\n")
+        return None
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return text, head + body + tail
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--check", action="store_true", help="exit 1 if README.md is stale; write nothing")
+    p.add_argument("--check", action="store_true", help="exit 1 if a README is stale; write nothing")
     args = p.parse_args(argv)
-    text = README.read_text()
-    if START not in text or END not in text:
-        sys.stderr.write(f"error: {README} has no {START} ... {END} markers to write the tables between.\n")
-        return 2
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = head + render() + tail
-    if args.check:
-        if new != text:
-            sys.stderr.write(
-                "bench/README.md is out of date with bench/results: run python bench/report.py\n"
-            )
-            return 1
-        return 0
-    README.write_text(new)
-    print(f"[report] wrote the results tables into {README}")
-    return 0
+    targets = [(README, START, END, render()), (TOP_README, TOP_START, TOP_END, render_summary())]
+    status = 0
+    for path, start, end, body in targets:
+        spliced = _splice(path, start, end, body)
+        if spliced is None:
+            return 2
+        old, new = spliced
+        if args.check:
+            if new != old:
+                sys.stderr.write(f"{path} is out of date with bench/results: run python bench/report.py\n")
+                status = 1
+            continue
+        path.write_text(new)
+        print(f"[report] wrote the results tables into {path}")
+    return status
 
 
 if __name__ == "__main__":
