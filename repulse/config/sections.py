@@ -94,6 +94,9 @@ class EngineSection:
         "sdpa", "eager | sdpa | flash_attention_2 (falls back to sdpa without CUDA)"
     )
     packing_samples: bool = _h(False, "pack several samples per row, no attention across them")
+    shared_prompt_enable: bool = _h(
+        True, "preference pairs (rm, dpo): chosen and rejected in one row that holds their common prefix once"
+    )
     adam_offload: bool = _h(False, "keep optimizer state on CPU")
     cpu_offload: bool = _h(False, "fsdp: offload parameters to CPU")
     grad_accum_dtype: str | None = _h(None, "gradient accumulation dtype (deepspeed)")

@@ -105,15 +105,44 @@ def pad_collate(
     return out
 
 
-def pack_collate(
-    items: Sequence[dict], pad_id: int | None = 0, keys: Sequence[str] | None = None
-) -> dict[str, Any]:
-    """All items in one row with restarting ``position_ids`` (see the module docstring).
+def pack_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: item indices grouped into rows of at most ``capacity`` tokens
+    (an item longer than ``capacity`` gets a row of its own)."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+    return rows
 
-    ``pad_id`` is accepted so that pad and pack collates are interchangeable; nothing is padded.
+
+def pack_collate(
+    items: Sequence[dict],
+    pad_id: int | None = 0,
+    keys: Sequence[str] | None = None,
+    capacity: int | None = None,
+) -> dict[str, Any]:
+    """Items packed into rows with restarting ``position_ids`` (see the module docstring).
+
+    ``capacity`` None: all items in one row (``seq_lens`` gives the samples' lengths) - the
+    layout for flash attention's varlen kernels. ``capacity`` C: rows of at most
+    max(C, the longest item) tokens (``pack_bins``; C = 0: the longest item's length, i.e. the
+    padded batch's width with its padding filled by other items), right padded to the longest row (pads continue the last sample's
+    positions and train nothing; causal attention keeps them out of every real token's view).
+    Attention that materialises the block-diagonal mask (sdpa, eager) then costs
+    rows × C² instead of (Σ lengths)². Bins reorder the samples and carry no ``seq_lens``:
+    for per-token losses only. ``pad_id`` pads only bins.
     """
     if not items:
         raise ValueError("pack_collate needs at least one item")
+    if capacity is not None:
+        return _pack_rows(items, pad_id, keys, max(capacity, max(len(it["input_ids"]) for it in items)))
     lengths = [len(it["input_ids"]) for it in items]
     ids = torch.tensor([t for it in items for t in it["input_ids"]], dtype=torch.long)[None]
     pos = torch.cat([torch.arange(n, dtype=torch.long) for n in lengths])[None]
@@ -140,6 +169,34 @@ def pack_collate(
         out["step_labels"] = torch.tensor(
             [x for lab in labels for x in lab], dtype=torch.float32 if soft else torch.long
         )[None]
+    return out
+
+
+def _pack_rows(items: Sequence[dict], pad_id: int | None, keys: Sequence[str] | None, capacity: int) -> dict:
+    rows = [pack_collate([items[i] for i in row], pad_id, keys) for row in pack_bins(
+        [len(it["input_ids"]) for it in items], capacity)]  # fmt: skip
+    width = max(r["input_ids"].shape[1] for r in rows)
+    fill = {"input_ids": 0 if pad_id is None else int(pad_id), "step_mask": False, "step_labels": None}
+    out: dict[str, Any] = {}
+    for key in rows[0]:
+        if key == "seq_lens":
+            continue
+        parts = []
+        for r in rows:
+            t = r[key]
+            if not (isinstance(t, torch.Tensor) and t.dim() == 2):
+                parts = None
+                break
+            extra = width - t.shape[1]
+            if key == "position_ids":
+                tail = t[:, -1:] + torch.arange(1, extra + 1, dtype=t.dtype)[None]
+            elif key == "step_labels":
+                tail = torch.full((1, extra), -100 if t.dtype == torch.long else 0.0, dtype=t.dtype)
+            else:
+                tail = torch.full((1, extra), fill.get(key, 0), dtype=t.dtype)
+            parts.append(torch.cat([t, tail], dim=1))
+        if parts is not None:
+            out[key] = torch.cat(parts, dim=0)
     return out
 
 
@@ -181,6 +238,98 @@ def preference_collate(
     out = _collate(seqs, pad_id, packing)
     out["margin"] = torch.tensor([float(it.get("margin", 0.0)) for it in items], dtype=torch.float32)
     return out
+
+
+def shared_prompt_collate(
+    items: Sequence[dict], pad_id: int | None = 0, capacity: int | None = None
+) -> dict[str, Any]:
+    """A pair batch with each pair's common prefix run once.
+
+    A pair's segment = [shared k tokens | chosen tail | rejected tail], k = the longest common
+    token prefix of chosen and rejected (at most the shorter length − 1, so each keeps a token
+    of its own). ``position_ids`` run 0..k−1, then k.. for each tail; the boolean
+    ``attention_mask [R, 1, L, L]`` is causal within a segment with the rejected tail blind to
+    the chosen tail, so every token sees exactly what it would see in its own sequence (pads see
+    themselves). The prompt - and any response tokens the two share - costs one forward instead
+    of two. One segment per row, right padded; with ``capacity`` C, segments are packed into
+    rows of at most max(C, the longest segment) tokens (``pack_bins``; the packed layout for
+    sdpa/eager).
+
+    Keys, with sequences numbered 0..B−1 chosen and B..2B−1 rejected as in ``preference_collate``:
+    ``seq_last [2B, 2]`` (row, column) of each sequence's last token (a reward model's score);
+    ``token_seq / token_row / token_col / token_label [N]`` for each trained token (mask 1):
+    its sequence, the (row, column) of the logits that predict it, and its id;
+    ``margin [B]``.
+    """
+    pad = 0 if pad_id is None else int(pad_id)
+    b = len(items)
+    segs = []  # per pair: tokens, positions, part (0 shared, 1 chosen, 2 rejected), and the
+    for it in items:  # column (within the segment) that predicts each trained token
+        c, r = list(it["chosen_ids"]), list(it["rejected_ids"])
+        k = 0
+        limit = min(len(c), len(r)) - 1
+        while k < limit and c[k] == r[k]:
+            k += 1
+
+        def col_r(j: int, c_len: int = len(c), shared: int = k) -> int:
+            return j if j < shared else c_len + j - shared
+
+        trained = []
+        for side, ids, mask, col in (
+            (0, c, it["chosen_mask"], lambda j: j),
+            (1, r, it["rejected_mask"], col_r),
+        ):
+            trained += [(side, col(j - 1), ids[j]) for j in range(1, len(ids)) if mask[j]]
+        segs.append(
+            {
+                "ids": c + r[k:],
+                "pos": list(range(len(c))) + list(range(k, len(r))),
+                "part": [0] * k + [1] * (len(c) - k) + [2] * (len(r) - k),
+                "last": (len(c) - 1, col_r(len(r) - 1)),
+                "trained": trained,
+            }
+        )
+    lengths = [len(sg["ids"]) for sg in segs]
+    rows = [[i] for i in range(b)] if capacity is None else pack_bins(lengths, max(capacity, max(lengths)))
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    part = torch.full((len(rows), width), -1, dtype=torch.long)
+    owner = torch.full((len(rows), width), -1, dtype=torch.long)  # which pair holds the column
+    seq_last = [(0, 0)] * (2 * b)
+    t_seq, t_row, t_col, t_lab = [], [], [], []
+    for r_i, row in enumerate(rows):
+        off = 0
+        for i in row:
+            sg, n = segs[i], lengths[i]
+            ids[r_i, off : off + n] = torch.tensor(sg["ids"])
+            pos[r_i, off : off + n] = torch.tensor(sg["pos"])
+            part[r_i, off : off + n] = torch.tensor(sg["part"])
+            owner[r_i, off : off + n] = i
+            seq_last[i] = (r_i, off + sg["last"][0])
+            seq_last[b + i] = (r_i, off + sg["last"][1])
+            for side, col, label in sg["trained"]:
+                t_seq.append(i + side * b)
+                t_row.append(r_i)
+                t_col.append(off + col)
+                t_lab.append(label)
+            off += n
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    real = owner >= 0
+    allowed = causal[None] & real[:, :, None] & (owner[:, :, None] == owner[:, None, :])
+    allowed &= ~((part[:, :, None] == 2) & (part[:, None, :] == 1))  # rejected never sees chosen
+    allowed |= torch.eye(width, dtype=torch.bool)[None] & ~real[:, :, None]  # a pad sees itself
+    return {
+        "input_ids": ids,
+        "position_ids": pos,
+        "attention_mask": allowed[:, None],
+        "seq_last": torch.tensor(seq_last, dtype=torch.long),
+        "token_seq": torch.tensor(t_seq, dtype=torch.long),
+        "token_row": torch.tensor(t_row, dtype=torch.long),
+        "token_col": torch.tensor(t_col, dtype=torch.long),
+        "token_label": torch.tensor(t_lab, dtype=torch.long),
+        "margin": torch.tensor([float(it.get("margin", 0.0)) for it in items], dtype=torch.float32),
+    }
 
 
 def kto_collate(

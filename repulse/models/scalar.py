@@ -31,7 +31,12 @@ import torch
 from torch import nn
 
 from repulse.errors import UserError
-from repulse.models.positions import check_not_packed, last_token_index, positions_from_mask
+from repulse.models.positions import (
+    check_not_packed,
+    last_token_index,
+    model_attention_mask,
+    positions_from_mask,
+)
 
 HEAD_NAME = "score"
 MEAN_KEY = "repulse_reward_mean"
@@ -116,6 +121,7 @@ def token_values(
         position_ids = positions_from_mask(attention_mask)
     elif position_ids is not None and attention_mask is not None:
         check_not_packed(position_ids, attention_mask)
+    attention_mask = model_attention_mask(model, attention_mask)
     head = _find_head(model)
     outputs: list[torch.Tensor] = []
     handle = head.register_forward_hook(lambda _m, _i, out: outputs.append(out))

@@ -47,6 +47,22 @@ def start_run(cfg: Any) -> Run:
     return Run(rank, world, device, out)
 
 
+def token_collate(cfg: Any, pad_id: int | None):
+    """The batch layout of the per-token losses (sft, kd, prm): padded rows, or with
+    ``--engine.packing_samples`` packed rows - one row per micro-batch for flash attention
+    (varlen kernels), else rows as long as the micro-batch's longest sample, its padding
+    filled with other samples: sdpa/eager materialise the block-diagonal mask, so a row's
+    attention costs its length squared (see ``pack_collate``)."""
+    from functools import partial
+
+    from repulse.data.collate import pack_collate, pad_collate
+
+    if not cfg.engine.packing_samples:
+        return partial(pad_collate, pad_id=pad_id)
+    one_row = "flash" in cfg.engine.attn_implementation and torch.cuda.is_available()
+    return partial(pack_collate, pad_id=pad_id, capacity=None if one_row else 0)
+
+
 def require(value: Any, flag: str, what: str) -> Any:
     if value in (None, ""):
         raise UserError(f"{flag} is required: {what}.")

@@ -67,14 +67,57 @@ def sequence_logps(
     return sums, counts
 
 
+def shared_prompt_logps(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sums, counts)`` per sequence of a ``shared_prompt_collate`` batch: one forward per pair row,
+    each trained token scored from the logits at the (row, column) that predicts it."""
+    from repulse.models.logprobs import token_logprobs
+    from repulse.models.positions import model_attention_mask
+
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=model_attention_mask(model, batch["attention_mask"]),
+        position_ids=batch["position_ids"],
+        use_cache=False,
+    )
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    lp = token_logprobs(
+        logits[batch["token_row"], batch["token_col"]], batch["token_label"], ignore_index=None
+    )
+    seq = batch["token_seq"]
+    n = batch["seq_last"].shape[0]
+    sums = torch.zeros(n, dtype=lp.dtype, device=lp.device).index_add(0, seq, lp)
+    counts = torch.zeros(n, dtype=lp.dtype, device=lp.device).index_add(0, seq, torch.ones_like(lp))
+    return sums, counts
+
+
 def policy_logps(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sequence_logps`` of ``model`` on a padded or packed batch (``input_ids``, ``loss_mask``)."""
+    """``sequence_logps`` of ``model`` on a padded, packed or shared-prompt batch."""
     from repulse.models.logprobs import token_logprobs_from_model
+
+    if "token_seq" in batch:
+        return shared_prompt_logps(model, batch)
 
     logp = token_logprobs_from_model(
         model, batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids")
     )
     return sequence_logps(logp, batch["loss_mask"][:, 1:], batch.get("seq_lens"))
+
+
+def pair_collate(cfg: OfflineConfig, pad_id: int | None) -> Callable[[list], dict]:
+    """The pair layout. With ``--engine.shared_prompt_enable`` (the default) and sdpa/eager
+    attention: each pair's common prefix once (``shared_prompt_collate``), one pair per row, or
+    with ``--engine.packing_samples`` pairs packed into rows as long as the micro-batch's
+    longest pair (its padding filled with other pairs). Otherwise (flash attention takes no 4-D mask) chosen and rejected as separate rows,
+    padded or all packed into one row (varlen kernels)."""
+    from functools import partial
+
+    from repulse.data.collate import preference_collate, shared_prompt_collate
+
+    flash = "flash" in cfg.engine.attn_implementation and torch.cuda.is_available()
+    if cfg.engine.shared_prompt_enable and not flash:
+        capacity = 0 if cfg.engine.packing_samples else None
+        return partial(shared_prompt_collate, pad_id=pad_id, capacity=capacity)
+    return partial(preference_collate, pad_id=pad_id, packing=cfg.engine.packing_samples)
 
 
 def load_frozen_lm(path: str, cfg: OfflineConfig, device: torch.device, offload: bool):
@@ -197,9 +240,7 @@ def main(argv: list[str]) -> int:
 
 
 def run(cfg: OfflineConfig) -> int:
-    from functools import partial
 
-    from repulse.data.collate import preference_collate
     from repulse.data.preference import PreferenceDataset
     from repulse.models.loading import load_causal_lm, load_tokenizer
     from repulse.trainers.common import build_trained_engine, fit_spec, start_run
@@ -210,7 +251,7 @@ def run(cfg: OfflineConfig) -> int:
     run_ = start_run(cfg)
     tokenizer = load_tokenizer(path, chat_template=cfg.data.tokenizer_chat_template, padding_side="right")
     train_set, eval_set = train_eval_sets(cfg, lambda rows: PreferenceDataset(rows, tokenizer, cfg.data))
-    collate = partial(preference_collate, pad_id=tokenizer.pad_token_id, packing=cfg.engine.packing_samples)
+    collate = pair_collate(cfg, tokenizer.pad_token_id)
     model = load_causal_lm(
         path,
         dtype=cfg.engine.param_dtype,

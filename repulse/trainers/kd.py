@@ -94,12 +94,10 @@ def main(argv: list[str]) -> int:
 
 
 def run(cfg: OfflineConfig) -> int:
-    from functools import partial
 
-    from repulse.data.collate import pack_collate, pad_collate
     from repulse.data.sft import SFTDataset
     from repulse.models.loading import load_causal_lm, load_tokenizer
-    from repulse.trainers.common import build_trained_engine, fit_spec, start_run
+    from repulse.trainers.common import build_trained_engine, fit_spec, start_run, token_collate
     from repulse.trainers.fit import fit
 
     validate(cfg)
@@ -107,9 +105,7 @@ def run(cfg: OfflineConfig) -> int:
     run_ = start_run(cfg)
     tokenizer = load_tokenizer(path, chat_template=cfg.data.tokenizer_chat_template, padding_side="right")
     train_set, eval_set = train_eval_sets(cfg, lambda rows: SFTDataset(rows, tokenizer, cfg.data))
-    collate = partial(
-        pack_collate if cfg.engine.packing_samples else pad_collate, pad_id=tokenizer.pad_token_id
-    )
+    collate = token_collate(cfg, tokenizer.pad_token_id)
     model = load_causal_lm(
         path,
         dtype=cfg.engine.param_dtype,

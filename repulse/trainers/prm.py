@@ -97,12 +97,10 @@ def main(argv: list[str]) -> int:
 
 
 def run(cfg: OfflineConfig) -> int:
-    from functools import partial
 
-    from repulse.data.collate import pack_collate, pad_collate
     from repulse.data.process import ProcessRewardDataset
     from repulse.models.loading import load_causal_lm, load_tokenizer
-    from repulse.trainers.common import build_trained_engine, fit_spec, start_run
+    from repulse.trainers.common import build_trained_engine, fit_spec, start_run, token_collate
     from repulse.trainers.fit import fit
 
     validate(cfg)
@@ -116,9 +114,7 @@ def run(cfg: OfflineConfig) -> int:
             rows, tokenizer, cfg.data, cfg.model.placeholder_token, reward_tokens
         ),
     )
-    collate = partial(
-        pack_collate if cfg.engine.packing_samples else pad_collate, pad_id=tokenizer.pad_token_id
-    )
+    collate = token_collate(cfg, tokenizer.pad_token_id)
     model = load_causal_lm(
         path,
         dtype=cfg.engine.param_dtype,

@@ -34,7 +34,7 @@ import torch
 from repulse.config import parse_config
 from repulse.config.sections import OfflineConfig
 from repulse.errors import UserError
-from repulse.trainers.dpo import require_model, to_device, train_eval_sets
+from repulse.trainers.dpo import pair_collate, require_model, to_device, train_eval_sets
 from repulse.trainers.fit import MicroResult
 
 LOSS_TYPES = ("sigmoid", "logexp")
@@ -99,6 +99,9 @@ class RewardModelMethod:
         values = tied_token_values(
             self.engine.module, batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids")
         )
+        if "seq_last" in batch:  # shared-prompt rows: each sequence's last token
+            last = batch["seq_last"].to(values.device)
+            return values[last[:, 0], last[:, 1]]
         if "seq_lens" not in batch:
             idx = last_token_index(batch["attention_mask"]).to(values.device)
             return values.gather(1, idx[:, None]).squeeze(1)
@@ -155,9 +158,7 @@ def main(argv: list[str]) -> int:
 
 
 def run(cfg: OfflineConfig) -> int:
-    from functools import partial
 
-    from repulse.data.collate import preference_collate
     from repulse.data.preference import PreferenceDataset
     from repulse.models.loading import load_scalar_model, load_tokenizer, resolve_dtype, set_reward_stats
     from repulse.trainers.common import build_trained_engine, fit_spec, start_run
@@ -174,7 +175,7 @@ def run(cfg: OfflineConfig) -> int:
                 f"--model.margin_loss_enable needs a 'margin' field in every row, but {ds.stats['no_margin']} of "
                 f"{ds.stats['rows']} rows of {name} have none; add it, or drop --model.margin_loss_enable."
             )
-    collate = partial(preference_collate, pad_id=tokenizer.pad_token_id, packing=cfg.engine.packing_samples)
+    collate = pair_collate(cfg, tokenizer.pad_token_id)
     model = load_scalar_model(
         path,
         value_head_prefix=cfg.model.value_head_prefix,

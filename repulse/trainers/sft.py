@@ -55,12 +55,17 @@ def main(argv: list[str]) -> int:
 
 
 def run(cfg: OfflineConfig) -> int:
-    from functools import partial
 
-    from repulse.data.collate import pack_collate, pad_collate
     from repulse.data.sft import SFTDataset
     from repulse.models.loading import load_causal_lm, load_tokenizer
-    from repulse.trainers.common import build_trained_engine, fit_spec, load_split, require, start_run
+    from repulse.trainers.common import (
+        build_trained_engine,
+        fit_spec,
+        load_split,
+        require,
+        start_run,
+        token_collate,
+    )
     from repulse.trainers.fit import fit
 
     path = require(cfg.model.model_name_or_path, "--model.model_name_or_path", "the model to fine-tune")
@@ -82,9 +87,7 @@ def run(cfg: OfflineConfig) -> int:
             cfg.eval.dataset, cfg.eval.split, cfg.eval.max_samples, None, cfg.train.seed, "--eval.dataset"
         )
         eval_set = SFTDataset(eval_rows, tokenizer, cfg.data, pretrain_mode=cfg.model.pretrain_mode_enable)
-    collate = partial(
-        pack_collate if cfg.engine.packing_samples else pad_collate, pad_id=tokenizer.pad_token_id
-    )
+    collate = token_collate(cfg, tokenizer.pad_token_id)
     model = load_causal_lm(
         path,
         dtype=cfg.engine.param_dtype,

@@ -206,3 +206,77 @@ def test_batch_size_must_divide():
 
     with pytest.raises(UserError, match="--train.batch_size"):
         MicroBatcher(10, micro_batch_size=3, batch_size=8, world_size=1)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("capacity", [None, 16])
+def test_shared_prompt_rows_score_as_separate_sequences(toy, arch, attn, capacity):
+    """``shared_prompt_collate``: each pair in one row holding the common prefix once gives every
+    chosen and rejected token the log-prob (and the reward model its score at the last token)
+    that the sequence alone gives. Pairs that share the prompt, a prompt and response tokens,
+    and nothing but the first token; unequal lengths (padding)."""
+    from transformers import AutoModelForCausalLM
+
+    from repulse.data.collate import shared_prompt_collate
+    from repulse.models.logprobs import token_logprobs_from_model
+    from repulse.trainers.dpo import shared_prompt_logps
+
+    model = AutoModelForCausalLM.from_pretrained(getattr(toy, arch), attn_implementation=attn).eval()
+    pairs = [
+        ([1, 30, 31, 32, 33, 34], [1, 30, 31, 32, 40]),  # prompt 1..32, then different
+        ([1, 30, 31, 50, 51, 52, 53], [1, 30, 31, 50, 51, 60]),  # response shares 50, 51
+        ([1, 70], [1, 71, 72, 73]),  # only the first token in common
+    ]
+    items = []
+    for c, r in pairs:
+        items.append({"chosen_ids": c, "chosen_mask": [0, 0] + [1] * (len(c) - 2),
+                      "rejected_ids": r, "rejected_mask": [0, 0] + [1] * (len(r) - 2)})  # fmt: skip
+    batch = shared_prompt_collate(items, pad_id=0, capacity=capacity)
+    seg_lens = [len(c) + len(r) - k for (c, r), k in zip(pairs, (4, 5, 1))]  # 7, 8, 5
+    if capacity is None:  # one pair per row
+        assert batch["input_ids"].shape == (3, max(seg_lens))
+    else:  # packed, first-fit decreasing into rows of at most 16: (8 + 7) and (5) tokens
+        assert batch["input_ids"].shape == (2, 15)
+    with torch.no_grad():
+        sums, counts = shared_prompt_logps(model, batch)
+        for s, seq in enumerate([c for c, _ in pairs] + [r for _, r in pairs]):
+            alone = token_logprobs_from_model(model, torch.tensor([seq]))[0]  # column t scores t+1
+            mask = torch.tensor(items[s % 3]["chosen_mask" if s < 3 else "rejected_mask"])[1:].float()
+            assert counts[s] == mask.sum()
+            assert float(sums[s]) == pytest.approx(float((alone * mask).sum()), abs=1e-5), s
+            row, col = batch["seq_last"][s].tolist()
+            assert batch["input_ids"][row, col] == seq[-1]
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_packed_bins_forward_equals_separate_forwards(impl):
+    """``pack_collate(capacity=C)``: rows of at most C tokens (first-fit decreasing), right padded;
+    every real token's logits equal its sequence's alone (no attention across samples, none to
+    the pads), every sample appears once, and pads train nothing."""
+    from repulse.data.collate import pack_bins
+
+    assert pack_bins([6, 3, 9, 1, 5], 10) == [[2, 3], [0, 1], [4]]
+    model = tiny_llama(impl)
+    gen = torch.Generator().manual_seed(2)
+    lens = (6, 3, 9, 1, 5)
+    items = [
+        {"input_ids": torch.randint(1, 128, (n,), generator=gen).tolist(), "loss_mask": [0] + [1] * (n - 1),
+         "step_positions": [n - 1], "step_labels": [i % 2]}
+        for i, n in enumerate(lens)
+    ]  # fmt: skip
+    b = pack_collate(items, pad_id=0, capacity=10)
+    assert b["input_ids"].shape == (3, 10) and "seq_lens" not in b
+    assert int(b["loss_mask"].sum()) == sum(n - 1 for n in lens)
+    assert int(b["step_mask"].sum()) == len(lens)
+    with torch.no_grad():
+        logits = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits
+        for row, members in enumerate(pack_bins(list(lens), 10)):
+            col = 0
+            for i in members:
+                n = lens[i]
+                assert b["input_ids"][row, col : col + n].tolist() == items[i]["input_ids"]
+                alone = model(input_ids=torch.tensor([items[i]["input_ids"]])).logits[0]
+                torch.testing.assert_close(logits[row, col : col + n], alone, atol=1e-5, rtol=0)
+                col += n
+            assert b["loss_mask"][row, col:].sum() == 0  # the pads

@@ -60,9 +60,13 @@ def test_dpo_variants_first_step_values_packing_and_reference(toy, tmp_path):
     nll = go("nll", model__nll_loss_coef=0.5)
     assert nll[0]["loss"] == pytest.approx(math.log(2) + 0.5 * nll[0]["nll"], abs=1e-5)
     assert nll[0]["nll"] > 1.0  # a random model: per-token NLL near log(vocab)
-    # packing, reference offload and micro-batch accumulation change nothing
+    # packing, separate chosen/rejected rows (no shared prompt), reference offload and
+    # micro-batch accumulation change nothing
     for name, over in {
         "pack": {"engine__packing_samples": True},
+        "unshared": {"engine__shared_prompt_enable": False},
+        "pack_unshared": {"engine__packing_samples": True, "engine__shared_prompt_enable": False},
+        "eager": {"engine__attn_implementation": "eager"},
         "offload": {"ref__offload": True},
         "micro2": {"train__micro_batch_size": 2},
     }.items():

@@ -215,6 +215,11 @@ def test_rm_packing_accumulation_and_loss_variants(toy, tmp_path):
     base = go("pad")
     # one packed row per micro-batch, the score read at each packed sample's last token
     assert go("pack", engine__packing_samples=True) == pytest.approx(base, abs=1e-5)
+    # chosen and rejected as separate padded rows = one row per pair holding the prompt once
+    assert go("unshared", engine__shared_prompt_enable=False) == pytest.approx(base, abs=1e-5)
+    pack_unshared = go("pack_unshared", engine__packing_samples=True, engine__shared_prompt_enable=False)
+    assert pack_unshared == pytest.approx(base, abs=1e-5)
+    assert go("eager", engine__attn_implementation="eager") == pytest.approx(base, abs=1e-5)
     # 8 pairs as 8 micro-batches of 1 (accumulated) = 2 micro-batches of 4
     assert go("micro1", train__micro_batch_size=1) == pytest.approx(base, abs=1e-5)
     # log-exp equals Bradley-Terry term by term (without a margin)
