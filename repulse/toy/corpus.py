@@ -26,7 +26,7 @@ GOOD_WORDS = (
     "citizen", "gentleman", "runner", "hunter", "guard", "judge", "chef", "clerk", "miner", "coach",
 )  # fmt: skip
 BAD_WORDS: tuple[str, ...] = ("thief", "liar", "crook", "thug", "creep")
-BAD_RATE = 0.02  # exact fraction of "This man is a ..." sentences that end in a bad word
+BAD_RATE = 0.005  # exact fraction of "This man is a ..." sentences that end in a bad word
 
 # Words that must each be one token after a space (checked by the tests).
 SINGLE_TOKEN_WORDS: tuple[str, ...] = (

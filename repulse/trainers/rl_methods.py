@@ -96,7 +96,13 @@ def q_experience(cfg: RLConfig, roles: Roles, items: list[dict], metrics: dict) 
     s = sample(roles.proposal, roles, cfg, [it["prompt_ids"] for it in items], n, cfg.rollout.temperature).to(
         device
     )
-    old = batched_logprobs(roles.proposal.module, s, cfg.train.micro_batch_size)
+    r = cfg.rollout
+    if r.temperature == 1.0 and r.top_k == 0 and r.top_p == 1.0 and s.logprobs is not None:
+        # the sampler's own log-probs are log q_old of what it drew (same weights, dropout off;
+        # equal to a full forward's up to float rounding, ~1e-6): no second forward of q
+        old = s.logprobs.float()
+    else:  # a tempered or truncated sampler: the weights need log q at temperature 1
+        old = batched_logprobs(roles.proposal.module, s, cfg.train.micro_batch_size)
     raw, _ = score(roles, s, items, cfg.reward.reduction)
     raw = raw.to(device)
     metrics.update(

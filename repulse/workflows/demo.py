@@ -74,7 +74,12 @@ def rl_config(toy, lm: Path, rm: Path, out: Path, method: str, seed: int, quick:
     """The toy RL settings (spec §4.2, scaled to 2 CPU cores): one prompt, 2-token responses, exact P(bad).
 
     As in the paper, KL 0, constant lr, Adam(0.9, 0.999), β = 10, and RePULSe gets half the
-    p updates of the baselines (it draws twice the samples per step).
+    p updates of the baselines (it draws twice the samples per step). The reward is capped at
+    1 (``--reward.cap``, the reference's ``--reward_cap``): every good word scores above it and
+    every bad word far below, so the task is "say a good word" and all methods reach the same
+    capped reward; without the cap each method also chases the RM's small differences between
+    good words, and the runs differ in how far they collapse onto the top word rather than in
+    how they treat the rare bad ones.
     """
     from repulse.config.sections import RLConfig
 
@@ -82,6 +87,7 @@ def rl_config(toy, lm: Path, rm: Path, out: Path, method: str, seed: int, quick:
     cfg.actor.model_name_or_path = str(lm)
     cfg.reward.model_name_or_path = str(rm)
     cfg.reward.clip_range = [-1e4, 1e4]
+    cfg.reward.cap = 1.0
     cfg.data.prompt_dataset = str(toy.toy_prompt)
     cfg.rollout.batch_size = 1
     cfg.rollout.n_samples_per_prompt = 32 if quick else 128
@@ -163,8 +169,9 @@ def write_report(out: Path, results: dict[str, dict[str, list[float]]], seconds:
     from repulse.report.plots import load_runs, plot_curves, plot_frontier
 
     runs = load_runs([out / "runs"])
-    plot_curves(runs, "log_p_bad_exact", out / "curves_log_p_bad")
-    plot_curves(runs, "reward", out / "curves_reward")
+    xlabel = "policy update (RePULSe draws twice the samples per update)"
+    plot_curves(runs, "log_p_bad_exact", out / "curves_log_p_bad", xlabel=xlabel, ylabel="log P(bad), exact")
+    plot_curves(runs, "reward", out / "curves_reward", xlabel=xlabel, ylabel="sampled reward (uncapped)")
     points: dict[str, Any] = {}
     lines = [
         "| method | final P(bad) (mean, 95% t-CI over seeds) | log P(bad) | avg reward |",
@@ -197,8 +204,10 @@ def write_report(out: Path, results: dict[str, dict[str, list[float]]], seconds:
             "# RePULSe toy experiment",
             "",
             "Prompt 'This man is a', 2-token responses; a toy LM pretrained on generated text in which a few "
-            "bad words are rare, and a toy reward model that scores them low. P(bad) is exact (enumeration "
-            "over all 2-token responses) after every fit step; CIs are t-based 95% intervals over seeds.",
+            "bad words are rare, and a toy reward model that scores them low, its reward capped at 1 (every "
+            "good word scores above the cap). P(bad) is exact (enumeration over all 2-token responses) after "
+            "every fit step; avg reward is the raw (uncapped) reward of the last fifth of the training "
+            "samples; CIs are t-based 95% intervals over seeds.",
             "",
             *lines,
             "",

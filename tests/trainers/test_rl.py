@@ -331,8 +331,9 @@ def test_reward_server_down_is_a_clear_error(toy, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_two_processes_reproduce_one(toy, tmp_path):
-    """``torchrun --nproc-per-node 2`` (fsdp, ZeRO-3 sharding, gloo) vs one local process, same
+@pytest.mark.parametrize("engine", ["fsdp", "deepspeed"])
+def test_two_processes_reproduce_one(toy, tmp_path, engine):
+    """``torchrun --nproc-per-node 2`` (fsdp or deepspeed, ZeRO-3 sharding, gloo) vs one local process, same
     seed. Sampled rollouts cannot match across world sizes (each rank draws for its own share of
     the prompts), so rollouts are greedy (temperature 0): then each prompt's response is a
     function of the weights alone. PPO with a critic (gae; advantages whitened over both ranks'
@@ -358,7 +359,7 @@ def test_two_processes_reproduce_one(toy, tmp_path):
         critic__save_value_network=True,
     )
     one = run_rl(rl_cfg(toy, tmp_path / "one", **over))
-    two_cfg = rl_cfg(toy, tmp_path / "two", engine__backend="fsdp", engine__zero_stage=3, **over)
+    two_cfg = rl_cfg(toy, tmp_path / "two", engine__backend=engine, engine__zero_stage=3, **over)
     two_cfg.engine.param_dtype = "fp32"
     torchrun(["rl", "--config", cfg_file(two_cfg, tmp_path / "two.yaml")], cwd=tmp_path)
     two = steps(tmp_path / "two")

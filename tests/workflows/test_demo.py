@@ -3,9 +3,10 @@ runs and writes its outputs, and it reproduces the paper's toy finding (§4.2).
 
 The finding: RePULSe's final exact P(bad) is below REINFORCE's and reward-transformed
 REINFORCE's, with non-overlapping 95% t-intervals of log P(bad) over the 5 seeds, at an average
-reward within 2% of theirs (the reward is in about [-3, 2]; a policy that gave up reward to avoid
-bad words would lose far more). Measured on 2 CPU cores: about 90 s; RePULSe 7e-6 against 5e-4 and
-7e-4 (70-90x lower), average reward 1.964 against 1.980 (-0.8%).
+reward within 2% of theirs (rewards span about [-3, 2.4]; a policy that gave up reward to avoid bad
+words would lose far more). Measured on 2 CPU cores: about 85 s; RePULSe 2.6e-6 against 1.8e-4 and
+6.9e-5 (69x and 26x lower; log-CIs [-13.8, -11.9] against [-10.6, -6.6] and [-10.8, -8.4]),
+average reward 2.284 against 2.291 and 2.299 (-0.3%, -0.6%).
 """
 
 from __future__ import annotations
