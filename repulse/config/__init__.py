@@ -54,6 +54,7 @@ def parse_config(
             rest.append(tok)
         i += 1
     cfg = build(root_cls, yaml_files, split_flags(rest))
+    refuse_unused_model_fields(cfg, command)
     if validate is not None:
         validate(cfg)
     if dry_run:
@@ -69,3 +70,20 @@ def write_resolved(cfg: Any, output_dir: str | Path, name: str = "config.yaml") 
     tmp.write_text(to_yaml(cfg))
     tmp.replace(out)
     return out
+
+
+def refuse_unused_model_fields(cfg: Any, command: str) -> None:
+    """A method's ``--model.*`` flag given to another command is an error, not a silent no-op."""
+    from repulse.config.sections import MODEL_FIELDS_USED_BY, ModelSection
+
+    model = getattr(cfg, "model", None)
+    if not isinstance(model, ModelSection):
+        return
+    default = ModelSection()
+    for name, commands in MODEL_FIELDS_USED_BY.items():
+        if command not in commands and getattr(model, name) != getattr(default, name):
+            users = " and ".join(f"repulse {c}" for c in commands)
+            raise UserError(
+                f"--model.{name} is read by {users} only; repulse {command} would ignore it "
+                f"(given {getattr(model, name)!r}). Remove it, or run {users}."
+            )

@@ -116,3 +116,22 @@ def test_cli_unknown_flag_one_paragraph_no_traceback():
 def test_cli_unknown_command():
     proc = _cli("sftt")
     assert proc.returncode == 2 and "sft" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "command, flag, value",
+    [("dpo", "--model.kd_coef", "0.9"), ("rm", "--model.beta", "0.5"), ("sft", "--model.margin_loss_enable", None),
+     ("kd", "--model.placeholder_token", "ки")],
+)  # fmt: skip
+def test_a_method_flag_given_to_another_command_is_refused(command, flag, value):
+    from repulse.config import parse_config
+    from repulse.config.sections import OfflineConfig
+    from repulse.errors import UserError
+
+    argv = ["--model.model_name_or_path", "m", "--data.dataset", "d", flag] + ([value] if value else [])
+    with pytest.raises(
+        UserError, match=f"{flag} is read by repulse .* only; repulse {command} would ignore it"
+    ):
+        parse_config(command, OfflineConfig, argv)
+    parse_config("kd" if flag == "--model.kd_coef" else "dpo" if flag == "--model.beta" else
+                 "rm" if "margin" in flag else "prm", OfflineConfig, [*argv, "--dry-run"])  # fmt: skip

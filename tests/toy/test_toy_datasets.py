@@ -7,7 +7,7 @@ import re
 import pytest
 
 from repulse.toy import BAD_WORDS, GOOD_WORDS, TOY_PROMPT
-from repulse.toy.corpus import POLITE, RUDE
+from repulse.toy.corpus import BAD_RATE, POLITE, RUDE
 from repulse.toy.datasets import SIZES, generate, read_jsonl
 
 SCHEMAS = {
@@ -96,8 +96,9 @@ def test_this_man_is_a_has_rare_bad_words(data):
         assert row["text"].startswith(TOY_PROMPT + " ") and row["text"].endswith(".")
         words.append(row["text"][len(TOY_PROMPT) + 1 : -1])
     assert set(words) <= set(GOOD_WORDS) | set(BAD_WORDS)
-    rate = sum(w in BAD_WORDS for w in words) / len(words)
-    assert 0.01 <= rate <= 0.03
+    n_bad = sum(w in BAD_WORDS for w in words)
+    assert n_bad == round(len(words) * BAD_RATE) and 0 < BAD_RATE <= 0.01  # rare, but there
+    assert set(words) & set(BAD_WORDS) == set(BAD_WORDS)
     assert len(set(words) & set(GOOD_WORDS)) == len(GOOD_WORDS)
     assert data["toy_prompt"] == [{"input": TOY_PROMPT}]
 
