@@ -55,6 +55,7 @@ def parse_config(
         i += 1
     cfg = build(root_cls, yaml_files, split_flags(rest))
     refuse_unused_model_fields(cfg, command)
+    warn_no_effect(cfg)
     if validate is not None:
         validate(cfg)
     if dry_run:
@@ -86,4 +87,19 @@ def refuse_unused_model_fields(cfg: Any, command: str) -> None:
             raise UserError(
                 f"--model.{name} is read by {users} only; repulse {command} would ignore it "
                 f"(given {getattr(model, name)!r}). Remove it, or run {users}."
+            )
+
+
+def warn_no_effect(cfg: Any, prefix: str = "") -> None:
+    """One warning per flag that is accepted for compatibility but does nothing, when it is set."""
+    import dataclasses
+
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            warn_no_effect(value, f"{prefix}{f.name}.")
+        elif f.metadata.get("no_effect") and value not in (None, 0, False) and value != f.default:
+            flag = f"--{prefix}{f.name}"
+            warn_once(
+                f"no_effect:{flag}", f"{flag} {value!r} has no effect in this version: {f.metadata['help']}."
             )

@@ -18,6 +18,12 @@ def _hf(factory, help: str):  # noqa: A002
     return field(default_factory=factory, metadata={"help": help})
 
 
+def _compat(default, help: str):  # noqa: A002
+    """A flag the seed documents use that has no effect in this version: accepted, and a value
+    other than the default warns once (``parse_config``) instead of being silently ignored."""
+    return field(default=default, metadata={"help": help, "no_effect": True})
+
+
 # --------------------------------------------------------------------------- model side
 
 
@@ -123,12 +129,12 @@ class EngineSection:
     grad_accum_dtype: str | None = _h(None, "gradient accumulation dtype (deepspeed)")
     overlap_comm: bool = _h(False, "overlap communication (deepspeed)")
     zpg: int = _h(1, "ZeRO++ partition size (deepspeed)")
-    use_liger_kernel: bool = _h(False, "accepted for compatibility; no effect here")
-    deepcompile: bool = _h(False, "accepted for compatibility; no effect here")
+    use_liger_kernel: bool = _compat(False, "accepted for compatibility; no effect here")
+    deepcompile: bool = _compat(False, "accepted for compatibility; no effect here")
     ring_attn_size: int = _h(1, "accepted for compatibility; must be 1")
-    ring_attn_head_stride: int = _h(1, "accepted for compatibility")
+    ring_attn_head_stride: int = _compat(1, "accepted for compatibility")
     tensor_parallel_size: int = _h(1, "accepted for compatibility; must be 1")
-    use_universal_ckpt: bool = _h(False, "accepted for compatibility; no effect")
+    use_universal_ckpt: bool = _compat(False, "accepted for compatibility; no effect")
 
 
 # --------------------------------------------------------------------------- data / train
@@ -179,10 +185,10 @@ class CkptSection:
     path: str | None = _h(None, "checkpoint directory (default: <output_dir>/checkpoints)")
     save_steps: int = _h(-1, "save a resumable checkpoint every N steps (-1: never)")
     max_num: int = _h(3, "keep at most this many checkpoints")
-    max_mem: float = _h(1e8, "accepted for compatibility (GB budget)")
+    max_mem: float = _compat(1e8, "accepted for compatibility (GB budget)")
     load_enable: bool = _h(False, "resume from the newest checkpoint in ckpt.path")
     save_hf: bool = _h(False, "also export an HF directory with each checkpoint")
-    disable_ds: bool = _h(False, "accepted for compatibility")
+    disable_ds: bool = _compat(False, "accepted for compatibility")
 
 
 @dataclass
@@ -229,7 +235,7 @@ class ActorSection:
     entropy_coef: float | None = _h(None, "entropy bonus coefficient (entropy is logged either way)")
     policy_loss_type: str = _h("ppo", "ppo | gspo")
     aux_loss_coef: float = _h(0.0, "MoE aux loss")
-    freeze_visual_encoder: bool = _h(False, "accepted for compatibility")
+    freeze_visual_encoder: bool = _compat(False, "accepted for compatibility")
     num_nodes: int = _h(1, "Ray: nodes for the actor")
     num_gpus_per_node: int = _h(1, "Ray: GPUs per node for the actor")
 
@@ -286,7 +292,7 @@ class RolloutSection:
     top_p: float = _h(1.0, "nucleus sampling")
     top_k: int = _h(0, "top-k sampling (0: off)")
     max_new_tokens: int | None = _h(None, "max response tokens (default: data.max_len - prompt length)")
-    max_tokens_per_gpu: int | None = _h(None, "accepted for compatibility")
+    max_tokens_per_gpu: int | None = _compat(None, "accepted for compatibility")
     vllm_generate_batch_size: int | None = _h(None, "vLLM generation batch size")
 
 
@@ -321,7 +327,9 @@ class AlgoSection:
 
 @dataclass
 class VllmSection:
-    num_engines: int | None = _h(None, "vLLM engines (0/None: no vLLM)")
+    num_engines: int | None = _compat(
+        None, "vLLM engines: accepted for compatibility; rollouts use the hf backend in this version"
+    )
     tensor_parallel_size: int = _h(1, "vLLM TP size")
     gpu_memory_utilization: float = _h(0.9, "vLLM memory fraction")
     enable_prefix_caching: bool = _h(False, "vLLM prefix caching")

@@ -60,15 +60,23 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def forward_logits(model: torch.nn.Module, samples: Samples) -> torch.Tensor:
-    """Logits predicting each response token: shape [B, T, V]."""
-    out = model(
+    """Logits predicting each response token: shape [B, T, V].
+
+    Only the last T + 1 positions go through the LM head (``logits_to_keep``): the prompt's
+    logits would be computed and thrown away.
+    """
+    kwargs = dict(
         input_ids=samples.sequences,
         attention_mask=samples.attention_mask,
         position_ids=position_ids_from_mask(samples.attention_mask),
         use_cache=False,
     )
-    p = samples.prompt_len
-    return out.logits[:, p - 1 : -1, :]
+    t = samples.sequences.shape[1] - samples.prompt_len
+    try:
+        logits = model(**kwargs, logits_to_keep=t + 1).logits
+    except TypeError:  # a model class without logits_to_keep
+        logits = model(**kwargs).logits
+    return logits[:, -(t + 1) : -1, :]
 
 
 def action_logprobs(
