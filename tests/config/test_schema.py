@@ -135,3 +135,20 @@ def test_a_method_flag_given_to_another_command_is_refused(command, flag, value)
         parse_config(command, OfflineConfig, argv)
     parse_config("kd" if flag == "--model.kd_coef" else "dpo" if flag == "--model.beta" else
                  "rm" if "margin" in flag else "prm", OfflineConfig, [*argv, "--dry-run"])  # fmt: skip
+
+
+def test_a_flag_without_effect_warns_once(monkeypatch, capsys):
+    import repulse.errors
+    from repulse.config import parse_config
+    from repulse.config.sections import OfflineConfig, RLConfig
+
+    monkeypatch.setattr(repulse.errors, "_warned", set())
+    argv = ["--model.model_name_or_path", "m", "--data.dataset", "d", "--engine.use_liger_kernel"]
+    parse_config("sft", OfflineConfig, argv)
+    parse_config("sft", OfflineConfig, argv)
+    err = capsys.readouterr().err
+    assert err.count("--engine.use_liger_kernel True has no effect in this version") == 1
+    parse_config("rl", RLConfig, ["--vllm.num_engines", "2"])
+    assert "--vllm.num_engines 2 has no effect" in capsys.readouterr().err
+    parse_config("sft", OfflineConfig, argv[:4])  # nothing set: nothing said
+    assert capsys.readouterr().err == ""
