@@ -24,7 +24,7 @@ from repulse.config.sections import RLConfig
 from repulse.errors import UserError
 from repulse.rl.experience import Experience, batched_logprobs
 from repulse.trainers.fit import run_micro_batches
-from repulse.trainers.rl_loop import Roles, global_range, global_std, ref_logprobs, sample, score
+from repulse.trainers.rl_loop import Roles, ref_logprobs, sample, sample_metrics, score
 from repulse.trainers.rl_updates import RepulseBatch, RepulseUpdate
 
 
@@ -76,15 +76,10 @@ def p_experience(cfg: RLConfig, roles: Roles, items: list[dict], metrics: dict) 
         kl_seq = (KL_ESTIMATORS[cfg.algo.kl.estimator](old, ref) * mask).sum(-1)
     lam = cfg.algo.kl.init_coef
     returns = transform_rewards(cfg, raw) - lam * kl_seq
-    lo, hi = global_range(roles.policy, raw)
     metrics.update(
-        reward=float(raw.mean()),
-        reward_std=global_std(roles.policy, raw),
-        reward_min=lo,
-        reward_max=hi,
+        sample_metrics(roles.policy, raw, s),
         return_=float(returns.mean()),
         kl=float(kl_seq.mean()),
-        response_length=float(s.response_length.float().mean()),
         p_bad_sampled=float((raw < cfg.repulse.bad_threshold).float().mean()),
     )
     return Experience(s, old, ref, rewards=cap(cfg, raw), raw_rewards=raw, kl=kl_seq, returns=returns)

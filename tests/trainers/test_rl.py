@@ -149,7 +149,7 @@ def test_overlong_penalty_is_relative_to_the_token_budget(toy, tmp_path, monkeyp
     from repulse.data.prompts import PromptDataset
     from repulse.data.sources import load_rows
     from repulse.rl.rollout import Samples, left_pad
-    from repulse.trainers import rl_loop
+    from repulse.trainers import rl_loop, rl_ppo
 
     def fake_sample(engine, roles, cfg, prompt_ids, n, temperature):
         pad, eos = roles.tokenizer.pad_token_id, roles.tokenizer.eos_token_id
@@ -159,7 +159,7 @@ def test_overlong_penalty_is_relative_to_the_token_budget(toy, tmp_path, monkeyp
         seq, attn = torch.cat([ids, response], 1), torch.cat([mask, action], 1)
         return Samples(seq, attn, action, ids.shape[1], torch.arange(2), torch.zeros(2, dtype=torch.bool))
 
-    monkeypatch.setattr(rl_loop, "sample", fake_sample)
+    monkeypatch.setattr(rl_ppo, "sample", fake_sample)
     for budget, penalty in ((8, [0.0, 0.0]), (4, [-0.75, -0.5])):
         over = dict(algo__advantage__estimator="reinforce", rollout__n_samples_per_prompt=1)
         over.update(rollout__max_new_tokens=budget, reward__overlong_buffer_len=4.0)
@@ -168,7 +168,7 @@ def test_overlong_penalty_is_relative_to_the_token_budget(toy, tmp_path, monkeyp
         items = PromptDataset(
             load_rows(str(toy.prompts), "train", 2, "--data.prompt_dataset"), roles.tokenizer, cfg.data
         )
-        exp = rl_loop.make_experience(cfg, roles, list(items), {})
+        exp = rl_ppo.make_experience(cfg, roles, list(items), {})
         assert exp.rewards.tolist() == pytest.approx(
             (exp.raw_rewards + torch.tensor(penalty)).tolist(), abs=1e-6
         )
