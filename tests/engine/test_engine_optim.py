@@ -232,3 +232,21 @@ def test_muon_matches_torch_muon_and_adamw_matches_torch_adamw():
         ref_adam.step()
     assert torch.equal(ours_w, ref_w)
     assert torch.equal(ours_b, ref_b)
+
+
+def test_adam_is_fused_on_cpu_and_matches_hand_computed_adamw():
+    """Two AdamW steps on one weight, hand-computed: m = b1·m + (1-b1)·g, v = b2·v + (1-b2)·g²,
+    w ← w·(1 - lr·wd) - lr · (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)."""
+    w0 = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    p = nn.Parameter(w0.clone())
+    opt = build_optimizer([p], spec(lr=0.1, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1))
+    assert opt.defaults["fused"] is True
+    grads = [torch.tensor([[0.2, -0.4], [1.0, 0.0]]), torch.tensor([[0.1, 0.3], [-1.0, 2.0]])]
+    w, m, v = w0.double(), torch.zeros(2, 2, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64)
+    for t, g in enumerate(grads, start=1):
+        p.grad = g.clone()
+        opt.step()
+        g = g.double()
+        m, v = 0.9 * m + 0.1 * g, 0.99 * v + 0.01 * g * g
+        w = w * (1 - 0.1 * 0.1) - 0.1 * (m / (1 - 0.9**t)) / ((v / (1 - 0.99**t)).sqrt() + 1e-8)
+    torch.testing.assert_close(p.detach().double(), w, rtol=1e-6, atol=1e-6)
