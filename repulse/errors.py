@@ -17,6 +17,35 @@ class UserError(Exception):
     """Bad input; the message names the flag, file, line or key and says how to fix it."""
 
 
+class NonFiniteError(UserError):
+    """A NaN or infinity where training needs a finite number: a reward, a loss, a gradient
+    norm or a parameter.  The run stops (exit status 2) and nothing non-finite is saved.
+
+    ``quantity`` names what was non-finite (``reward``, ``loss``, ``grad_norm``, ``parameter``);
+    ``step`` is the optimizer step (None when not known where it was raised - the training
+    loop fills it in); ``detail`` says where (the reward source and first offending sample,
+    the parameter's name, ...).
+    """
+
+    def __init__(self, quantity: str, detail: str, step: int | None = None):
+        self.quantity, self.detail, self.step = quantity, detail, step
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        at = f" at step {self.step}" if self.step is not None else ""
+        return (
+            f"non-finite {self.quantity}{at}: {self.detail} The run stopped; finished checkpoints are "
+            "kept and nothing non-finite was saved."
+        )
+
+    def at_step(self, step: int) -> NonFiniteError:
+        """The same error, now naming the step (the loop knows it; the reward source does not)."""
+        if self.step is None:
+            self.step = step
+            self.args = (self._message(),)
+        return self
+
+
 def warn_once(key: str, message: str) -> None:
     """Print ``message`` to stderr once per process for ``key``."""
     if key in _warned:
