@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from repulse.errors import UserError, warn_once
+from repulse.models.files import weights_default_mode
 from repulse.models.lora import apply_lora, check_4bit_possible, four_bit_config
 from repulse.models.scalar import (
     attach_legacy_head,
@@ -474,6 +475,7 @@ def merge_lora(
     merged.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+    weights_default_mode(out)
     return out
 
 
