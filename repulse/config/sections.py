@@ -177,6 +177,12 @@ class TrainSection:
     seed: int = _h(42, "random seed")
     full_determinism_enable: bool = _h(False, "deterministic algorithms")
     num_episodes: int = _h(1, "RL: passes over the prompt data")
+    nan_policy: str = _h(
+        "stop",
+        "a NaN/infinite loss or gradient norm: stop (end the run, naming the step) | skip (drop that "
+        "step's update, count it in skipped_steps)",
+    )
+    nan_max_consecutive_skips: int = _h(10, "nan_policy skip: stop anyway after this many steps in a row were dropped")
 
 
 @dataclass
