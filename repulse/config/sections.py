@@ -193,6 +193,11 @@ class CkptSection:
     max_num: int = _h(3, "keep at most this many checkpoints")
     max_mem: float = _compat(1e8, "accepted for compatibility (GB budget)")
     load_enable: bool = _h(False, "resume from the newest checkpoint in ckpt.path")
+    overwrite: bool = _h(
+        False,
+        "start over in an output directory that holds an earlier run's outputs (its checkpoints, weights "
+        "and metrics are removed first); without it such a directory is refused unless resumed",
+    )
     save_hf: bool = _h(False, "also export an HF directory with each checkpoint")
     disable_ds: bool = _compat(False, "accepted for compatibility")
 

@@ -24,6 +24,7 @@ from repulse.rl.experience import batched_logprobs
 from repulse.rl.rewards import RewardInput, build_reward_sources, combine
 from repulse.rl.rollout import Samples, hf_generate
 from repulse.run.checkpoints import Checkpoints
+from repulse.run.dirs import releases_output_dirs
 from repulse.run.metrics import MetricsLog
 from repulse.run.progress import Progress
 
@@ -208,6 +209,7 @@ def evaluate(cfg: RLConfig, roles: Roles, eval_prompts: Any) -> dict[str, float]
 # ----------------------------------------------------------------------------- driver
 
 
+@releases_output_dirs
 def run(cfg: RLConfig) -> int:
     from repulse.data.prompts import PromptDataset
     from repulse.run.start import start_run

@@ -171,7 +171,7 @@ def test_eval_tail_proposal_exact_negdata_and_default_output(demo_lm_rm, tmp_pat
     assert imp["estimate"] == pytest.approx(naive, abs=1e-4)
     assert imp["ess"] == pytest.approx(64, rel=1e-4)
     # the same seed draws the same samples: harvest those below eta
-    _eval_tail([*argv, "--tail.negdata_threshold", repr(eta)])
+    _eval_tail([*argv, "--tail.negdata_threshold", repr(eta), "--ckpt.overwrite"])  # replaces the first
     neg = [json.loads(line) for line in (policy / "negdata.jsonl").read_text().splitlines()]
     expected = {(r["prompt"], r["response"]) for r in rows if r["reward"] < eta}
     assert {(r["prompt"], r["response"]) for r in neg} == expected and len(neg) == len(expected)
