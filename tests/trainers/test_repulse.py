@@ -77,7 +77,7 @@ def test_repulse_validation_errors():
     with pytest.raises(UserError, match="--repulse.reward_transform"):
         parse_config("rl", RLConfig, [*base, "--repulse.method", "reward_transform",
                                       "--rollout.n_samples_per_prompt", "4"], validate)  # fmt: skip
-    with pytest.raises(UserError, match="--repulse.q_updates_per_step must be at least 1"):
+    with pytest.raises(UserError, match="--repulse.q_updates_per_step must be >= 1, got 0"):
         parse_config("rl", RLConfig, [*base, "--repulse.method", "repulse", "--repulse.q_updates_per_step", "0",
                                       "--rollout.n_samples_per_prompt", "4"], validate)  # fmt: skip
     with pytest.raises(UserError, match="--actor.dual_clip must be > 1"):
