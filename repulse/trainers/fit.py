@@ -231,7 +231,7 @@ def fit(
             if rank == 0:
                 print(f"[repulse] resumed from {latest} at step {start}", flush=True)
     log = MetricsLog(spec.output_dir, spec.logger_cfg, spec.run_config, rank == 0, start)
-    bar = Progress(n_total, start, spec.progress and rank == 0, spec.name)
+    bar = Progress(n_total, start, spec.progress and rank == 0, spec.name, every=spec.logging_steps)
     eval_every = spec.eval_steps if spec.eval_steps > 0 else steps_per_epoch
     last: dict[str, float] = {}
     guard = FiniteGuard(spec.nan_policy, spec.nan_max_consecutive_skips)
