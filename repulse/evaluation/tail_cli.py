@@ -64,7 +64,7 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
     from repulse.losses.kl import KL_ESTIMATORS
     from repulse.models.loading import load_causal_lm, load_tokenizer
     from repulse.rl.experience import batched_logprobs
-    from repulse.rl.rewards import build_reward_sources, combine
+    from repulse.rl.rewards import build_reward_sources, combine, truncated_total
     from repulse.rl.rollout import hf_generate
     from repulse.trainers.common import load_split, seed_everything
     from repulse.trainers.outputs import prepare_output_dir
@@ -158,7 +158,8 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
                     row["log_q"] = float((logq[i] * mask[i]).sum())
                 rows.append(row)
     rows = _gather(rows)
-    extra: dict[str, Any] = {}
+    # reward-model inputs cut to fit the model (prompt side), summed over processes
+    extra: dict[str, Any] = {"reward_truncated": sum(_gather([truncated_total(rewards)]))}
     if t.exact:
         from repulse.evaluation.exact import bad_token_ids_from_words, exact_prob_bad
         from repulse.toy import BAD_WORDS
@@ -186,6 +187,12 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
     print(
         f"[repulse] wrote {len(rows)} samples to {path}; summary in {out / 'tail_summary.json'}", flush=True
     )
+    if extra["reward_truncated"]:
+        print(
+            f"[repulse] {extra['reward_truncated']} reward-model inputs were longer than the reward model reads "
+            "and were cut on the prompt side (the answer kept).",
+            flush=True,
+        )
     return 0
 
 

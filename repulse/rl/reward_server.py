@@ -4,7 +4,9 @@ Request ``{"query": [text, ...]}`` (optionally ``"prompts"``, ``"labels"``, and
 ``"questions"`` / ``"responses"``, which ``repulse rl`` sends); answer ``{"rewards": [...],
 "scores": [...]}``. Requests are scored in micro-batches of ``--batch_size``; a malformed
 request gets HTTP 400 with a one-line reason (clients do not retry it), a failure while
-scoring HTTP 500 (clients retry it).
+scoring HTTP 500 (clients retry it). A text longer than the reward model reads (the least
+of ``--data.max_len``, its position embeddings and its tokenizer's limit) is cut on the
+prompt side, never failed; the answer's ``extra_logs.truncated`` counts such texts.
 
 A reward model trained by ``repulse rm`` is scored in the format it was trained on (its
 config records it): with ``questions`` and ``responses`` the prompt template (or chat
@@ -51,12 +53,25 @@ class RewardScorer:
         questions: list[str] | None = None,
         responses: list[str] | None = None,
     ) -> list[float]:
+        rewards, _ = self.score_counted(queries, prompts, questions, responses)
+        return rewards
+
+    def score_counted(
+        self,
+        queries: list[str],
+        prompts: list[str] | None = None,
+        questions: list[str] | None = None,
+        responses: list[str] | None = None,
+    ) -> tuple[list[float], int]:
+        """(rewards, how many of these inputs were cut to fit the model)."""
         batch = self.reward_input(queries, prompts, questions, responses)
         with self.lock:
+            before = self.source.truncated_count
             r = self.source(batch)
+            truncated = self.source.truncated_count - before
         if self.normalize:
             r = (r - self.source.mean) / self.source.std
-        return [float(x) for x in r]
+        return [float(x) for x in r], truncated
 
     def reward_input(
         self,
@@ -94,9 +109,10 @@ def make_server(scorer: RewardScorer, host: str, port: int) -> ThreadingHTTPServ
             self.wfile.write(data)
 
         def do_GET(self):  # health check
-            self._send(200, {"status": "ok"}) if self.path in ("/", "/health") else self._send(
-                404, {"error": "not found"}
-            )
+            self._send(200, {"status": "ok", "truncated": scorer.source.truncated_count}) if self.path in (
+                "/",
+                "/health",
+            ) else self._send(404, {"error": "not found"})
 
         def do_POST(self):
             if self.path.rstrip("/") != "/get_reward":
@@ -120,10 +136,10 @@ def make_server(scorer: RewardScorer, host: str, port: int) -> ThreadingHTTPServ
             except (ValueError, KeyError, TypeError) as exc:  # TypeError: a body that is not an object
                 return self._send(400, {"error": f"bad request: {type(exc).__name__}: {exc}"})
             try:
-                rewards = scorer.score(queries, **extra)
+                rewards, truncated = scorer.score_counted(queries, **extra)
             except Exception as exc:  # answer it (HTTP 500, retried by the client) instead of dropping it
                 return self._send(500, {"error": f"scoring failed: {type(exc).__name__}: {exc}"})
-            self._send(200, {"rewards": rewards, "scores": rewards, "extra_logs": {}})
+            self._send(200, {"rewards": rewards, "scores": rewards, "extra_logs": {"truncated": truncated}})
 
     return ThreadingHTTPServer((host, port), Handler)
 

@@ -7,7 +7,8 @@ Several sources combine with ``--reward.reduction`` (sum by default).
 A reward model trained by ``repulse rm`` records the input format it was trained on in its
 config (``repulse_reward_format``); under ``--reward.input_format auto`` (the default) it is
 scored in exactly that format, and a model without one (trained elsewhere) is scored as
-``concat`` text with its tokenizer's own special tokens.
+``concat`` text with its tokenizer's own special tokens. Inputs longer than the model can
+read are cut on the prompt side (the answer kept) and counted (``truncated_count``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from repulse.data.preference import (
 from repulse.errors import UserError, warn_once
 
 INPUT_FORMATS = ("auto", "concat", "pair", "chat")
+_UNSET_MAX_LENGTH = 1_000_000  # tokenizers without a real limit report ~1e30
 
 
 @dataclass
@@ -47,11 +49,26 @@ class RewardInput:
 
 class RewardSource(Protocol):
     name: str
+    truncated_count: int  # inputs cut to fit the reward model, so far
 
     def __call__(self, batch: RewardInput) -> torch.Tensor: ...
 
 
 # --------------------------------------------------------------------------- fitting inputs
+
+
+def input_limit(model_config: Any, tokenizer: Any, max_len: int) -> int:
+    """The longest input a reward model can read: min(``--reward.max_len``, its position
+    embeddings, the tokenizer's ``model_max_length`` when that is a real limit)."""
+    cfg = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    limits = [int(max_len)]
+    positions = getattr(cfg, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        limits.append(positions)
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < _UNSET_MAX_LENGTH:
+        limits.append(tok_max)
+    return max(1, min(limits))
 
 
 def fit_to_length(head: list[int], answer: list[int], limit: int, keep_head: int) -> tuple[list[int], bool]:
@@ -95,8 +112,9 @@ class RewardModelSource:
     - ``pair``: (question, response) as a text pair (e.g. a DeBERTa RM's [CLS] q [SEP] a [SEP]);
     - ``chat``: [user: question, assistant: response] in the RM's own chat template.
 
-    The question is the raw user text, without the policy's template. ``max_len`` cuts the
-    prompt side only (:func:`fit_to_length`). ``chosen_label`` picks one logit of a classifier (e.g. a toxicity
+    The question is the raw user text, without the policy's template. Inputs are cut to
+    :func:`input_limit` on the prompt side (:func:`fit_to_length`) and counted in
+    ``truncated_count``. ``chosen_label`` picks one logit of a classifier (e.g. a toxicity
     model's "non-toxic" class). The score is the head at the last real token (the attention
     mask decides, not the pad id), as ``repulse rm`` computed it in training.
     """
@@ -149,7 +167,7 @@ class RewardModelSource:
         if input_format == "trained" and self.trained_format.get("chat_template"):
             self.tokenizer.chat_template = self.trained_format["chat_template"]
         self.input_format = input_format
-        self.max_len = max_len
+        self.max_len = input_limit(cfg, self.tokenizer, max_len)
         num_labels = int(getattr(cfg, "num_labels", 1) or 1)
         if chosen_label is not None and not 0 <= chosen_label < num_labels:
             raise UserError(
@@ -158,6 +176,7 @@ class RewardModelSource:
             )
         self.chosen_label = chosen_label
         self.micro = micro_batch_size
+        self.truncated_count = 0
         self.mask_pooled = isinstance(getattr(self.model, HEAD_NAME, None), torch.nn.Module)
         self.mean = float(getattr(cfg, "repulse_reward_mean", 0.0) or 0.0)
         self.std = float(getattr(cfg, "repulse_reward_std", 1.0) or 1.0)
@@ -182,7 +201,7 @@ class RewardModelSource:
         return list(ids[:cut]), list(ids[cut:]), 1
 
     def encode(self, batch: RewardInput) -> list[list[int]]:
-        """The token ids the model scores for each sample, cut to ``max_len``."""
+        """The token ids the model scores for each sample, cut to ``max_len`` (counted)."""
         if self.input_format == "trained":
             kind = self.trained_format["kind"]
             rendered = kind == "text" or batch.questions is None
@@ -197,7 +216,8 @@ class RewardModelSource:
         out = []
         filler = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
         for head, answer, keep in pieces:
-            ids, _ = fit_to_length(head, answer, self.max_len, keep)
+            ids, cut = fit_to_length(head, answer, self.max_len, keep)
+            self.truncated_count += int(cut)
             out.append(ids or [filler])  # an empty text still gets a (meaningless but finite) score
         return out
 
@@ -261,6 +281,7 @@ class PythonRewardSource:
             )
         self.fn = module.reward_func
         self.name = file.stem
+        self.truncated_count = 0
 
     def __call__(self, batch: RewardInput) -> torch.Tensor:
         out = self.fn(batch.queries, batch.prompts, batch.labels)
@@ -337,7 +358,8 @@ class HTTPRewardSource:
 
     A request carries ``query`` (full texts), ``prompts`` and ``labels`` (the documented
     protocol), plus ``questions`` and ``responses``, from which ``repulse serve-rm`` rebuilds
-    its reward model's training format exactly (other servers ignore them).
+    its reward model's training format exactly (other servers ignore them). ``repulse
+    serve-rm`` reports the inputs it had to truncate; they add to ``truncated_count``.
     """
 
     def __init__(self, urls: list[str], timeout: float, retries: int):
@@ -346,6 +368,7 @@ class HTTPRewardSource:
         ]
         self.timeout, self.retries = timeout, retries
         self.name = "remote"
+        self.truncated_count = 0
 
     def __call__(self, batch: RewardInput) -> torch.Tensor:
         from concurrent.futures import ThreadPoolExecutor
@@ -354,10 +377,10 @@ class HTTPRewardSource:
         k = len(self.urls)
         bounds = [(i * n // k, (i + 1) * n // k) for i in range(k)]
 
-        def call(i: int) -> list[float]:
+        def call(i: int) -> tuple[list[float], int]:
             lo, hi = bounds[i]
             if lo == hi:
-                return []
+                return [], 0
             payload = {
                 "query": batch.queries[lo:hi],
                 "prompts": batch.prompts[lo:hi],
@@ -370,11 +393,14 @@ class HTTPRewardSource:
             rewards = out.get("rewards", out.get("scores"))
             if rewards is None or len(rewards) != hi - lo:
                 raise UserError(f"{self.urls[i]} answered without one reward per query: {str(out)[:200]}")
-            return [float(r) for r in rewards]
+            logs = out.get("extra_logs") if isinstance(out.get("extra_logs"), dict) else {}
+            truncated = logs.get("truncated", 0)
+            return [float(r) for r in rewards], int(truncated) if isinstance(truncated, (int, float)) else 0
 
         with ThreadPoolExecutor(max_workers=k) as pool:
             parts = list(pool.map(call, range(k)))
-        return torch.tensor([r for part in parts for r in part], dtype=torch.float32)
+        self.truncated_count += sum(t for _, t in parts)
+        return torch.tensor([r for part, _ in parts for r in part], dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------- building
@@ -416,3 +442,8 @@ def combine(values: list[torch.Tensor], reduction: str) -> torch.Tensor:
     if reduction == "min":
         return stacked.min(0).values
     raise UserError(f"--reward.reduction must be sum, mean or min, got {reduction!r}.")
+
+
+def truncated_total(sources: list[Any]) -> int:
+    """Reward-model inputs cut to fit their model so far, over all sources."""
+    return sum(int(getattr(s, "truncated_count", 0)) for s in sources)

@@ -21,7 +21,7 @@ from repulse.config.sections import RLConfig
 from repulse.data.collate import MicroBatcher
 from repulse.errors import UserError
 from repulse.rl.experience import batched_logprobs
-from repulse.rl.rewards import RewardInput, build_reward_sources, combine
+from repulse.rl.rewards import RewardInput, build_reward_sources, combine, truncated_total
 from repulse.rl.rollout import Samples, hf_generate
 from repulse.trainers.checkpoint import Checkpoints
 from repulse.trainers.outputs import MetricsLog, Progress
@@ -338,6 +338,7 @@ def run(cfg: RLConfig) -> int:
             dt = time.perf_counter() - t0
             metrics["samples_per_s"] = n_samples * world / dt
             metrics["time_step"] = dt
+            metrics["reward_truncated"] = world * truncated_total(roles.rewards)  # so far; the rank mean sums it
             metrics = _mean_over_ranks(roles.policy, metrics)
             if "reward_min" in metrics:
                 seen = (min(seen[0], metrics["reward_min"]), max(seen[1], metrics["reward_max"]))
