@@ -199,7 +199,7 @@ def attack_and_score(cfg: GcgConfig) -> int:
     from repulse.engine.dist import default_device
     from repulse.evaluation.gcg import build_attack_prompt, disallowed_token_ids, run_gcg, target_logprob
     from repulse.models.loading import load_causal_lm, load_tokenizer
-    from repulse.rl.rewards import RewardInput, build_reward_sources, combine
+    from repulse.rl.rewards import RewardInput, build_reward_sources, score_rewards
     from repulse.trainers.common import seed_everything
     from repulse.trainers.outputs import prepare_output_dir
 
@@ -255,7 +255,7 @@ def attack_and_score(cfg: GcgConfig) -> int:
         batch = RewardInput(
             [reward_prompt + x for x in responses], [reward_prompt] * n, responses, [None] * n, [question] * n
         )
-        reward = combine([src(batch).float() for src in rewards_src], cfg.reward.reduction)
+        reward = score_rewards(rewards_src, batch, cfg.reward.reduction)
         return responses, [float(x) for x in reward]
 
     results: list[dict[str, Any]] = []

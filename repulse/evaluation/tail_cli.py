@@ -64,7 +64,7 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
     from repulse.losses.kl import KL_ESTIMATORS
     from repulse.models.loading import load_causal_lm, load_tokenizer
     from repulse.rl.experience import batched_logprobs
-    from repulse.rl.rewards import build_reward_sources, combine, truncated_total
+    from repulse.rl.rewards import build_reward_sources, score_rewards, truncated_total
     from repulse.rl.rollout import hf_generate
     from repulse.trainers.common import load_split, seed_everything
     from repulse.trainers.outputs import prepare_output_dir
@@ -142,7 +142,7 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
                 else torch.zeros(mask.shape[0], device=device)
             )
             batch = reward_input(roles, samples, items)
-            reward = combine([src(batch).float() for src in rewards], cfg.reward.reduction)
+            reward = score_rewards(rewards, batch, cfg.reward.reduction)
             for i in range(n_real):
                 row = {
                     "prompt": batch.prompts[i],

@@ -2,7 +2,9 @@
 
 Every source maps (queries, prompts, responses, labels) to one float per sample, where
 ``queries`` are the full decoded texts (prompt + response), as OpenRLHF sends them.
-Several sources combine with ``--reward.reduction`` (sum by default).
+Several sources combine with ``--reward.reduction`` (sum by default); every consumer (RL,
+``eval-tail``, ``gcg``) scores through :func:`score_rewards`, which refuses a non-finite
+reward with one paragraph naming its source and the first offending sample.
 
 A reward model trained by ``repulse rm`` records the input format it was trained on in its
 config (``repulse_reward_format``); under ``--reward.input_format auto`` (the default) it is
@@ -17,6 +19,7 @@ import http.client
 import importlib.util
 import json
 import time
+import traceback
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -30,7 +33,7 @@ from repulse.data.preference import (
     describe_reward_format,
     encode_reward_inputs,
 )
-from repulse.errors import UserError, warn_once
+from repulse.errors import NonFiniteError, UserError, warn_once
 
 INPUT_FORMATS = ("auto", "concat", "pair", "chat")
 _UNSET_MAX_LENGTH = 1_000_000  # tokenizers without a real limit report ~1e30
@@ -52,6 +55,10 @@ class RewardSource(Protocol):
     truncated_count: int  # inputs cut to fit the reward model, so far
 
     def __call__(self, batch: RewardInput) -> torch.Tensor: ...
+
+    def describe(self, index: int) -> str:
+        """Where sample ``index`` of the last batch got its reward (for error messages)."""
+        ...
 
 
 # --------------------------------------------------------------------------- fitting inputs
@@ -94,6 +101,13 @@ def _leading_specials(tokenizer: Any, ids: list[int]) -> int:
     while n < len(ids) and ids[n] in specials:
         n += 1
     return n
+
+
+def _excerpt(text: str, limit: int = 100) -> str:
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[: limit // 2 - 2] + " ... " + text[-(limit // 2 - 3) :])
 
 
 # --------------------------------------------------------------------------- reward models
@@ -181,6 +195,9 @@ class RewardModelSource:
         self.mean = float(getattr(cfg, "repulse_reward_mean", 0.0) or 0.0)
         self.std = float(getattr(cfg, "repulse_reward_std", 1.0) or 1.0)
 
+    def describe(self, index: int) -> str:
+        return f"the reward model {self.path}"
+
     def _pieces(self, first: str, response: str) -> tuple[list[int], list[int], int]:
         """(prompt-side ids, answer ids, leading ids to keep) in an external model's format."""
         tok = self.tokenizer
@@ -260,39 +277,81 @@ class RewardModelSource:
 # --------------------------------------------------------------------------- a Python reward function
 
 
+def _raised_at(exc: BaseException, file: Path) -> str:
+    """`` (file:line)`` of the deepest traceback frame in ``file``, or '' when none is."""
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        try:
+            if Path(frame.filename).resolve() == file:
+                line = frame.lineno
+        except OSError:
+            continue
+    return f" (line {line})" if line is not None else ""
+
+
+def _last_line(exc: BaseException) -> str:
+    """The exception's last line as Python prints it (``ValueError: ...``), one line."""
+    lines = traceback.format_exception_only(type(exc), exc)
+    text = lines[-1].strip() if lines else type(exc).__name__
+    return " ".join(text.split())[:300]
+
+
 class PythonRewardSource:
-    """A file exposing ``reward_func(queries, prompts, labels)``, called once per batch."""
+    """A file exposing ``reward_func(queries, prompts, labels)``, called once per batch.
+
+    Whatever the function raises, or a result that is not one number per sample, is a
+    UserError naming the file, the function and the exception's last line.
+    """
 
     def __init__(self, path: str):
         file = Path(path)
         if not file.is_file():
             raise UserError(f"--reward.remote_url {path}: no such Python file.")
+        self.file = file.resolve()
         spec = importlib.util.spec_from_file_location(f"repulse_reward_{file.stem}", file)
         module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
         try:
             spec.loader.exec_module(module)  # type: ignore[union-attr]
         except Exception as exc:  # the user's code: report it in one line
             raise UserError(
-                f"--reward.remote_url {path}: importing it failed: {type(exc).__name__}: {exc}"
+                f"--reward.remote_url {path}: importing it failed{_raised_at(exc, self.file)}: {_last_line(exc)}"
             ) from None
         if not callable(getattr(module, "reward_func", None)):
             raise UserError(
                 f"--reward.remote_url {path}: the file must define reward_func(queries, prompts, labels)."
             )
         self.fn = module.reward_func
+        self.path = path
         self.name = file.stem
         self.truncated_count = 0
 
+    def describe(self, index: int) -> str:
+        return f"reward_func in {self.path}"
+
     def __call__(self, batch: RewardInput) -> torch.Tensor:
-        out = self.fn(batch.queries, batch.prompts, batch.labels)
+        where = f"--reward.remote_url {self.path}: reward_func(queries, prompts, labels)"
+        try:
+            out = self.fn(batch.queries, batch.prompts, batch.labels)
+        except Exception as exc:  # the user's code: the paragraph names it, no traceback of ours
+            raise UserError(
+                f"{where} raised an exception{_raised_at(exc, self.file)} on a batch of {len(batch.queries)} "
+                f"samples: {_last_line(exc)}"
+            ) from None
         if isinstance(out, dict):
             out = out.get("rewards")
-        rewards = torch.as_tensor(out, dtype=torch.float32).flatten()
-        if rewards.numel() != len(batch.queries):
+        try:
+            rewards = torch.as_tensor(out, dtype=torch.float32).flatten()
+        except (TypeError, ValueError, RuntimeError) as exc:
             raise UserError(
-                f"reward_func in {self.name} returned {rewards.numel()} rewards for {len(batch.queries)} samples."
-            )
+                f"{where} returned {type(out).__name__} {str(out)[:80]!r}, not one number per sample "
+                f"({_last_line(exc)})."
+            ) from None
+        if rewards.numel() != len(batch.queries):
+            raise UserError(f"{where} returned {rewards.numel()} rewards for {len(batch.queries)} samples.")
         return rewards
+
+
+# --------------------------------------------------------------------------- HTTP reward servers
 
 
 def _http_body(exc: urllib.error.HTTPError, limit: int = 300) -> str:
@@ -369,6 +428,13 @@ class HTTPRewardSource:
         self.timeout, self.retries = timeout, retries
         self.name = "remote"
         self.truncated_count = 0
+        self._bounds: list[tuple[int, int]] = []
+
+    def describe(self, index: int) -> str:
+        for url, (lo, hi) in zip(self.urls, self._bounds):
+            if lo <= index < hi:
+                return f"the reward server {url}"
+        return f"the reward server(s) {', '.join(self.urls)}"
 
     def __call__(self, batch: RewardInput) -> torch.Tensor:
         from concurrent.futures import ThreadPoolExecutor
@@ -376,6 +442,7 @@ class HTTPRewardSource:
         n = len(batch.queries)
         k = len(self.urls)
         bounds = [(i * n // k, (i + 1) * n // k) for i in range(k)]
+        self._bounds = bounds
 
         def call(i: int) -> tuple[list[float], int]:
             lo, hi = bounds[i]
@@ -390,12 +457,19 @@ class HTTPRewardSource:
             if batch.questions is not None:
                 payload["questions"] = batch.questions[lo:hi]
             out = post_json(self.urls[i], payload, self.timeout, self.retries)
-            rewards = out.get("rewards", out.get("scores"))
-            if rewards is None or len(rewards) != hi - lo:
-                raise UserError(f"{self.urls[i]} answered without one reward per query: {str(out)[:200]}")
+            rewards = out.get("rewards", out.get("scores")) if isinstance(out, dict) else None
+            try:
+                values = [float(r) for r in rewards]  # type: ignore[union-attr]
+            except (TypeError, ValueError):
+                values = []
+            if len(values) != hi - lo:
+                raise UserError(
+                    f"--reward.remote_url {self.urls[i]} answered without one number per query "
+                    f"({hi - lo} queries): {str(out)[:200]}"
+                )
             logs = out.get("extra_logs") if isinstance(out.get("extra_logs"), dict) else {}
             truncated = logs.get("truncated", 0)
-            return [float(r) for r in rewards], int(truncated) if isinstance(truncated, (int, float)) else 0
+            return values, int(truncated) if isinstance(truncated, (int, float)) else 0
 
         with ThreadPoolExecutor(max_workers=k) as pool:
             parts = list(pool.map(call, range(k)))
@@ -403,7 +477,7 @@ class HTTPRewardSource:
         return torch.tensor([r for part, _ in parts for r in part], dtype=torch.float32)
 
 
-# --------------------------------------------------------------------------- building
+# --------------------------------------------------------------------------- building and scoring
 
 
 def build_reward_sources(reward_cfg: Any, device: torch.device, micro_batch_size: int) -> list[RewardSource]:
@@ -442,6 +516,42 @@ def combine(values: list[torch.Tensor], reduction: str) -> torch.Tensor:
     if reduction == "min":
         return stacked.min(0).values
     raise UserError(f"--reward.reduction must be sum, mean or min, got {reduction!r}.")
+
+
+def check_finite(rewards: torch.Tensor, batch: RewardInput, where: Any) -> None:
+    """Raise ``NonFiniteError("reward", ...)`` naming the source and the first non-finite sample.
+
+    ``where(index)`` says where that sample's reward came from (a source's ``describe``).
+    """
+    bad = ~torch.isfinite(rewards)
+    if not bool(bad.any()):
+        return
+    i = int(bad.nonzero()[0, 0])
+    count = int(bad.sum())
+    text = batch.queries[i] if i < len(batch.queries) else ""
+    raise NonFiniteError(
+        "reward",
+        f"{where(i)} gave {float(rewards[i])} for sample {i} of {len(rewards)} ({_excerpt(text)})"
+        + (f"; {count} samples of the batch are non-finite." if count > 1 else "."),
+    )
+
+
+def score_rewards(sources: list[RewardSource], batch: RewardInput, reduction: str) -> torch.Tensor:
+    """Every source's rewards for ``batch``, checked finite, combined by ``reduction`` (fp32).
+
+    The one scoring path of RL, ``eval-tail`` and ``gcg``: a NaN or infinite reward stops
+    the run here, naming its source and the first offending sample, before it reaches an
+    advantage, a loss or an estimate.
+    """
+    values = []
+    for src in sources:
+        r = src(batch).float()
+        describe = getattr(src, "describe", None) or (lambda _i, s=src: f"the reward source {s.name}")
+        check_finite(r, batch, describe)
+        values.append(r)
+    total = combine(values, reduction)
+    check_finite(total, batch, lambda _i: f"--reward.reduction {reduction} of the reward sources")
+    return total
 
 
 def truncated_total(sources: list[Any]) -> int:

@@ -21,7 +21,7 @@ from repulse.config.sections import RLConfig
 from repulse.data.collate import MicroBatcher
 from repulse.errors import UserError
 from repulse.rl.experience import batched_logprobs
-from repulse.rl.rewards import RewardInput, build_reward_sources, combine, truncated_total
+from repulse.rl.rewards import RewardInput, build_reward_sources, score_rewards, truncated_total
 from repulse.rl.rollout import Samples, hf_generate
 from repulse.trainers.checkpoint import Checkpoints
 from repulse.trainers.outputs import MetricsLog, Progress
@@ -167,8 +167,7 @@ def score(
     roles: Roles, samples: Samples, items: list[dict], reduction: str
 ) -> tuple[torch.Tensor, RewardInput]:
     batch = reward_input(roles, samples, items)
-    values = [src(batch).float() for src in roles.rewards]
-    return combine(values, reduction), batch
+    return score_rewards(roles.rewards, batch, reduction), batch
 
 
 def ref_logprobs(roles: Roles, samples: Samples, micro: int, temperature: float = 1.0) -> torch.Tensor | None:
