@@ -15,9 +15,11 @@ read are cut on the prompt side (the answer kept) and counted (``truncated_count
 
 from __future__ import annotations
 
+import hmac
 import http.client
 import importlib.util
 import json
+import os
 import time
 import traceback
 import urllib.error
@@ -36,6 +38,7 @@ from repulse.data.preference import (
 from repulse.errors import NonFiniteError, UserError, warn_once
 
 INPUT_FORMATS = ("auto", "concat", "pair", "chat")
+AUTH_ENV = "REPULSE_RM_TOKEN"  # bearer token for reward servers: `repulse serve-rm` and its clients
 _UNSET_MAX_LENGTH = 1_000_000  # tokenizers without a real limit report ~1e30
 
 
@@ -364,22 +367,42 @@ def _http_body(exc: urllib.error.HTTPError, limit: int = 300) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
-def post_json(url: str, payload: dict, timeout: float, retries: int) -> dict:
+def auth_token() -> str | None:
+    """The bearer token for reward servers, from ``$REPULSE_RM_TOKEN`` (None when unset or empty).
+
+    An environment variable rather than a flag, so that the secret never lands in a run's
+    saved ``config.yaml`` or in the process list.
+    """
+    return os.environ.get(AUTH_ENV) or None
+
+
+def token_matches(header: str | None, token: str) -> bool:
+    """Whether an ``Authorization`` header carries ``Bearer <token>`` (compared in constant time)."""
+    if not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[len("Bearer ") :].strip().encode(), token.encode())
+
+
+def post_json(url: str, payload: dict, timeout: float, retries: int, token: str | None = None) -> dict:
     """POST ``payload`` as JSON and return the JSON answer.
 
     Tried ``1 + retries`` times, with back-off (0.2 s, 0.4 s, ... at most 2 s between tries), when
     the server cannot be reached, does not answer within ``timeout`` seconds, drops the
     connection, answers HTTP 5xx or answers something that is not JSON. An HTTP 4xx answer says
-    the request itself is wrong: it is not retried, and the error shows its status and body.
-    A server that never answers is one clear error naming the URL and the number of tries.
+    the request itself is wrong (too large, malformed, not authorised): it is never retried, and
+    the error shows its status and body. A server that never answers is one clear error naming
+    the URL and the number of tries. ``token``: sent as ``Authorization: Bearer <token>``.
     """
     data = json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     tries = 1 + max(0, retries)
     failure = hint = ""
     for attempt in range(tries):
         if attempt:
             time.sleep(min(2.0, 0.2 * 2 ** (attempt - 1)))
-        req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(url, data=data, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 body = resp.read()
@@ -387,8 +410,13 @@ def post_json(url: str, payload: dict, timeout: float, retries: int) -> dict:
             body_text = _http_body(exc)
             status = f"HTTP {exc.code} {exc.reason}" + (f": {body_text}" if body_text else "")
             if 400 <= exc.code < 500:
+                hint = (
+                    f" Set ${AUTH_ENV} to the server's token."
+                    if exc.code == 401 and not token
+                    else (f" Is ${AUTH_ENV} the server's token?" if exc.code == 401 else "")
+                )
                 raise UserError(
-                    f"--reward.remote_url {url}: the reward server rejected the request with {status}"
+                    f"--reward.remote_url {url}: the reward server rejected the request with {status}.{hint}"
                 ) from None
             failure, hint = f"answered {status}", ""
             continue
@@ -417,15 +445,17 @@ class HTTPRewardSource:
 
     A request carries ``query`` (full texts), ``prompts`` and ``labels`` (the documented
     protocol), plus ``questions`` and ``responses``, from which ``repulse serve-rm`` rebuilds
-    its reward model's training format exactly (other servers ignore them). ``repulse
-    serve-rm`` reports the inputs it had to truncate; they add to ``truncated_count``.
+    its reward model's training format exactly (other servers ignore them). The token from
+    ``$REPULSE_RM_TOKEN`` is sent when set. ``repulse serve-rm`` reports the inputs it had to
+    truncate; they add to ``truncated_count``.
     """
 
-    def __init__(self, urls: list[str], timeout: float, retries: int):
+    def __init__(self, urls: list[str], timeout: float, retries: int, token: str | None = None):
         self.urls = [
             u if u.rstrip("/").endswith("get_reward") else u.rstrip("/") + "/get_reward" for u in urls
         ]
         self.timeout, self.retries = timeout, retries
+        self.token = token if token is not None else auth_token()
         self.name = "remote"
         self.truncated_count = 0
         self._bounds: list[tuple[int, int]] = []
@@ -456,7 +486,7 @@ class HTTPRewardSource:
             }
             if batch.questions is not None:
                 payload["questions"] = batch.questions[lo:hi]
-            out = post_json(self.urls[i], payload, self.timeout, self.retries)
+            out = post_json(self.urls[i], payload, self.timeout, self.retries, self.token)
             rewards = out.get("rewards", out.get("scores")) if isinstance(out, dict) else None
             try:
                 values = [float(r) for r in rewards]  # type: ignore[union-attr]
