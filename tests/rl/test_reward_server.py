@@ -79,11 +79,16 @@ def raw_request(url: str, head: str, body: bytes = b"", timeout: float = 10.0) -
     port = int(url.split(":")[2].split("/")[0])
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(head.encode() + b"\r\n" + body)
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    text = data.decode(errors="replace")
+        text = read_to_end(s).decode(errors="replace")
     return int(text.split(" ", 2)[1]), text
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
 
 
 def open_stalled(url: str, head: str) -> socket.socket:
@@ -174,7 +179,7 @@ def test_a_stalled_client_blocks_nobody_and_is_cut_off(serve):
         assert_answered_at_once(server.url)
         assert_answered_at_once(server.url)
         start = time.perf_counter()
-        answer = body_staller.recv(65536).decode()
+        answer = read_to_end(body_staller).decode()
         assert answer.startswith("HTTP/1.0 408") and "did not arrive in time" in answer, answer
         assert head_staller.recv(65536) == b""  # closed without an answer: it never sent a request
         assert time.perf_counter() - start < 10
