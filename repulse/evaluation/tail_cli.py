@@ -7,13 +7,19 @@ response, reward, return r − λ·KL, KL and log-prob — to one ``samples.json
 the thresholds given. ``repulse eval-tail report FILE... --eta X`` recomputes the
 summary for any threshold later, with bootstrap CIs over files (= seeds/runs).
 With ``--tail.proposal Q`` the samples come from q and the summary adds the
-importance-sampling estimate of P_p(r < η); ``--tail.exact`` adds the exact P(bad).
+importance-sampling estimate of P_p(r < η), printed with its effective sample size; a
+one-line warning says when that ESS is too small to trust it (ESS < 100 or < 1% of the
+samples: ``repulse.evaluation.importance.ess_too_small``). The estimate is reliable for the
+event the proposal was trained to find (reward < the η it targets), not for any event; the
+self-normalised figure is biased and labelled so (``self_normalised_biased``).
+``--tail.exact`` adds the exact P(bad).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +193,7 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
     print(
         f"[repulse] wrote {len(rows)} samples to {path}; summary in {out / 'tail_summary.json'}", flush=True
     )
+    print_importance(summary, sys.stdout)
     if extra["reward_truncated"]:
         print(
             f"[repulse] {extra['reward_truncated']} reward-model inputs were longer than the reward model reads "
@@ -253,6 +260,21 @@ def summarise_files(
     return out
 
 
+def print_importance(summary: dict[str, Any], stream: Any) -> None:
+    """One line per importance-sampling estimate (with its ESS), and a warning line for each
+    estimate whose ESS is too small to trust."""
+    from repulse.evaluation.importance import importance_summary_lines
+
+    files = summary.get("files", [])
+    for eta, block in summary.get("by_eta", {}).items():
+        for i, est in enumerate(block.get("importance") or []):
+            where = files[i] if len(files) > 1 and i < len(files) else ""
+            line, warnings = importance_summary_lines(float(eta), est, where)
+            print(f"[repulse] {line}", file=stream, flush=True)
+            for w in warnings:
+                print(f"[repulse] warning: {w}", file=stream, flush=True)
+
+
 def report_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="repulse eval-tail report", description="tail summary of saved samples"
@@ -264,6 +286,7 @@ def report_main(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="write the JSON here (default: print)")
     args = parser.parse_args(argv)
     summary = summarise_files([Path(p) for p in args.samples], args.eta, args.cvar, args.seed)
+    print_importance(summary, sys.stderr)  # stdout may be the JSON itself
     text = json.dumps(summary, indent=2)
     if args.out:
         Path(args.out).write_text(text)
