@@ -60,14 +60,15 @@ def _gather(rows: list[dict]) -> list[dict]:
 def sample_and_summarise(cfg: EvalTailConfig) -> int:
     from repulse.config import write_resolved
     from repulse.data.prompts import PromptDataset
+    from repulse.data.sources import load_mixture
     from repulse.engine.dist import init_distributed
     from repulse.losses.kl import KL_ESTIMATORS
     from repulse.models.loading import load_causal_lm, load_tokenizer
     from repulse.rl.experience import batched_logprobs
     from repulse.rl.rewards import build_reward_sources, combine
     from repulse.rl.rollout import hf_generate
-    from repulse.trainers.common import load_split, seed_everything
-    from repulse.trainers.outputs import prepare_output_dir
+    from repulse.run.dirs import prepare_output_dir
+    from repulse.run.rng import seed_everything
     from repulse.trainers.rl_loop import Roles, reward_input
 
     rank, world, _, device = init_distributed()
@@ -95,13 +96,13 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
     roles = Roles(tok, policy, ref, None, None, rewards, None, None)
     # one random stream per rank: with a shared one, ranks would draw the same samples
     torch.manual_seed(cfg.train.seed + 1_000_003 * rank)
-    rows_in = load_split(
+    rows_in = load_mixture(
         cfg.data.prompt_dataset,
-        cfg.data.prompt_split,
-        cfg.data.max_samples,
         None,
-        cfg.train.seed,
-        "--data.prompt_dataset",
+        split=cfg.data.prompt_split,
+        max_samples=cfg.data.max_samples,
+        seed=cfg.train.seed,
+        flag="--data.prompt_dataset",
     )
     prompts = PromptDataset(rows_in, tok, cfg.data)
     # Every rank must make the same number of generate calls (they synchronise with each

@@ -23,8 +23,9 @@ from repulse.errors import UserError
 from repulse.rl.experience import batched_logprobs
 from repulse.rl.rewards import RewardInput, build_reward_sources, combine
 from repulse.rl.rollout import Samples, hf_generate
-from repulse.trainers.checkpoint import Checkpoints
-from repulse.trainers.outputs import MetricsLog, Progress
+from repulse.run.checkpoints import Checkpoints
+from repulse.run.metrics import MetricsLog
+from repulse.run.progress import Progress
 
 
 @dataclass
@@ -209,7 +210,8 @@ def evaluate(cfg: RLConfig, roles: Roles, eval_prompts: Any) -> dict[str, float]
 
 def run(cfg: RLConfig) -> int:
     from repulse.data.prompts import PromptDataset
-    from repulse.trainers.common import load_split, start_run
+    from repulse.run.start import start_run
+    from repulse.trainers.common import load_split
 
     run_ = start_run(cfg)
     world = run_.world_size
