@@ -67,9 +67,9 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
     from repulse.rl.experience import batched_logprobs
     from repulse.rl.rewards import build_reward_sources, combine
     from repulse.rl.rollout import hf_generate
+    from repulse.rl.scoring import reward_input
     from repulse.run.dirs import prepare_output_dir
     from repulse.run.rng import seed_everything
-    from repulse.trainers.rl_loop import Roles, reward_input
 
     rank, world, _, device = init_distributed()
     seed_everything(cfg.train.seed)
@@ -93,7 +93,6 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
     sampler = lm(t.proposal) if t.proposal else policy
     ref = lm(cfg.ref.model_name_or_path) if cfg.ref.model_name_or_path else None
     rewards = build_reward_sources(cfg.reward, device, cfg.rollout.micro_batch_size)
-    roles = Roles(tok, policy, ref, None, None, rewards, None, None)
     # one random stream per rank: with a shared one, ranks would draw the same samples
     torch.manual_seed(cfg.train.seed + 1_000_003 * rank)
     rows_in = load_mixture(
@@ -142,7 +141,7 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
                 if ref is not None
                 else torch.zeros(mask.shape[0], device=device)
             )
-            batch = reward_input(roles, samples, items)
+            batch = reward_input(tok, samples, items)
             reward = combine([src(batch).float() for src in rewards], cfg.reward.reduction)
             for i in range(n_real):
                 row = {
