@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from repulse.evaluation.tail_cli import print_importance, report_main, summarise_files
+from repulse.workflows.eval_tail import print_importance, report_main, summarise_files
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
