@@ -510,7 +510,29 @@ class HTTPRewardSource:
 # --------------------------------------------------------------------------- building and scoring
 
 
+REDUCTIONS = ("sum", "mean", "min")
+
+
+def check_reward_section(reward_cfg: Any) -> None:
+    """Refuse ``--reward.*`` values no source could use, before anything is loaded."""
+    fmt = getattr(reward_cfg, "input_format", "auto")
+    if fmt not in INPUT_FORMATS:
+        raise UserError(f"--reward.input_format must be one of {', '.join(INPUT_FORMATS)}, got {fmt!r}.")
+    reduction = getattr(reward_cfg, "reduction", "sum")
+    if reduction not in REDUCTIONS:
+        raise UserError(f"--reward.reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}.")
+    max_len = getattr(reward_cfg, "max_len", 1)
+    if not isinstance(max_len, int) or max_len < 1:
+        raise UserError(f"--reward.max_len must be a positive number of tokens, got {max_len!r}.")
+    timeout = getattr(reward_cfg, "timeout_s", 1.0)
+    if not timeout > 0:
+        raise UserError(f"--reward.timeout_s must be > 0 seconds, got {timeout!r}.")
+    if getattr(reward_cfg, "retries", 0) < 0:
+        raise UserError(f"--reward.retries must not be negative, got {reward_cfg.retries!r}.")
+
+
 def build_reward_sources(reward_cfg: Any, device: torch.device, micro_batch_size: int) -> list[RewardSource]:
+    check_reward_section(reward_cfg)
     sources: list[RewardSource] = []
     if reward_cfg.model_name_or_path:
         for path in [p.strip() for p in reward_cfg.model_name_or_path.split(",") if p.strip()]:
@@ -545,7 +567,7 @@ def combine(values: list[torch.Tensor], reduction: str) -> torch.Tensor:
         return stacked.mean(0)
     if reduction == "min":
         return stacked.min(0).values
-    raise UserError(f"--reward.reduction must be sum, mean or min, got {reduction!r}.")
+    raise UserError(f"--reward.reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}.")
 
 
 def check_finite(rewards: torch.Tensor, batch: RewardInput, where: Any) -> None:

@@ -28,6 +28,7 @@ import torch
 from repulse.config import parse_config
 from repulse.config.sections import EvalTailConfig
 from repulse.errors import UserError
+from repulse.rl.rewards import check_reward_section
 
 
 def validate(cfg: EvalTailConfig) -> None:
@@ -37,6 +38,7 @@ def validate(cfg: EvalTailConfig) -> None:
         raise UserError("--data.prompt_dataset is required: the held-out prompts.")
     if not (cfg.reward.model_name_or_path or cfg.reward.remote_url):
         raise UserError("give a reward: --reward.model_name_or_path and/or --reward.remote_url.")
+    check_reward_section(cfg.reward)
     if cfg.tail.kl_coef and not cfg.ref.model_name_or_path:
         raise UserError(
             "--tail.kl_coef needs --ref.model_name_or_path (the reference of the KL in the return)."

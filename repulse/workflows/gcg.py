@@ -34,6 +34,7 @@ from typing import Any
 from repulse.config import parse_config
 from repulse.config.sections import GcgConfig
 from repulse.errors import UserError, warn_once
+from repulse.rl.rewards import check_reward_section
 
 SUMMARY_FILE = "gcg_summary.json"
 FORMAT = "repulse-gcg/1"
@@ -47,6 +48,7 @@ def validate(cfg: GcgConfig) -> None:
         raise UserError("--gcg.targets is required: a CSV file with a 'goal,target' header.")
     if not (cfg.reward.model_name_or_path or cfg.reward.remote_url):
         raise UserError("give a reward: --reward.model_name_or_path and/or --reward.remote_url.")
+    check_reward_section(cfg.reward)
     for name in ("search_width", "topk", "batch_size", "n_replace", "max_targets", "suffix_len"):
         if getattr(g, name) < 1:
             raise UserError(f"--gcg.{name} must be at least 1, got {getattr(g, name)}.")
