@@ -37,6 +37,18 @@ def reward_input(tokenizer: Any, samples: Samples, items: list[dict]) -> RewardI
     )
 
 
+def select_texts(texts: RewardInput, rows: list[int]) -> RewardInput:
+    """The rows ``rows`` of ``texts`` (as ``Samples.select`` for the tensors)."""
+    pick = lambda xs: [xs[i] for i in rows] if xs is not None else None  # noqa: E731
+    return RewardInput(
+        pick(texts.queries),
+        pick(texts.prompts),
+        pick(texts.responses),
+        pick(texts.labels),
+        pick(texts.questions),
+    )
+
+
 class LocalRewards:
     """``RewardRole`` over reward sources in this process."""
 
