@@ -155,7 +155,7 @@ def _read_summary(path: Path) -> dict[str, Any]:
 
 
 def _read_gcg(path: Path) -> dict[str, Any]:
-    from repulse.evaluation.gcg_cli import read_summary
+    from repulse.workflows.gcg import read_summary
 
     return read_summary(path)
 
@@ -167,7 +167,7 @@ def _asr_name(eta: float) -> str:
 def gcg_value(gcg: dict[str, Any], eta: float) -> dict[str, Any]:
     """Attack success rate at ``eta`` from a GCG summary's saved rewards: ``{"mean", "low", "high",
     "successes", "n_targets"}`` (a target succeeds if some sample has reward < eta)."""
-    from repulse.evaluation.gcg_cli import attack_success, rewards_of
+    from repulse.workflows.gcg import attack_success, rewards_of
 
     block = attack_success(rewards_of(gcg), eta)
     return {k: block[k] for k in ("mean", "low", "high", "successes", "n_targets")}
@@ -199,11 +199,13 @@ def summary_metrics(summary: dict[str, Any]) -> dict[str, Any]:
             est = value[0]
             if _is_number(est.get("estimate")):
                 out["p_bad_is"] = {"mean": est["estimate"], "low": est.get("low"), "high": est.get("high")}
-            if _is_number(est.get("self_normalised")):
+            # the self-normalised (biased) estimate; summaries written before it was so named say "self_normalised"
+            sn = "self_normalised_biased" if "self_normalised_biased" in est else "self_normalised"
+            if _is_number(est.get(sn)):
                 out["p_bad_is_sn"] = {
-                    "mean": est["self_normalised"],
-                    "low": est.get("sn_low"),
-                    "high": est.get("sn_high"),
+                    "mean": est[sn],
+                    "low": est.get(f"{sn}_low", est.get("sn_low")),
+                    "high": est.get(f"{sn}_high", est.get("sn_high")),
                 }
     names = {k for block in nested.values() for k in block}
     for name in sorted(names):

@@ -201,3 +201,30 @@ def test_dpo_with_an_exploding_learning_rate_stops_too(toy, tmp_path):
     steps = sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").iterdir())
     assert steps == list(range(1, err.value.step))
     _model_dir_loads(toy, out / "checkpoints" / f"step_{steps[-1]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_rl_with_an_exploding_learning_rate_stops_or_skips(toy, tmp_path, policy):
+    """repulse rl (RLOO, no critic) with an actor lr of 1e6 and no clipping: the RL loop runs the same
+    guard - stop ends at the first dropped update, skip drops updates and stops after 2 in a row.
+    The last checkpoint is finite; no policy is exported."""
+    from test_rl import rl_cfg
+
+    from repulse.trainers.rl import run
+
+    out = tmp_path / policy
+    cfg = rl_cfg(toy, out, algo__advantage__estimator="rloo", train__max_steps=6, ckpt__save_steps=1)
+    cfg.actor.adam.lr, cfg.actor.optim.max_norm = 1e6, 0.0
+    cfg.train.nan_policy, cfg.train.nan_max_consecutive_skips = policy, 2
+    with pytest.raises(NonFiniteError) as err:
+        run(cfg)
+    assert err.value.step is not None and err.value.step >= 2
+    if policy == "skip":
+        assert "2 steps in a row were dropped" in " ".join(str(err.value).split())
+    assert not (out / "model.safetensors").exists()
+    steps = sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").iterdir())
+    from safetensors.torch import load_file
+
+    last = load_file(out / "checkpoints" / f"step_{steps[-1]}" / "actor" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in last.values())
