@@ -270,8 +270,9 @@ def test_rm_bad_pairs_through_the_cli(toy, tmp_path):
         "".join(json.dumps({k: v for k, v in r.items() if k != "margin"}) + "\n" for r in rows)
     )
     proc = cli(
-        [*base, "--data.dataset", str(no_margin), "--data.prompt_key", "prompt", "--model.margin_loss_enable"]
-    )
+        [*base, "--data.dataset", str(no_margin), "--data.prompt_key", "prompt", "--model.margin_loss_enable",
+         "--ckpt.overwrite"]
+    )  # fmt: skip
     assert_clean_error(proc, "--model.margin_loss_enable", "'margin'", "8 of 8 rows")
 
 
