@@ -60,12 +60,10 @@ def test_dpo_variants_first_step_values_packing_and_reference(toy, tmp_path):
     nll = go("nll", model__nll_loss_coef=0.5)
     assert nll[0]["loss"] == pytest.approx(math.log(2) + 0.5 * nll[0]["nll"], abs=1e-5)
     assert nll[0]["nll"] > 1.0  # a random model: per-token NLL near log(vocab)
-    # packing, separate chosen/rejected rows (no shared prompt), reference offload and
-    # micro-batch accumulation change nothing
+    # separate chosen/rejected rows (no shared prompt), eager attention, reference offload and
+    # micro-batch accumulation change nothing (packing: test_dpo_packed_equals_padded_on_mixed_lengths)
     for name, over in {
-        "pack": {"engine__packing_samples": True},
         "unshared": {"engine__shared_prompt_enable": False},
-        "pack_unshared": {"engine__packing_samples": True, "engine__shared_prompt_enable": False},
         "eager": {"engine__attn_implementation": "eager"},
         "offload": {"ref__offload": True},
         "micro2": {"train__micro_batch_size": 2},
@@ -77,6 +75,44 @@ def test_dpo_variants_first_step_values_packing_and_reference(toy, tmp_path):
     other = go("ref", ref__model_name_or_path=str(toy.gpt2))
     assert other[0]["chosen_reward"] != 0.0
     assert other[0]["chosen_logp"] == pytest.approx(base[0]["chosen_logp"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_dpo_packed_equals_padded_on_mixed_lengths(toy, tmp_path):
+    """16 pairs of mixed lengths (every fourth pair four joined), micro-batches of 8, 2 steps, with
+    an NLL term, in four layouts: one pair per row (prompt shared, the default), pairs packed into
+    rows as long as the longest pair, chosen and rejected as separate padded rows, and all 16
+    sequences of a micro-batch packed into one row. The packed layouts put several pairs in a row
+    (at most 3/4 of the rows, fewer positions) and every step's loss, margin, log-probabilities and
+    NLL equal the default layout's (1e-5, or a relative 1e-6 for the log-probability sums of
+    ~60 tokens: fp32 summation order); the gradient norm within ``same_update.METRIC_RTOL``."""
+    from packing import TrainedForwards, assert_packed_fewer, mixed_length_pairs
+    from same_update import approx
+
+    data = str(mixed_length_pairs(toy.pairs, tmp_path / "mixed.jsonl", n=16))
+
+    def go(name: str, **over) -> tuple[TrainedForwards, list[dict]]:
+        cfg = pairs_cfg(toy, tmp_path / name, data__max_len=96, train__micro_batch_size=8, **over)
+        cfg.data.dataset = data
+        cfg.model.nll_loss_coef = 0.5
+        with TrainedForwards() as seen:
+            dpo.run(cfg)
+        return seen, train_rows(tmp_path / name)
+
+    pad_fw, base = go("pad")
+    assert [r["step"] for r in base] == [1, 2] and base[1]["margin"] != 0.0
+    pack_fw, packed = go("pack", engine__packing_samples=True)
+    assert_packed_fewer(pad_fw, pack_fw, rows_per_forward=8)
+    unshared_fw, unshared = go("unshared", engine__shared_prompt_enable=False)
+    assert {r for r, _ in unshared_fw.shapes} == {16}  # chosen and rejected rows
+    one_row_fw, one_row = go("one_row", engine__packing_samples=True, engine__shared_prompt_enable=False)
+    assert {r for r, _ in one_row_fw.shapes} == {1}  # the whole micro-batch in one row
+    assert one_row_fw.positions < unshared_fw.positions
+    for name, rows in (("pack", packed), ("unshared", unshared), ("one_row", one_row)):
+        for key in ("loss", "margin", "chosen_logp", "rejected_logp", "nll"):
+            expected = pytest.approx([r[key] for r in base], rel=1e-6, abs=1e-5)
+            assert [r[key] for r in rows] == expected, (name, key)
+        assert [r["grad_norm"] for r in rows] == approx([r["grad_norm"] for r in base]), name
 
 
 def test_dpo_sequence_logps_padded_equal_packed():

@@ -213,12 +213,8 @@ def test_rm_packing_accumulation_and_loss_variants(toy, tmp_path):
         return series(tmp_path / name, "loss")
 
     base = go("pad")
-    # one packed row per micro-batch, the score read at each packed sample's last token
-    assert go("pack", engine__packing_samples=True) == pytest.approx(base, abs=1e-5)
     # chosen and rejected as separate padded rows = one row per pair holding the prompt once
     assert go("unshared", engine__shared_prompt_enable=False) == pytest.approx(base, abs=1e-5)
-    pack_unshared = go("pack_unshared", engine__packing_samples=True, engine__shared_prompt_enable=False)
-    assert pack_unshared == pytest.approx(base, abs=1e-5)
     assert go("eager", engine__attn_implementation="eager") == pytest.approx(base, abs=1e-5)
     # 8 pairs as 8 micro-batches of 1 (accumulated) = 2 micro-batches of 4
     assert go("micro1", train__micro_batch_size=1) == pytest.approx(base, abs=1e-5)
@@ -229,6 +225,43 @@ def test_rm_packing_accumulation_and_loss_variants(toy, tmp_path):
     margin = go("margin", model__margin_loss_enable=True)
     assert margin[0] > base[0] + 0.1
     assert series(tmp_path / "margin", "margin")[0] == pytest.approx(series(tmp_path / "pad", "margin")[0])
+
+
+def test_rm_packed_equals_padded_on_mixed_lengths(toy, tmp_path):
+    """16 pairs of mixed lengths (every fourth pair four joined), micro-batches of 8, 2 steps, in
+    four layouts: one pair per row (prompt shared, the default), pairs packed into rows as long as
+    the longest pair, chosen and rejected as separate padded rows, and all 16 sequences of a
+    micro-batch packed into one row. The packed layouts put several pairs in a row (at most 3/4
+    of the rows, fewer positions) and every step's loss, margin and gradient norm equal the
+    default layout's (1e-5; the gradient norm within ``same_update.METRIC_RTOL``): each score is
+    read at its own sequence's last token."""
+    from packing import TrainedForwards, assert_packed_fewer, mixed_length_pairs
+    from same_update import approx
+
+    from repulse.trainers import rm
+
+    data = str(mixed_length_pairs(toy.pairs, tmp_path / "mixed.jsonl", n=16))
+
+    def go(name: str, **over) -> tuple[TrainedForwards, list[dict]]:
+        cfg = pairs_cfg(toy, tmp_path / name, data__max_len=96, train__micro_batch_size=8, **over)
+        cfg.data.dataset = data
+        with TrainedForwards() as seen:
+            rm.run(cfg)
+        return seen, train_rows(tmp_path / name)
+
+    pad_fw, base = go("pad")
+    assert [r["step"] for r in base] == [1, 2]
+    pack_fw, packed = go("pack", engine__packing_samples=True)
+    assert_packed_fewer(pad_fw, pack_fw, rows_per_forward=8)
+    unshared_fw, unshared = go("unshared", engine__shared_prompt_enable=False)
+    assert {r for r, _ in unshared_fw.shapes} == {16}  # chosen and rejected rows
+    one_row_fw, one_row = go("one_row", engine__packing_samples=True, engine__shared_prompt_enable=False)
+    assert {r for r, _ in one_row_fw.shapes} == {1}  # the whole micro-batch in one row
+    assert one_row_fw.positions < unshared_fw.positions
+    for name, rows in (("pack", packed), ("unshared", unshared), ("one_row", one_row)):
+        for key in ("loss", "margin"):
+            assert [r[key] for r in rows] == pytest.approx([r[key] for r in base], abs=1e-5), (name, key)
+        assert [r["grad_norm"] for r in rows] == approx([r["grad_norm"] for r in base]), name
 
 
 def test_rm_flags_are_checked_at_parse_time():
