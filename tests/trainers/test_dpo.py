@@ -115,6 +115,27 @@ def test_dpo_packed_equals_padded_on_mixed_lengths(toy, tmp_path):
         assert [r["grad_norm"] for r in rows] == approx([r["grad_norm"] for r in base]), name
 
 
+def test_cdpo_label_smoothing_reaches_the_loss_at_a_nonzero_margin(toy, tmp_path):
+    """cDPO with ε = 0.2 against a different reference (toy GPT-2: the implicit rewards are
+    non-zero from step 1), one pair per step: each step's loss is the documented
+    −(1−ε)·log σ(m) − ε·log σ(−m) of its logged margin m = β·h (1e-6), at margins where the
+    smoothing moves the loss by ε·|m| > 1e-3 from plain DPO's −log σ(m)."""
+    import torch.nn.functional as F
+
+    over = {"train__batch_size": 1, "train__micro_batch_size": 1, "train__max_steps": 3}
+    cfg = pairs_cfg(toy, tmp_path / "cdpo", data__max_samples=8, model__label_smoothing=0.2, **over)
+    cfg.ref.model_name_or_path = str(toy.gpt2)
+    dpo.run(cfg)
+    rows = train_rows(tmp_path / "cdpo")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        m = torch.tensor(r["margin"], dtype=torch.float64)
+        smoothed = float(-(0.8 * F.logsigmoid(m) + 0.2 * F.logsigmoid(-m)))
+        plain = float(-F.logsigmoid(m))
+        assert abs(smoothed - plain) > 1e-3, r  # = 0.2·|m|: the smoothing matters here
+        assert r["loss"] == pytest.approx(smoothed, abs=1e-6), r
+
+
 def test_dpo_sequence_logps_padded_equal_packed():
     from repulse.trainers.dpo import sequence_logps
 
