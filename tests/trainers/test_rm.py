@@ -311,10 +311,32 @@ def test_rm_bad_pairs_through_the_cli(toy, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", sorted((RECIPES / "rm").glob("*.yaml")), ids=lambda p: p.stem)
 def test_rm_recipes_run(toy, tmp_path, monkeypatch, recipe):
-    from transformers import AutoModelForSequenceClassification
+    """The recipe trains 2 steps; its output loads in transformers as a one-label sequence
+    classifier that scores a polite and a rude answer as repulse's own loader does (1e-5), with
+    the training set's reward statistics in its config."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from repulse.models.loading import get_reward_stats, load_scalar_model, sequence_scores
 
     out = run_recipe(toy, tmp_path, "rm", recipe, monkeypatch)
-    assert AutoModelForSequenceClassification.from_pretrained(out, num_labels=1) is not None
+    hf = AutoModelForSequenceClassification.from_pretrained(out, num_labels=1).eval()
+    assert hf.config.architectures == ["LlamaForSequenceClassification"] and hf.config.num_labels == 1
+    tok = AutoTokenizer.from_pretrained(out)
+    prompt = TEMPLATE.format("say the word lime.")
+    items = [{"chosen_ids": tok(prompt + "lime. thank you.")["input_ids"],
+              "rejected_ids": tok(prompt + "lime. you idiot.")["input_ids"]}]  # fmt: skip
+    theirs = _hf_scores(hf, items, tok.pad_token_id)
+    ours = load_scalar_model(str(out), init_from_lm=False, trainable=False)
+    batch = [items[0]["chosen_ids"], items[0]["rejected_ids"]]
+    width = max(map(len, batch))
+    ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in batch])
+    attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch])
+    with torch.no_grad():
+        mine = sequence_scores(ours, ids, attn)
+    torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
+    assert theirs[0] != theirs[1]
+    mean, std = get_reward_stats(hf.config)
+    assert "repulse_reward_mean" in hf.config.to_dict() and math.isfinite(mean) and std > 0
 
 
 @pytest.mark.slow

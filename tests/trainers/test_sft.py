@@ -72,7 +72,11 @@ def test_sft_halves_eval_loss_and_exports_identical_model(toy, tmp_path):
     assert torch.equal(reloaded(ids).logits, ours(ids).logits)
     from transformers import AutoTokenizer
 
-    assert AutoTokenizer.from_pretrained(out).eos_token is not None
+    saved, source = AutoTokenizer.from_pretrained(out), AutoTokenizer.from_pretrained(toy.llama)
+    assert saved.get_vocab() == source.get_vocab()
+    assert (saved.eos_token, saved.chat_template) == (source.eos_token, source.chat_template)
+    text = "User: what is three plus two?\nAssistant: five."
+    assert saved(text)["input_ids"] == source(text)["input_ids"]
 
 
 def test_packed_and_padded_give_the_same_losses(toy, tmp_path):
