@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 from test_rm import (
+    DS_REASON,
     HAS_DS,
     RECIPES,
     assert_two_processes_match,
@@ -185,7 +186,7 @@ def test_dpo_recipes_run(toy, tmp_path, monkeypatch, recipe):
 @pytest.mark.distributed
 @pytest.mark.parametrize(
     "engine",
-    ["fsdp", pytest.param("deepspeed", marks=pytest.mark.skipif(not HAS_DS, reason="needs deepspeed"))],
+    ["fsdp", pytest.param("deepspeed", marks=pytest.mark.skipif(not HAS_DS, reason=DS_REASON))],
 )
 def test_dpo_two_processes_reproduce_one(toy, tmp_path, engine):
     """2 gloo processes (fsdp, or deepspeed ZeRO-3; the reference a full replica on each) vs 1

@@ -23,6 +23,14 @@ from repulse.config.sections import OfflineConfig
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes"
 HAS_DS = importlib.util.find_spec("deepspeed") is not None
+DS_REASON = "needs the deepspeed extra (pip install 'repulse[deepspeed]')"
+
+
+def needs_deepspeed() -> None:
+    """Skip the calling test, saying why, where DeepSpeed is not installed."""
+    pytest.importorskip("deepspeed", reason=DS_REASON)
+
+
 TEMPLATE = "User: {}\nAssistant: "
 
 
@@ -343,7 +351,7 @@ def test_rm_recipes_run(toy, tmp_path, monkeypatch, recipe):
 @pytest.mark.distributed
 @pytest.mark.parametrize(
     "engine",
-    ["fsdp", pytest.param("deepspeed", marks=pytest.mark.skipif(not HAS_DS, reason="needs deepspeed"))],
+    ["fsdp", pytest.param("deepspeed", marks=pytest.mark.skipif(not HAS_DS, reason=DS_REASON))],
 )
 def test_rm_two_processes_reproduce_one(toy, tmp_path, engine):
     """2 gloo processes (fsdp, or deepspeed ZeRO-3) vs 1 local process: losses and metrics within

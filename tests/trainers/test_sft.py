@@ -259,10 +259,10 @@ def test_two_processes_reproduce_the_one_process_loss_curve(toy, tmp_path, engin
     """``torchrun --nproc-per-node 2 repulse sft`` (fsdp, or deepspeed ZeRO-3) vs one local
     process: per-step loss and gradient norm within a relative 1e-4, and the same update (fp32;
     only the reduction order differs; ``same_update``)."""
-    from test_rm import HAS_DS, assert_two_processes_match, cfg_file, torchrun
+    from test_rm import assert_two_processes_match, cfg_file, needs_deepspeed, torchrun
 
-    if engine == "deepspeed" and not HAS_DS:
-        pytest.skip("needs deepspeed")
+    if engine == "deepspeed":
+        needs_deepspeed()
     sft.run(_cfg(toy, tmp_path / "one", train__max_steps=3, train__micro_batch_size=4))
     two = _cfg(
         toy,
