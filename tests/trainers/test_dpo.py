@@ -203,3 +203,24 @@ def test_dpo_two_processes_reproduce_one(toy, tmp_path, engine):
     )
     assert json.loads((tmp_path / "two" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     assert series(tmp_path / "two", "margin")[-1] != 0.0
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bit_identical(toy, tmp_path):
+    """``repulse dpo`` (with an NLL term) for 12 steps, checkpoints every 4, SIGKILLed after
+    step_4 is on disk and later steps are logged, resumed with ``--ckpt.load_enable``: every
+    logged metric and the final weights equal an uninterrupted run's bit for bit, and
+    metrics.jsonl holds steps 1..12 once each (``resume.py``)."""
+    from resume import assert_kill_and_resume_is_bit_identical
+
+    argv = [
+        "dpo",
+        "--model.model_name_or_path", str(toy.llama),
+        "--data.dataset", str(toy.pairs), "--data.prompt_key", "prompt",
+        "--data.input_template", "User: {}\nAssistant: ", "--data.max_len", "64",
+        "--model.nll_loss_coef", "0.1",
+        "--train.batch_size", "8", "--train.micro_batch_size", "4", "--train.max_steps", "12",
+        "--adam.lr", "1e-3", "--ckpt.save_steps", "4", "--logger.progress_bar", "false",
+    ]  # fmt: skip
+    full, _ = assert_kill_and_resume_is_bit_identical(argv, tmp_path, every=4, n=12)
+    assert series(full, "margin")[-1] != 0.0  # the policy moved away from its reference
