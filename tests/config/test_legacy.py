@@ -563,6 +563,47 @@ def _names_flag(note: str, flag: str) -> bool:
     return re.search(rf"(?<![\w.-]){re.escape(flag)}(?![\w-]|\.\w)", note) is not None
 
 
+# Flags translated by a value-dependent rule (no table entry): their hand-written cases,
+# flag -> (argv, the fields it must set). The IS-correction switch, type and band of OpenRLHF
+# (flat and 0.10.2 names) become one --algo.rollout_is.mode and its band.
+RULE_CASES: dict[str, tuple[list[str], dict[str, typing.Any]]] = {
+    "--enable_vllm_is_correction": (["--enable_vllm_is_correction"], {"algo.rollout_is.mode": "tis"}),
+    "--algo.advantage.is_correction_enable": (
+        ["--algo.advantage.is_correction_enable"],
+        {"algo.rollout_is.mode": "tis"},
+    ),
+    "--vllm_is_correction_type": (
+        ["--enable_vllm_is_correction", "--vllm_is_correction_type", "icepop"],
+        {"algo.rollout_is.mode": "icepop"},
+    ),
+    "--algo.advantage.is_correction_type": (
+        ["--algo.advantage.is_correction_enable", "--algo.advantage.is_correction_type", "icepop"],
+        {"algo.rollout_is.mode": "icepop"},
+    ),
+    "--vllm_is_truncated_threshold": (
+        ["--vllm_is_truncated_threshold", "0.25", "4.5"],
+        {"algo.rollout_is.low": 0.25, "algo.rollout_is.high": 4.5},
+    ),
+    "--algo.advantage.is_correction_threshold": (
+        ["--algo.advantage.is_correction_threshold", "0.25", "4.5"],
+        {"algo.rollout_is.low": 0.25, "algo.rollout_is.high": 4.5},
+    ),
+}
+
+
+def _check_rule_case(flag: str, command: str) -> None:
+    from repulse.config.schema import build, get_path, leaves, split_flags
+
+    argv, want = RULE_CASES[flag]
+    new, _ = translate_argv(argv, command)
+    root = ROOTS.get(command, OfflineConfig)
+    cfg = build(root, [], split_flags(new))
+    table = leaves(root)
+    for dest, value in want.items():
+        assert value != table[dest].default, (flag, dest)  # else a dropped flag would pass
+        assert get_path(cfg, dest) == value, f"{argv} ({command}) -> --{dest} = {get_path(cfg, dest)!r}"
+
+
 def _check_flag(flag: str, command: str) -> None:
     """``flag`` with a value for ``command`` does what the translation table declares for it:
 
@@ -571,12 +612,15 @@ def _check_flag(flag: str, command: str) -> None:
     - renamed: every destination the table declares holds the flag's value converted to the
       field's type (or the declared constant) once the translated argv is parsed; other flags
       the translation adds (engine choices, notes) are allowed, as long as they parse;
-    - already our name: it lands on its own field, converted.
+    - already our name: it lands on its own field, converted;
+    - translated by a value-dependent rule: its hand-written case in ``RULE_CASES``.
 
     The value differs from the field's default, so a flag that lands nowhere fails.
     """
     from repulse.config.schema import build, get_path, leaves, split_flags
 
+    if flag in RULE_CASES:
+        return _check_rule_case(flag, command)
     name = flag[2:]
     root = ROOTS.get(command, OfflineConfig)
     table = leaves(root)
@@ -603,7 +647,9 @@ def _check_flag(flag: str, command: str) -> None:
         assert _names_flag(note, flag) and declared[1] in note, (flag, note)
         assert new == [], f"{flag} ({command}) is declared ignored but left {new}"
         return
-    assert targets, f"{flag} ({command}) is neither in the table nor a field of our config"
+    assert targets, (
+        f"{flag} ({command}) is neither in the table nor a field of our config (nor in RULE_CASES)"
+    )
     cfg = build(root, [], split_flags(new))
     for dest, eq, const in targets:
         want = _const(table[dest].type, const) if eq else expected
