@@ -46,6 +46,7 @@ def test_dpo_raises_the_heldout_margin_and_accuracy(toy, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(out).config.architectures == ["LlamaForCausalLM"]
 
 
+@pytest.mark.slow
 def test_dpo_variants_first_step_values_packing_and_reference(toy, tmp_path):
     def go(name: str, **over) -> list[dict]:
         dpo.run(pairs_cfg(toy, tmp_path / name, data__max_samples=16, **over))

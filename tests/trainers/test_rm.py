@@ -213,6 +213,7 @@ def test_rm_learns_the_preference_and_exports_an_identical_hf_scorer(toy, tmp_pa
     assert (mean, std) == get_reward_stats(hf.config)
 
 
+@pytest.mark.slow
 def test_rm_packing_accumulation_and_loss_variants(toy, tmp_path):
     from repulse.trainers import rm
 
@@ -235,6 +236,7 @@ def test_rm_packing_accumulation_and_loss_variants(toy, tmp_path):
     assert series(tmp_path / "margin", "margin")[0] == pytest.approx(series(tmp_path / "pad", "margin")[0])
 
 
+@pytest.mark.slow
 def test_rm_packed_equals_padded_on_mixed_lengths(toy, tmp_path):
     """16 pairs of mixed lengths (every fourth pair four joined), micro-batches of 8, 2 steps, in
     four layouts: one pair per row (prompt shared, the default), pairs packed into rows as long as
