@@ -20,7 +20,10 @@ from pathlib import Path
 import torch
 from test_rm import ROOT, cli
 
-WALL_CLOCK = ("time", "time_step", "tokens_per_s", "samples_per_s")
+
+def wall_clock(key: str) -> bool:
+    """A metric that measures time (``time``, ``time_step``, ``time_generate``, ``tokens_per_s``)."""
+    return key == "time" or key.startswith("time_") or key.endswith("_per_s")
 
 
 def logged_steps(out: Path) -> list[int]:
@@ -50,7 +53,7 @@ def last_checkpoint(out: Path) -> int:
 def rows(out: Path) -> list[dict]:
     """metrics.jsonl without its wall-clock fields."""
     lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(ln).items() if k not in WALL_CLOCK} for ln in lines if ln.strip()]
+    return [{k: v for k, v in json.loads(ln).items() if not wall_clock(k)} for ln in lines if ln.strip()]
 
 
 def weights(out: Path) -> dict[str, dict[str, torch.Tensor]]:
