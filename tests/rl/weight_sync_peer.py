@@ -11,6 +11,8 @@ Roles:
 - ``colocated`` (under torchrun): every rank holds an hf engine with its own copy of the model;
   rank 0 alone holds the perturbed policy and ``LocalWeightSync`` broadcasts it; each rank writes
   its engine's parameters.
+- ``vllm-colocated`` (under torchrun): the same with a ``VLLMRolloutEngine`` in every rank
+  (``external_launcher``); each rank samples its own prompts before and after the sync.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 
 PROMPTS = [[0, 40, 41, 42, 43, 44], [0, 50], [0, 60, 61, 62]]
+LONG_PROMPT = [0] + [(7 * i) % 700 + 3 for i in range(140)]  # over one 128-token KV block: prefix-cached
 GREEDY_TOKENS = 10
 
 
@@ -49,11 +52,37 @@ def hf_engine(model: torch.nn.Module, owns: bool = True):
     )
 
 
-def greedy(engine) -> dict:
+def greedy(engine, prompts: list[list[int]] = PROMPTS) -> dict:
     from repulse.rl.rollout import SamplingParams
 
-    s = engine.generate(PROMPTS, 1, SamplingParams(max_new_tokens=GREEDY_TOKENS, temperature=0.0))
-    return {"sequences": s.sequences, "logprobs": s.logprobs, "versions": s.versions}
+    s = engine.generate(prompts, 1, SamplingParams(max_new_tokens=GREEDY_TOKENS, temperature=0.0))
+    return {
+        "sequences": s.sequences,
+        "attention_mask": s.attention_mask,
+        "logprobs": s.logprobs,
+        "versions": s.versions,
+    }
+
+
+def vllm_engine(path: str, dtype: torch.dtype, **kwargs):
+    from repulse.rl.rollout.vllm import VLLMRolloutEngine
+
+    return VLLMRolloutEngine(path, eos_id=1, pad_id=2, dtype=dtype, seed=0, enforce_eager=True, **kwargs)
+
+
+def _checkpoint_layout(worker) -> dict:
+    model = worker.model_runner.get_model()
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.numel() and "_proj" not in n}
+
+
+def vllm_checkpoint_tensors(engine, vocab: int) -> dict:
+    """The tensors vLLM keeps in checkpoint layout on CPU, under their HF names: embeddings and
+    LM head (vocabulary padding cut) and norms. Its CPU linear layers are repacked for oneDNN
+    and cannot be read back; their effect shows in the samples."""
+    state = engine._llm.collective_rpc(_checkpoint_layout)[0]
+    return {
+        n: t[:vocab] if n.endswith(("embed_tokens.weight", "lm_head.weight")) else t for n, t in state.items()
+    }
 
 
 class _Faulty:
@@ -83,10 +112,8 @@ def receiver(args) -> None:
     out = Path(args.out)
     dtype = getattr(torch, args.dtype)
     if args.backend == "vllm":
-        from repulse.rl.rollout.vllm import VLLMRolloutEngine
-
-        engine = VLLMRolloutEngine(args.model, eos_id=1, pad_id=2, dtype=dtype, seed=0, enforce_eager=True)
-        model = None
+        engine, model = vllm_engine(args.model, dtype), None
+        vocab = load_model(args.model, dtype).config.vocab_size
     else:
         model = load_model(args.model, dtype)
         engine = hf_engine(model)
@@ -98,6 +125,8 @@ def receiver(args) -> None:
         result["weight_version"] = engine.weight_version
         if model is not None:
             result["state"] = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            result["state"] = vllm_checkpoint_tensors(engine, vocab)
         torch.save(result, out / f"after_{version}.pt")
 
 
@@ -141,9 +170,32 @@ def colocated(args) -> None:
     torch.distributed.destroy_process_group()
 
 
+def vllm_colocated(args) -> None:
+    from repulse.rl.rollout import SamplingParams
+    from repulse.rl.weight_sync import LocalWeightSync, SyncOptions
+
+    torch.distributed.init_process_group("gloo")
+    rank = torch.distributed.get_rank()
+    engine = vllm_engine(args.model, torch.float32)
+    mine = PROMPTS[rank::2]
+    result = {"prompts": mine, "before": greedy(engine, mine)}
+    policy = None
+    if rank == 0:
+        policy = load_model(args.model, torch.float32)
+        perturb(policy)
+    sync = LocalWeightSync(engine, SyncOptions(bucket_mb=0.1, timeout_s=args.timeout))
+    result["buckets"] = sync.push(policy.state_dict() if policy is not None else None, version=5).buckets
+    result["after"] = greedy(engine, mine)
+    result["weight_version"] = engine.weight_version
+    sampled = engine.generate([PROMPTS[0]], 2, SamplingParams(max_new_tokens=8, temperature=1.0))
+    result["sampled"] = sampled.sequences
+    torch.save(result, Path(args.out) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("role", choices=["receiver", "sender", "colocated"])
+    p.add_argument("role", choices=["receiver", "sender", "colocated", "vllm-colocated"])
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--address", default="127.0.0.1:0")
@@ -154,7 +206,8 @@ def main() -> None:
     p.add_argument("--hang-after", type=int, default=None)
     args = p.parse_args()
     torch.set_num_threads(1)
-    {"receiver": receiver, "sender": sender, "colocated": colocated}[args.role](args)
+    roles = {"receiver": receiver, "sender": sender, "colocated": colocated, "vllm-colocated": vllm_colocated}
+    roles[args.role](args)
 
 
 if __name__ == "__main__":
