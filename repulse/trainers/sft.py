@@ -58,12 +58,12 @@ def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.sft import SFTDataset
     from repulse.models.loading import load_causal_lm, load_tokenizer
+    from repulse.run.start import start_run
     from repulse.trainers.common import (
         build_trained_engine,
         fit_spec,
         load_split,
         require,
-        start_run,
         token_collate,
     )
     from repulse.trainers.fit import fit
