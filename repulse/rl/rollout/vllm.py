@@ -19,6 +19,7 @@ formula; greedy: log_softmax of the raw logits), truncation flags and weight ver
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import random
 from collections.abc import Iterable, Iterator
@@ -249,6 +250,15 @@ class VLLMRolloutEngine:
             enable_sleep=section.enable_sleep,
             **kwargs,
         )
+
+    def close(self) -> None:
+        """Free the engine (its KV cache and weights) now rather than at exit; unusable afterwards."""
+        llm, self._llm = getattr(self, "_llm", None), None
+        if llm is not None:
+            with contextlib.suppress(Exception):
+                llm.llm_engine.engine_core.shutdown()
+            del llm
+            gc.collect()
 
     # ------------------------------------------------------------------ sampling
 

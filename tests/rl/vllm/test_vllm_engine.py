@@ -63,7 +63,8 @@ def setup(toy):
     process["after"] = {
         "threads": torch.get_num_threads(), "rng": torch.random.get_rng_state(), "fn": torch.set_num_threads
     }  # fmt: skip
-    return engine, policy, eos, notices.getvalue(), process
+    yield engine, policy, eos, notices.getvalue(), process
+    engine.close()
 
 
 def test_flags_reach_the_engine(setup):

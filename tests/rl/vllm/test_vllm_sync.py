@@ -39,7 +39,9 @@ def policy_tensors(policy, names) -> dict:
 
 @pytest.fixture(scope="module")
 def engine(toy):
-    return peer.vllm_engine(str(toy.llama), torch.float32, enable_prefix_caching=True)
+    engine = peer.vllm_engine(str(toy.llama), torch.float32, enable_prefix_caching=True)
+    yield engine
+    engine.close()
 
 
 def test_in_process_sync(toy, engine):
