@@ -12,7 +12,8 @@ Roles:
   rank 0 alone holds the perturbed policy and ``LocalWeightSync`` broadcasts it; each rank writes
   its engine's parameters.
 - ``vllm-colocated`` (under torchrun): the same with a ``VLLMRolloutEngine`` in every rank
-  (``external_launcher``); each rank samples its own prompts before and after the sync.
+  (``external_launcher``; ``--tp 2``: one engine over both ranks); each rank samples its own
+  prompts before and after the sync.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ def vllm_colocated(args) -> None:
 
     torch.distributed.init_process_group("gloo")
     rank = torch.distributed.get_rank()
-    engine = vllm_engine(args.model, torch.float32)
+    engine = vllm_engine(args.model, torch.float32, tensor_parallel_size=args.tp)
     mine = PROMPTS[rank::2]
     result = {"prompts": mine, "before": greedy(engine, mine)}
     policy = None
@@ -204,6 +205,7 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--die-after", type=int, default=None)
     p.add_argument("--hang-after", type=int, default=None)
+    p.add_argument("--tp", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(1)
     roles = {"receiver": receiver, "sender": sender, "colocated": colocated, "vllm-colocated": vllm_colocated}

@@ -3,7 +3,8 @@
 Three paths: in this process (``LocalWeightSync`` → ``collective_rpc`` → layer-wise reload),
 from this process to an engine in another process over a gloo group (``GroupWeightSender`` /
 ``GroupWeightReceiver``, bf16), and colocated under ``torchrun`` (``external_launcher``: every
-rank holds an engine, rank 0 alone the gathered weights). "Matches": the engine's greedy tokens
+rank holds an engine — or, with tensor parallelism 2, a shard of one — and rank 0 alone the
+gathered weights). "Matches": the engine's greedy tokens
 and log-probs equal the policy's (fp32, within 1e-5), the tensors vLLM keeps in checkpoint
 layout are bitwise the policy's, and ``weight_version`` is the step.
 """
@@ -108,7 +109,11 @@ def test_sync_to_an_engine_in_another_process_bf16(toy, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_colocated_engines_under_torchrun(toy, tmp_path):
+@pytest.mark.parametrize("tp", [1, 2])
+def test_colocated_engines_under_torchrun(toy, tmp_path, tp):
+    """tp 1: an engine per rank, each with its own prompts and sampling stream; tp 2: one engine
+    over both ranks (their prompts gathered, each rank gets its own rows back), each rank loading
+    the full weights into its shard."""
     cmd = [
         sys.executable,
         "-m",
@@ -118,7 +123,17 @@ def test_colocated_engines_under_torchrun(toy, tmp_path):
         "2",
         str(peer.__file__),
     ]
-    cmd += ["vllm-colocated", "--model", str(toy.llama), "--out", str(tmp_path), "--timeout", "300"]
+    cmd += [
+        "vllm-colocated",
+        "--model",
+        str(toy.llama),
+        "--out",
+        str(tmp_path),
+        "--timeout",
+        "300",
+        "--tp",
+        str(tp),
+    ]
     proc = subprocess.run(cmd, env=peer_env(), capture_output=True, text=True, timeout=540)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     policy = peer.load_model(str(toy.llama), torch.float32)
@@ -130,5 +145,6 @@ def test_colocated_engines_under_torchrun(toy, tmp_path):
         assert torch.equal(result["after"]["sequences"], want["sequences"])
         torch.testing.assert_close(result["after"]["logprobs"], want["logprobs"], atol=1e-5, rtol=0)
         assert result["weight_version"] == 5 and result["buckets"] > 1
-    # each rank is its own engine with its own sampling stream
+    # the same prompt on both ranks gets other samples (tp 1: two engines' own streams; tp 2:
+    # two requests of one engine with their own seeds)
     assert not torch.equal(results[0]["sampled"], results[1]["sampled"])
