@@ -46,7 +46,7 @@ test-main: $(STAMP)
 	$(PY) -m pytest -q
 
 test-vllm: $(VLLM_STAMP)
-	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_PY) -m pytest -q -m vllm tests/rl/vllm
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_PY) -m pytest -q -m vllm tests/rl/vllm_backend
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

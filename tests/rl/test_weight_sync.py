@@ -1,5 +1,5 @@
 """Weight sync into rollout engines that hold their own copy of the policy (the hf backend here;
-the vLLM backend in ``tests/rl/vllm``).
+the vLLM backend in ``tests/rl/vllm_backend``).
 
 Each path is shown the same way: perturb the policy, show the engine is stale (other greedy
 tokens or log-probs), sync, show it matches the policy — tokens and log-probs equal, every
@@ -51,6 +51,21 @@ def peer_env() -> dict:
 def start_peer(role: str, toy, out: Path, *extra: str, python: str = sys.executable) -> subprocess.Popen:
     cmd = [python, str(PEER), role, "--model", str(toy.llama), "--out", str(out), *extra]
     return subprocess.Popen(cmd, env=peer_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_ready(proc: subprocess.Popen, marker: Path, timeout: float = 300) -> None:
+    """Wait until the peer is about to join the group (it wrote ``marker``): its start-up
+    (imports, model, engine) is not part of the timeouts under test."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"peer exited ({proc.returncode}) before joining:\n{proc.stdout.read()[-4000:]}"
+            )
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"peer not ready within {timeout} s")
+        time.sleep(0.2)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 120) -> str:
@@ -161,6 +176,7 @@ def test_group_sync_to_an_engine_in_another_process(toy, tmp_path, dtype):
     peer.perturb(policy)
     truth = one_thread_greedy(policy)
     try:
+        wait_ready(proc, tmp_path / "before.pt")
         tx = GroupWeightSender(address, 2, SyncOptions(bucket_mb=0.1, timeout_s=60))
         stats = tx.push(policy.state_dict(), version=7)
         tx.close()
@@ -184,6 +200,7 @@ def test_a_receiver_that_dies_or_hangs_mid_sync_raises_within_the_timeout(toy, t
     proc = start_peer("receiver", toy, tmp_path, "--address", address, f"--{fault}-after", "2")
     policy = peer.load_model(str(toy.llama), torch.float32)
     try:
+        wait_ready(proc, tmp_path / "before.pt")
         tx = GroupWeightSender(address, 2, SyncOptions(bucket_mb=0.1, timeout_s=timeout))
         started = time.monotonic()
         with pytest.raises(WeightSyncError) as err:
@@ -206,6 +223,7 @@ def test_a_sender_that_dies_mid_sync_raises_on_the_receiver(toy, tmp_path):
     proc = start_peer("sender", toy, tmp_path, "--address", address, "--timeout", str(timeout))
     copy = peer.load_model(str(toy.llama), torch.float32)
     try:
+        wait_ready(proc, tmp_path / "ready")
         rx = GroupWeightReceiver(peer.hf_engine(copy), address, 1, 2, SyncOptions(timeout_s=timeout))
         started = time.monotonic()
         with pytest.raises(WeightSyncError, match=r"rank 0"):

@@ -1,6 +1,9 @@
-"""The other process of the weight-sync tests (``test_weight_sync.py``, ``vllm/test_vllm_sync.py``).
+"""The other process of the weight-sync tests (``test_weight_sync.py``, ``vllm_backend/test_vllm_sync.py``).
 
 Roles:
+Each writes ``ready`` (the receiver: ``before.pt``) just before joining the group, so a test
+can start its own end when the peer is there and time only the sync.
+
 - ``receiver``: hosts a rollout engine (``--backend hf``: our sampler over its own copy of the
   toy model; ``vllm``: ``VLLMRolloutEngine``) and joins the sender's group as rank 1. It writes
   its greedy samples before any update, then after each update its samples, weight version and
@@ -134,9 +137,10 @@ def receiver(args) -> None:
 def sender(args) -> None:
     from repulse.rl.weight_sync import _BEGIN, _BUCKET, GroupWeightSender, SyncOptions, _header, _pack
 
-    tx = GroupWeightSender(args.address, 2, SyncOptions(timeout_s=args.timeout))
     model = load_model(args.model, torch.float32)
     name, tensor = next(iter(model.state_dict().items()))
+    Path(args.out, "ready").write_text("ready")
+    tx = GroupWeightSender(args.address, 2, SyncOptions(timeout_s=args.timeout))
     _header(tx.channel, 0, op=_BEGIN)
     meta, data = _pack([(name, tensor)], torch.device("cpu"))
     _header(tx.channel, 0, (meta.numel(), data.numel(), 0), op=_BUCKET)

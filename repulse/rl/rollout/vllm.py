@@ -44,12 +44,21 @@ _WORKER_EXTENSION = "repulse.rl.rollout.vllm.RepulseWeightLoader"
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
+def vllm_installed() -> bool:
+    """Whether a vLLM package is installed (a directory named ``vllm`` on the path, which Python
+    would import as an empty namespace package, is not one)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("vllm")
+    return spec is not None and spec.origin is not None
+
+
 def import_vllm() -> Any:
     """``import vllm`` or one ``UserError`` paragraph naming both packages."""
-    try:
-        import vllm
-    except ImportError:
-        raise UserError(VLLM_MISSING) from None
+    if not vllm_installed():
+        raise UserError(VLLM_MISSING)
+    import vllm
+
     return vllm
 
 

@@ -7,12 +7,10 @@ one of the RePULSe-paper methods (see ``repulse.trainers.rl.methods``); the loop
 
 from __future__ import annotations
 
-import importlib.util
-
 from repulse.config import parse_config
 from repulse.config.sections import RLConfig
 from repulse.errors import UserError
-from repulse.rl.rollout.vllm import VLLM_MISSING
+from repulse.rl.rollout.vllm import VLLM_MISSING, vllm_installed
 from repulse.trainers.rl.fields import refuse_unread
 
 GROUP_ESTIMATORS = {"rloo", "reinforce_baseline", "group_norm", "dr_grpo"}
@@ -78,7 +76,7 @@ def validate(cfg: RLConfig) -> None:
         )
     if r.backend not in {"hf", "vllm"}:
         raise UserError(f"--rollout.backend must be hf or vllm, got {r.backend!r}.")
-    if r.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+    if r.backend == "vllm" and not vllm_installed():
         raise UserError(VLLM_MISSING)
     if cfg.actor.policy_loss_type not in {"ppo", "gspo"}:
         raise UserError(f"--actor.policy_loss_type must be ppo or gspo, got {cfg.actor.policy_loss_type!r}.")

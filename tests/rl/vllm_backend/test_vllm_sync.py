@@ -17,10 +17,13 @@ import sys
 import pytest
 import torch
 
-vllm = pytest.importorskip("vllm", reason="needs vLLM (make test-vllm runs these in .venv-vllm)")
+from repulse.rl.rollout.vllm import vllm_installed
+
+if not vllm_installed():
+    pytest.skip("needs vLLM (make test-vllm runs these in .venv-vllm)", allow_module_level=True)
 
 import weight_sync_peer as peer  # noqa: E402  (after the skip: the peer is for these tests)
-from test_weight_sync import assert_bitwise, finish, free_address, peer_env, start_peer  # noqa: E402
+from test_weight_sync import assert_bitwise, finish, free_address, peer_env, start_peer, wait_ready  # noqa: E402
 
 from repulse.rl.weight_sync import GroupWeightSender, LocalWeightSync, SyncOptions  # noqa: E402
 
@@ -81,7 +84,8 @@ def test_sync_to_an_engine_in_another_process_bf16(toy, tmp_path):
     policy = peer.load_model(str(toy.llama), torch.bfloat16)
     peer.perturb(policy)
     try:
-        tx = GroupWeightSender(address, 2, SyncOptions(bucket_mb=0.1, timeout_s=300))
+        wait_ready(proc, tmp_path / "before.pt")
+        tx = GroupWeightSender(address, 2, SyncOptions(bucket_mb=0.1, timeout_s=120))
         tx.push(policy.state_dict(), version=7)
         tx.close()
     finally:
