@@ -23,6 +23,7 @@ import pytest
 from test_rl import first_last, rl_cfg, steps
 from test_rm import cfg_file, cli, torchrun
 
+from repulse.config.sections import RLConfig
 from repulse.rl.rollout.vllm import vllm_installed
 
 if not vllm_installed():
@@ -76,6 +77,7 @@ def test_grpo_on_two_processes_keeps_the_engines_in_sync(toy, tmp_path):
 def test_repulse_runs(toy, tmp_path, nproc):
     cfg = rl_cfg(toy, tmp_path / f"repulse{nproc}", repulse__method="repulse")
     cfg.rollout.backend = "vllm"
+    cfg.critic = RLConfig().critic  # RePULSe has no critic: its fields stay at their defaults
     cfg.repulse.bad_threshold = 0.05  # the toy reward is in [0, 1]: a few samples are "bad"
     cfg.train.batch_size = cfg.train.micro_batch_size = 16  # whole prompt groups per process
     cfg.train.max_steps = 2
