@@ -375,15 +375,26 @@ class AlgoSection:
 @dataclass
 class VllmSection:
     num_engines: int | None = _compat(
-        None, "vLLM engines: accepted for compatibility; rollouts use the hf backend in this version"
+        None,
+        "separate vLLM engines: accepted for compatibility; --rollout.backend vllm runs one engine "
+        "colocated in every process in this version",
     )
-    tensor_parallel_size: int = _h(1, "vLLM TP size", ge=1)
-    gpu_memory_utilization: float = _h(0.9, "vLLM memory fraction", gt=0, le=1)
-    enable_prefix_caching: bool = _h(False, "vLLM prefix caching")
-    enforce_eager: bool = _h(False, "no CUDA graphs")
-    enable_sleep: bool = _h(False, "vLLM sleep mode")
-    sync_backend: str = _h("nccl", "weight sync backend")
+    tensor_parallel_size: int = _h(
+        1, "vLLM TP size (under torchrun: consecutive ranks form one engine)", ge=1
+    )
+    gpu_memory_utilization: float = _h(
+        0.9, "vLLM memory fraction (GPU; on CPU: VLLM_CPU_KVCACHE_SPACE GiB)", gt=0, le=1
+    )
+    enable_prefix_caching: bool = _h(False, "vLLM prefix caching (reset after every weight sync)")
+    enforce_eager: bool = _h(False, "no CUDA graphs / torch.compile in vLLM")
+    max_num_seqs: int | None = _h(None, "vLLM: most sequences decoded at once (default: vLLM's)", ge=1)
+    enable_sleep: bool = _h(False, "vLLM sleep mode between rollouts (no effect on CPU)")
+    sync_backend: str = _h(
+        "nccl", "weight sync backend for engines in other processes (CPU: gloo)", choices=("nccl", "gloo")
+    )
     sync_with_ray: bool = _h(False, "sync weights through Ray")
+    sync_bucket_mb: float = _h(64.0, "weight sync: most MiB per bucket", gt=0)
+    sync_timeout_s: float = _h(600.0, "weight sync: timeout of every collective, seconds", gt=0)
 
 
 @dataclass

@@ -34,7 +34,8 @@ def sample_next(
 
     The log-density is that of the distribution the token was drawn from:
     log q(a) = log softmax(logits / T)[a] − log Σ_{b kept} softmax(logits / T)[b], where the kept
-    set is what top-k (``top_k`` > 0) and top-p (``top_p`` < 1) leave; without truncation it is
+    set is what top-k (``top_k`` > 0) and then top-p (``top_p`` < 1, applied to the top-k
+    distribution renormalised, as vLLM and HF ``generate`` do) leave; without truncation it is
     log softmax(logits / T)[a], the training forward's value at temperature T. Importance weights
     of these samples need exactly this density (a proposal drawn at T = 0.7 with top-k is not
     softmax(logits)). ``temperature == 0``: greedy, log softmax(logits)[a] (the raw policy's
@@ -48,7 +49,7 @@ def sample_next(
     masked = logp
     if 0 < top_k < logp.shape[-1]:
         kth = torch.topk(logp, top_k, dim=-1).values[:, -1:]
-        masked = masked.masked_fill(masked < kth, -math.inf)
+        masked = torch.log_softmax(masked.masked_fill(masked < kth, -math.inf), -1)
     if top_p < 1.0:
         sorted_lp, order = torch.sort(masked, dim=-1, descending=True)
         probs = sorted_lp.exp()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from repulse.config import parse_config
 from repulse.config.sections import RLConfig
 from repulse.errors import UserError
+from repulse.rl.rollout.vllm import VLLM_MISSING, vllm_installed
 from repulse.trainers.rl.fields import refuse_unread
 
 GROUP_ESTIMATORS = {"rloo", "reinforce_baseline", "group_norm", "dr_grpo"}
@@ -75,6 +76,8 @@ def validate(cfg: RLConfig) -> None:
         )
     if r.backend not in {"hf", "vllm"}:
         raise UserError(f"--rollout.backend must be hf or vllm, got {r.backend!r}.")
+    if r.backend == "vllm" and not vllm_installed():
+        raise UserError(VLLM_MISSING)
     if cfg.actor.policy_loss_type not in {"ppo", "gspo"}:
         raise UserError(f"--actor.policy_loss_type must be ppo or gspo, got {cfg.actor.policy_loss_type!r}.")
     if cfg.actor.policy_loss_type == "gspo" and rp.method != "rl":

@@ -18,7 +18,9 @@ from repulse.config.sections import RLConfig
 from repulse.rl.experience import batched_logprobs, batched_values
 from repulse.rl.roles import MicroLoss
 from repulse.rl.rollout import HFRolloutEngine, RolloutEngine, Samples
+from repulse.rl.rollout.vllm import VLLMRolloutEngine
 from repulse.rl.scoring import LocalRewards
+from repulse.rl.weight_sync import LocalWeightSync, SyncOptions
 from repulse.run.finite import FiniteGuard
 from repulse.trainers.fit import run_micro_batches
 
@@ -81,9 +83,16 @@ class LocalTrained:
 class LocalActor(LocalTrained):
     """A trained causal LM and the rollout engine that samples from it."""
 
-    def __init__(self, engine, micro_batch_size: int, rollout: RolloutEngine | None = None):
+    def __init__(
+        self,
+        engine,
+        micro_batch_size: int,
+        rollout: RolloutEngine | None = None,
+        sync: SyncOptions | None = None,
+    ):
         super().__init__(engine, micro_batch_size)
         self.rollout = rollout
+        self.sync = LocalWeightSync(rollout, sync) if rollout is not None else None
 
     def unwrapped(self) -> torch.nn.Module:
         return self.engine.unwrapped()
@@ -92,14 +101,16 @@ class LocalActor(LocalTrained):
         return batched_logprobs(self.engine.module, samples.to(self.engine.device), self.micro, temperature)
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        yield from self.engine.full_state_dict().items()
+        yield from self.engine.state_for_rollout().items()  # LoRA merged, base model's names
 
     def sync_rollout(self, version: int) -> None:
         engine = self.rollout
-        engine.begin_update()
-        if getattr(engine, "owns_weights", True):
-            engine.load(self.named_weights())
-        engine.end_update(version)
+        if not getattr(engine, "owns_weights", True):  # samples from the trained module itself
+            engine.begin_update()
+            engine.end_update(version)
+            return
+        # gathered on rank 0 when sharded: the sync broadcasts it to every rank's engine
+        self.sync.push(self.engine.state_for_rollout(), version)
 
 
 class LocalCritic(LocalTrained):
@@ -157,6 +168,35 @@ def hf_rollout(engine, tokenizer, cfg: RLConfig) -> HFRolloutEngine:
     )
 
 
+def vllm_rollout(engine, tokenizer, cfg: RLConfig) -> VLLMRolloutEngine:
+    """The vllm backend colocated with a trained engine: an engine of its own in this process,
+    computing in the trainer's dtype, given the weights after every update."""
+    module = engine.unwrapped()
+    dtype = getattr(engine, "compute_dtype", None) or next(module.parameters()).dtype
+    longest = cfg.data.max_len + (cfg.rollout.max_new_tokens or 0)  # a prompt plus its response
+    limit = getattr(getattr(module, "config", None), "max_position_embeddings", None)
+    return VLLMRolloutEngine.from_section(
+        cfg.actor.model_name_or_path,
+        cfg.vllm,
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        dtype=dtype,
+        seed=cfg.train.seed,
+        max_model_len=min(longest, limit) if limit else longest,
+    )
+
+
+def rollout_engine(engine, tokenizer, cfg: RLConfig) -> RolloutEngine:
+    """``--rollout.backend``: hf (samples from the trained module) or vllm."""
+    if cfg.rollout.backend == "vllm":
+        return vllm_rollout(engine, tokenizer, cfg)
+    return hf_rollout(engine, tokenizer, cfg)
+
+
+def sync_options(cfg: RLConfig) -> SyncOptions:
+    return SyncOptions(bucket_mb=cfg.vllm.sync_bucket_mb, timeout_s=cfg.vllm.sync_timeout_s)
+
+
 def build_roles(
     cfg: RLConfig, needs: set[str], device: torch.device, total_updates: int, accum: int, tokenizer: Any
 ) -> Roles:
@@ -185,7 +225,9 @@ def build_roles(
     a = cfg.actor
     policy_engine = _engine_for(lm(path, True), a.adam, a.muon, a.optim, cfg, total_updates, accum)
     comm = LocalComm(policy_engine)
-    policy = LocalActor(policy_engine, micro, hf_rollout(policy_engine, tokenizer, cfg))
+    policy = LocalActor(
+        policy_engine, micro, rollout_engine(policy_engine, tokenizer, cfg), sync_options(cfg)
+    )
     rewards = LocalRewards(
         tokenizer,
         build_reward_sources(cfg.reward, device, cfg.rollout.micro_batch_size),
@@ -217,5 +259,7 @@ def build_roles(
         q_adam.lr = cfg.repulse.proposal_lr
         q_total = total_updates * max(1, cfg.repulse.q_updates_per_step)
         q_engine = _engine_for(lm(path, True), q_adam, a.muon, a.optim, cfg, q_total, accum)
-        roles.proposal = LocalActor(q_engine, micro, hf_rollout(q_engine, tokenizer, cfg))
+        roles.proposal = LocalActor(
+            q_engine, micro, rollout_engine(q_engine, tokenizer, cfg), sync_options(cfg)
+        )
     return roles
