@@ -24,6 +24,12 @@ def _compat(default, help: str):  # noqa: A002
     return field(default=default, metadata={"help": help, "no_effect": True})
 
 
+def _ray(default, help: str):  # noqa: A002
+    """A placement knob read only by the Ray backend: set without ``--launch.backend ray`` it warns
+    once (``parse_config``), naming the flag."""
+    return field(default=default, metadata={"help": help, "ray_only": True})
+
+
 # --------------------------------------------------------------------------- model side
 
 
@@ -180,6 +186,18 @@ class TrainSection:
 
 
 @dataclass
+class RLTrainSection(TrainSection):
+    async_enable: bool = _h(
+        False,
+        "Ray: draw the rollouts of the next --train.async_queue_size steps while a step trains "
+        "(needs rollout engines of their own, --vllm.num_engines)",
+    )
+    async_queue_size: int = _h(
+        1, "async: rollouts drawn ahead (k); a sample is at most k policy versions old; 0 is synchronous"
+    )
+
+
+@dataclass
 class CkptSection:
     output_dir: str = _h("./ckpt", "output directory: config, metrics, final HF model")
     path: str | None = _h(None, "checkpoint directory (default: <output_dir>/checkpoints)")
@@ -236,8 +254,10 @@ class ActorSection:
     policy_loss_type: str = _h("ppo", "ppo | gspo")
     aux_loss_coef: float = _h(0.0, "MoE aux loss")
     freeze_visual_encoder: bool = _compat(False, "accepted for compatibility")
-    num_nodes: int = _h(1, "Ray: nodes for the actor")
-    num_gpus_per_node: int = _h(1, "Ray: GPUs per node for the actor")
+    num_nodes: int = _ray(1, "Ray: nodes of the policy's actor group")
+    num_gpus_per_node: int = _ray(
+        1, "Ray: devices per node of the policy's group (GPUs, or CPU bundles on a CPU cluster)"
+    )
 
 
 @dataclass
@@ -249,16 +269,16 @@ class CriticSection:
     value_clip: float = _h(0.5, "value clip range")
     freezing_steps: int = _h(-1, "train only the critic for the first N steps")
     save_value_network: bool = _h(False, "export the critic at the end")
-    num_nodes: int = _h(1, "Ray: nodes")
-    num_gpus_per_node: int = _h(1, "Ray: GPUs per node")
+    num_nodes: int = _ray(1, "Ray: nodes of this role's actor group")
+    num_gpus_per_node: int = _ray(1, "Ray: devices per node of this role's group (GPUs, or CPU bundles)")
 
 
 @dataclass
 class RefSection:
     model_name_or_path: str | None = _h(None, "reference model (default: the policy's start)")
     offload: bool = _h(False, "keep the reference model on CPU")
-    num_nodes: int = _h(1, "Ray: nodes")
-    num_gpus_per_node: int = _h(1, "Ray: GPUs per node")
+    num_nodes: int = _ray(1, "Ray: nodes of this role's actor group")
+    num_gpus_per_node: int = _ray(1, "Ray: devices per node of this role's group (GPUs, or CPU bundles)")
 
 
 @dataclass
@@ -276,10 +296,10 @@ class RewardSection:
     input_format: str = _h("concat", "how an RM reads a sample: concat (prompt+response text) | pair | chat")
     cap: float | None = _h(None, "upper cap on the reward")
     chosen_label: int | None = _h(None, "score a classifier by this label's logit (e.g. non-toxic)")
-    timeout_s: float = _h(60.0, "HTTP reward timeout per request")
+    timeout_s: float = _ray(60.0, "HTTP reward timeout per request")
     retries: int = _h(3, "HTTP retries")
-    num_nodes: int = _h(1, "Ray: nodes")
-    num_gpus_per_node: int = _h(1, "Ray: GPUs per node")
+    num_nodes: int = _ray(1, "Ray: nodes of this role's actor group")
+    num_gpus_per_node: int = _ray(1, "Ray: devices per node of this role's group (GPUs, or CPU bundles)")
 
 
 @dataclass
@@ -337,16 +357,22 @@ class AlgoSection:
 
 @dataclass
 class VllmSection:
-    num_engines: int | None = _compat(
-        None, "vLLM engines: accepted for compatibility; rollouts use the hf backend in this version"
+    num_engines: int | None = _ray(
+        None,
+        "Ray: rollout engines in actors of their own that receive the policy's weights after every "
+        "update (unset or 0: each policy actor samples with its own engine)",
     )
     tensor_parallel_size: int = _h(1, "vLLM TP size")
     gpu_memory_utilization: float = _h(0.9, "vLLM memory fraction")
     enable_prefix_caching: bool = _h(False, "vLLM prefix caching")
     enforce_eager: bool = _h(False, "no CUDA graphs")
     enable_sleep: bool = _h(False, "vLLM sleep mode")
-    sync_backend: str = _h("nccl", "weight sync backend")
-    sync_with_ray: bool = _h(False, "sync weights through Ray")
+    sync_backend: str = _h(
+        "nccl", "transport of the weights to separate rollout engines: nccl | gloo (CPU tensors: gloo)"
+    )
+    sync_with_ray: bool = _compat(
+        False, "weights travel over a torch.distributed group of their own (--vllm.sync_backend)"
+    )
 
 
 @dataclass
@@ -373,6 +399,36 @@ class RepulseSection:
     bad_words: list[str] | None = _h(None, "toy: the bad words for the exact P(bad)")
     exact_max_tokens: int = _h(2, "toy: response length enumerated exactly")
     fit_steps: int = _h(1, "toy: outer repeats of fit with an exact evaluation after each")
+
+
+@dataclass
+class LaunchSection:
+    backend: str = _h(
+        "local",
+        "where the RL roles run: local (this process; one copy per torchrun rank) | ray (actor groups "
+        "on a Ray cluster driven by one controller)",
+    )
+    ray_address: str | None = _ray(
+        None, "Ray cluster to join (default: $RAY_ADDRESS, else a local cluster is started)"
+    )
+    colocate_actor_ref: bool = _ray(False, "Ray: the policy and the reference share bundles")
+    colocate_critic_reward: bool = _ray(False, "Ray: the critic and the reward models share bundles")
+    colocate_all_models: bool = _ray(
+        False,
+        "Ray hybrid engine: every model and the rollout engines share the policy's bundles; the "
+        "engines sleep while the models train and wake before the weight sync",
+    )
+    device: str = _ray(
+        "auto",
+        "Ray: what a bundle holds: gpu (one GPU) | cpu (CPUs only) | auto (gpu if the cluster has GPUs)",
+    )
+    cpus_per_device: float = _ray(1.0, "Ray: CPUs per bundle (fractions allowed, e.g. 0.5 on CPU clusters)")
+    local_num_cpus: int | None = _ray(None, "Ray: CPUs of the local cluster started when none is given")
+    timeout_s: float = _ray(
+        1800.0,
+        "Ray: longest wait for any call to a role (and for a collective): a dead or stuck actor fails "
+        "the run within this time",
+    )
 
 
 # --------------------------------------------------------------------------- roots
@@ -403,6 +459,7 @@ class OfflineConfig(CommonConfig):
 
 @dataclass
 class RLConfig(CommonConfig):
+    train: RLTrainSection = _hf(RLTrainSection, "batching, episodes, seed, asynchronous rollouts")
     actor: ActorSection = _hf(ActorSection, "policy")
     critic: CriticSection = _hf(CriticSection, "value model (gae)")
     ref: RefSection = _hf(RefSection, "reference model")
@@ -411,6 +468,7 @@ class RLConfig(CommonConfig):
     algo: AlgoSection = _hf(AlgoSection, "advantages and KL")
     vllm: VllmSection = _hf(VllmSection, "vLLM rollout engine")
     repulse: RepulseSection = _hf(RepulseSection, "RePULSe and its baselines")
+    launch: LaunchSection = _hf(LaunchSection, "where the roles run: this process or a Ray cluster")
 
 
 @dataclass
