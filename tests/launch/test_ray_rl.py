@@ -99,3 +99,61 @@ def test_grpo_on_ray_matches_torchrun_disaggregated_and_colocated(toy, two_nodes
             "pool"
         ] == "policy"
     assert [p["local_rank"] for p in roles["policy"]] == [0, 1]
+
+
+def repulse_cfg(toy, rm: Path, out: Path):
+    """RePULSe (p, a proposal q, a reference for the KL, a reward model) on the toy: 8 prompts x 4
+    samples scored by the toy RM, 3 steps."""
+    from test_rl import TEMPLATE
+
+    cfg = rl_cfg(
+        toy, out, reward__remote_url=None, reward__model_name_or_path=str(rm), algo__kl__init_coef=0.05,
+        rollout__micro_batch_size=16, train__micro_batch_size=8, train__max_steps=3,
+    )  # fmt: skip
+    cfg.data.input_template = TEMPLATE
+    rp = cfg.repulse
+    rp.method, rp.beta, rp.alpha, rp.proposal_lr, rp.bad_threshold = "repulse", 2.0, 0.1, 1e-2, -1.0
+    return cfg
+
+
+def test_repulse_on_ray_matches_torchrun_disaggregated_and_hybrid(toy, toy_rm, two_nodes, tmp_path):
+    """RePULSe's four models on Ray. Disaggregated: p over both nodes, q on its own pool, the
+    reference and the reward model as one replica each, 2 rollout engines that hold copies of p
+    and of q and sample both (one random stream per engine, as one per torchrun rank). Hybrid
+    engine (``--launch.colocate_all_models``): all of them on p's 2 bundles, the engines sleeping
+    while the models train. Both equal ``torchrun --nproc-per-node 2`` within the tolerance."""
+    yaml = cfg_file(repulse_cfg(toy, toy_rm, tmp_path / "torchrun"), tmp_path / "torchrun.yaml")
+    torchrun(["rl", "--config", yaml], cwd=tmp_path, timeout=400)
+    base = steps(tmp_path / "torchrun")
+    assert all("loss_ctl" in r and "q_reward" in r for r in base)
+    assert base[-1]["kl"] > 0
+
+    layouts = {
+        "disaggregated": ["--actor.num_nodes", "2", "--vllm.num_engines", "2"],
+        "hybrid": [
+            "--actor.num_gpus_per_node",
+            "2",
+            "--vllm.num_engines",
+            "2",
+            "--launch.colocate_all_models",
+        ],
+    }
+    for name, flags in layouts.items():
+        out = tmp_path / name
+        yaml = cfg_file(repulse_cfg(toy, toy_rm, out), tmp_path / f"{name}.yaml")
+        check_ok(ray_rl(["--config", yaml, *flags, "--launch.cpus_per_device", "0.5"], two_nodes, tmp_path))
+        assert_same_metrics(base, steps(out))
+        assert (out / "proposal" / "config.json").is_file()
+        roles = by_role(placement(out))
+        assert sorted(roles) == ["policy", "proposal", "ref", "reward", "rollout"]
+        assert [len(roles[k]) for k in ("policy", "proposal", "ref", "reward", "rollout")] == [2, 2, 1, 1, 2]
+        pools = {k: {r["pool"] for r in rows} for k, rows in roles.items()}
+        if name == "disaggregated":
+            assert pools == {k: {k} for k in roles}
+            assert len({r["node_id"] for r in roles["policy"]}) == 2
+        else:
+            assert pools == {k: {"policy"} for k in roles}
+            for rows in roles.values():  # rank r of every role on bundle r of the policy's pool
+                for r in rows:
+                    p = roles["policy"][r["rank"]]
+                    assert (r["bundle"], r["node_id"]) == (p["bundle"], p["node_id"])

@@ -194,10 +194,11 @@ def validate_launch(cfg: RLConfig) -> None:
                 f"--{name}.num_nodes and --{name}.num_gpus_per_node must be >= 1, got {nodes} and {per}."
             )
     actor = _shape(cfg.actor)
-    if needs_critic and _shape(cfg.critic) != actor:
+    critic = _shape(cfg.critic)
+    if needs_critic and critic[0] * critic[1] != actor[0] * actor[1]:
         raise UserError(
-            f"--critic.num_nodes x --critic.num_gpus_per_node ({_shape(cfg.critic)}) must equal the actor's "
-            f"{actor}: the critic trains on the same data-parallel shards of each step as the policy."
+            f"--critic.num_nodes x --critic.num_gpus_per_node ({critic[0]} x {critic[1]}) must give the actor's "
+            f"{actor[0]} x {actor[1]} processes: the critic trains on the same data-parallel shards of each step."
         )
     pairs = []
     if launch.colocate_actor_ref:
@@ -225,12 +226,13 @@ def validate_launch(cfg: RLConfig) -> None:
                 f"{_shape(cfg.reward)} to equal the critic's {_shape(cfg.critic)}."
             )
     if launch.colocate_all_models:
-        used = {"ref": needs_ref, "critic": needs_critic, "reward": bool(cfg.reward.model_name_or_path)}
+        used = {"ref": needs_ref, "reward": bool(cfg.reward.model_name_or_path)}
         for role, on in used.items():
-            if on and _shape(roles[role]) != actor:
+            n, p = _shape(roles[role])
+            if on and n * p > actor[0] * actor[1]:
                 raise UserError(
                     f"--launch.colocate_all_models puts every model on the policy's devices: --{role}.num_nodes x "
-                    f"--{role}.num_gpus_per_node {_shape(roles[role])} must equal the actor's {actor}."
+                    f"--{role}.num_gpus_per_node ({n} x {p}) must not exceed the actor's {actor[0]} x {actor[1]}."
                 )
         if (v.num_engines or 0) > actor[0] * actor[1]:
             raise UserError(
