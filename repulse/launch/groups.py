@@ -17,6 +17,15 @@ from typing import Any
 
 from repulse.errors import UserError
 
+ROLE_NAMES = {
+    "policy": "policy actor",
+    "proposal": "proposal actor",
+    "critic": "critic actor",
+    "ref": "reference actor",
+    "reward": "reward-model actor",
+    "rollout": "rollout engine",
+}
+
 
 class RoleFailure(UserError):
     """A role actor died or stopped answering: the run stops with one paragraph naming it."""
@@ -37,7 +46,7 @@ class Placed:
     gpu_ids: list[str]
 
     def describe(self) -> str:
-        return f"{self.role} rank {self.rank} (node {self.ip}, id {self.node_id[:12]}, pid {self.pid})"
+        return f"{ROLE_NAMES.get(self.role, self.role)} rank {self.rank} (node {self.ip}, id {self.node_id[:12]}, pid {self.pid})"
 
 
 class ActorGroup:
@@ -68,7 +77,7 @@ class ActorGroup:
     def describe(self, rank: int) -> str:
         if rank < len(self.placed):
             return self.placed[rank].describe()
-        return f"{self.role} rank {rank}"
+        return f"{ROLE_NAMES.get(self.role, self.role)} rank {rank}"
 
 
 def wait(calls: list[tuple[ActorGroup, int, Any]], what: str, timeout_s: float | None = None) -> list[Any]:

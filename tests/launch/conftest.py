@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "trainers"))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "config"))
 
 NODE_CPUS = 4  # logical CPUs per node; actors take fractions of 0.5-CPU bundles
 
@@ -55,12 +58,16 @@ def two_nodes():
             "dashboard_port": port,
         },
     )
+    # node_b gets a session directory of its own, as a second machine would: raylets sharing one
+    # would unpack a job's working directory into the same place while its driver imports from it
+    node_b_dir = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # short: Ray's socket paths have a length limit
     try:
-        cluster.add_node(num_cpus=NODE_CPUS, resources={"node_b": 1})
+        cluster.add_node(num_cpus=NODE_CPUS, resources={"node_b": 1}, temp_dir=node_b_dir)
         cluster.wait_for_nodes(timeout=120)
         yield TwoNodes(cluster, port)
     finally:
         cluster.shutdown()
+        shutil.rmtree(node_b_dir, ignore_errors=True)
         for k, v in env_keep.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -100,8 +100,10 @@ def kill_and_check(proc: subprocess.Popen, log: Path, out: Path, role: str, rank
     err = log.read_text()
     assert proc.returncode == 2, err[-3000:]
     assert elapsed < TIMEOUT_S, elapsed
-    assert f"the {role} rank {rank} (node {victim['ip']}" in err and "died" in err, err[-3000:]
-    assert "Traceback" not in err.split(f"the {role} rank")[-1], err[-3000:]
+    name = {"rollout": "rollout engine", "policy": "policy actor"}[role]
+    message = err.split("error: ")[-1]
+    assert f"the {name} rank {rank} (node {victim['ip']}, id {victim['node_id'][:12]}" in message, err[-3000:]
+    assert "died" in message and "resume with --ckpt.load_enable" in message and "Traceback" not in message
     return err
 
 
