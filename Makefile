@@ -4,7 +4,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
-EXTRAS ?= deepspeed,dev
+EXTRAS ?= deepspeed,ray,dev
 STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test lint format bench clean
