@@ -203,6 +203,8 @@ def run(cfg: RLConfig, backend: RoleBackend | None = None) -> int:
             dt = time.perf_counter() - t0
             metrics["samples_per_s"] = metrics.pop("samples") * world / dt
             metrics["time_step"] = dt
+            # reward-model inputs cut to fit so far; the mean over ranks below makes it their sum
+            metrics["reward_truncated"] = world * getattr(roles.rewards, "truncated_count", 0)
             metrics = mean_over_ranks(roles.comm, metrics)
             if "reward_min" in metrics:
                 seen = (min(seen[0], metrics["reward_min"]), max(seen[1], metrics["reward_max"]))
