@@ -23,7 +23,11 @@ BASE = [
 
 
 def cfg_of(*flags: str) -> RLConfig:
-    return parse_config("rl", RLConfig, [*BASE, "--launch.backend", "ray", *flags], validate)
+    base = BASE
+    if "--repulse.method" in flags:  # the RePULSe methods refuse the PPO family's estimator flag
+        i = base.index("--algo.advantage.estimator")
+        base = base[:i] + base[i + 2 :]
+    return parse_config("rl", RLConfig, [*base, "--launch.backend", "ray", *flags], validate)
 
 
 # --------------------------------------------------------------------------- plans

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import by_role, placement, ray_rl
 from test_rl import rl_cfg, steps
-from test_rm import cfg_file, torchrun
+from test_rm import cfg_file, metrics, torchrun
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -44,10 +44,15 @@ def check_ok(proc) -> None:
 
 def grpo_cfg(toy, out: Path):
     """GRPO (group_norm), KL 0.01 in the reward (a reference), 8 prompts x 4 samples, two optimizer
-    steps per rollout (train batch 16 of 32 rows: micro-batches per shard), 3 steps."""
+    steps per rollout (train batch 16 of 32 rows: micro-batches per shard), 3 steps; the FSDP2
+    engine (ZeRO-3 sharding over the group's world); a sampled evaluation on 8 held-out prompts
+    before the first step and every 2 steps (each shard evaluates its share, drawing from its
+    own random stream)."""
     return rl_cfg(
         toy, out, algo__advantage__estimator="group_norm", algo__kl__init_coef=0.01,
         rollout__micro_batch_size=16, train__batch_size=16, train__micro_batch_size=8, train__max_steps=3,
+        engine__backend="fsdp", engine__zero_stage=3, engine__param_dtype="fp32",
+        eval__dataset=str(toy.prompts), eval__max_samples=8, eval__steps=2,
     )  # fmt: skip
 
 
@@ -61,6 +66,8 @@ def test_grpo_on_ray_matches_torchrun_disaggregated_and_colocated(toy, two_nodes
     torchrun(["rl", "--config", yaml], cwd=tmp_path, timeout=400)
     base = steps(tmp_path / "torchrun")
     assert base[0]["kl"] == 0.0 and base[-1]["kl"] > 0  # the reference is in play
+    evals = [r for r in metrics(tmp_path / "torchrun") if "eval_reward" in r]
+    assert [r["step"] for r in evals] == [0, 2, 3]
     assert base[0]["rollout_logprob_diff"] < 1e-5  # π_old is computed: two updates per rollout
 
     dis = tmp_path / "disaggregated"
@@ -72,6 +79,7 @@ def test_grpo_on_ray_matches_torchrun_disaggregated_and_colocated(toy, two_nodes
     )  # fmt: skip
     check_ok(proc)
     assert assert_same_metrics(base, steps(dis)) > 40
+    assert_same_metrics(evals, [r for r in metrics(dis) if "eval_reward" in r])
     roles = by_role(placement(dis))
     assert sorted(roles) == ["policy", "ref", "rollout"]
     for role in ("policy", "ref"):  # 2 nodes x 1: one rank per node, each first on its node
@@ -92,6 +100,7 @@ def test_grpo_on_ray_matches_torchrun_disaggregated_and_colocated(toy, two_nodes
     )  # fmt: skip
     check_ok(proc)
     assert_same_metrics(base, steps(col))
+    assert_same_metrics(evals, [r for r in metrics(col) if "eval_reward" in r])
     roles = by_role(placement(col))
     assert sorted(roles) == ["policy", "ref"]
     for p, r in zip(roles["policy"], roles["ref"]):  # rank r of both on bundle r of one pool
@@ -106,13 +115,17 @@ def repulse_cfg(toy, rm: Path, out: Path):
     samples scored by the toy RM, 3 steps."""
     from test_rl import TEMPLATE
 
+    from repulse.config.sections import CriticSection
+
     cfg = rl_cfg(
         toy, out, reward__remote_url=None, reward__model_name_or_path=str(rm), algo__kl__init_coef=0.05,
         rollout__micro_batch_size=16, train__micro_batch_size=8, train__max_steps=3,
     )  # fmt: skip
     cfg.data.input_template = TEMPLATE
+    cfg.critic = CriticSection()  # no critic: its fields (set by rl_cfg) are refused for RePULSe
     rp = cfg.repulse
     rp.method, rp.beta, rp.alpha, rp.proposal_lr, rp.bad_threshold = "repulse", 2.0, 0.1, 1e-2, -1.0
+    rp.analytic_bad_word_calc = True  # the toy's exact P(bad) of p, before the first step and after the last
     return cfg
 
 
@@ -127,6 +140,8 @@ def test_repulse_on_ray_matches_torchrun_disaggregated_and_hybrid(toy, toy_rm, t
     base = steps(tmp_path / "torchrun")
     assert all("loss_ctl" in r and "q_reward" in r for r in base)
     assert base[-1]["kl"] > 0
+    exact = [r for r in metrics(tmp_path / "torchrun") if "p_bad_exact" in r]
+    assert [r["step"] for r in exact] == [0, 3]
 
     layouts = {
         "disaggregated": ["--actor.num_nodes", "2", "--vllm.num_engines", "2"],
@@ -143,6 +158,7 @@ def test_repulse_on_ray_matches_torchrun_disaggregated_and_hybrid(toy, toy_rm, t
         yaml = cfg_file(repulse_cfg(toy, toy_rm, out), tmp_path / f"{name}.yaml")
         check_ok(ray_rl(["--config", yaml, *flags, "--launch.cpus_per_device", "0.5"], two_nodes, tmp_path))
         assert_same_metrics(base, steps(out))
+        assert_same_metrics(exact, [r for r in metrics(out) if "p_bad_exact" in r])  # read on the controller
         assert (out / "proposal" / "config.json").is_file()
         roles = by_role(placement(out))
         assert sorted(roles) == ["policy", "proposal", "ref", "reward", "rollout"]
