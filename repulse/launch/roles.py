@@ -192,7 +192,10 @@ class RayActor(RayTrained):
         """A copy of the current weights in this process (the toy's exact evaluation reads it)."""
         if self._mirror is None:
             self._mirror = load_lm(self.cfg, self.cfg.actor.model_name_or_path, False, torch.device("cpu"))
-        self._mirror.load_state_dict(dict(self.named_weights()), strict=False)
+        state = self.group.call("rollout_weights")[0]
+        result = self._mirror.load_state_dict(state, strict=False)
+        if result.unexpected_keys:  # missing ones are tied to others (the LM head)
+            raise RuntimeError(f"the policy's weights do not fit its model: {result.unexpected_keys[:3]}")
         return self._mirror
 
 

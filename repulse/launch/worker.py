@@ -160,7 +160,12 @@ class RoleWorker:
         state = dict(self.role.named_weights())
         return state if self.rank == 0 else None
 
-    def save(self, directory: str, engines_rng: bool = False) -> None:
+    def rollout_weights(self) -> dict[str, torch.Tensor]:
+        """What a rollout engine loads: the full weights under the base model's names, LoRA merged
+        (gathered when sharded: every rank must call; rank 0's are complete)."""
+        return self.role.engine.state_for_rollout()
+
+    def save(self, directory: str) -> None:
         self.role.save(Path(directory))
         torch.save(rng_state(), Path(directory) / f"rng_{self.kind}_rank{self.rank}.pt")
 
@@ -189,9 +194,7 @@ class RoleWorker:
 
     def push(self, which: str, version: int) -> int:
         """Every rank gathers (sharded engines); rank 0 sends. Returns the bytes sent."""
-        state = self.role.engine.state_for_rollout() if hasattr(self.role, "engine") else None
-        if state is None:
-            state = dict(self.role.named_weights())
+        state = self.rollout_weights()
         return self.senders[which].push(state, version) if self.rank == 0 else 0
 
     def open_receiver(self, which: str, address: str, rank: int, size: int, backend: str) -> None:

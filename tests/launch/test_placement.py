@@ -188,3 +188,23 @@ def test_split_sizes():
     assert split_even(6, 3, "x") == [2, 2, 2]
     with pytest.raises(RuntimeError, match="7 rows cannot be split evenly over 2"):
         split_even(7, 2, "x")
+
+
+def test_an_unanswered_cluster_address_is_a_clear_error_not_a_wait():
+    """Ray retries a dead head for minutes; the address is checked first (here: a closed port)."""
+    import socket
+    import time
+
+    pytest.importorskip("ray")
+    from repulse.config.sections import LaunchSection
+    from repulse.launch.cluster import connect
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    started = time.monotonic()
+    with pytest.raises(
+        UserError, match=rf"no Ray cluster answers at 127.0.0.1:{port} \(--launch.ray_address\)"
+    ):
+        connect(LaunchSection(backend="ray", ray_address=f"127.0.0.1:{port}"))
+    assert time.monotonic() - started < 5
