@@ -133,6 +133,8 @@ def test_async_needs_ray_engines_and_the_ppo_family():
     with pytest.raises(UserError, match="needs rollout engines that hold weights of their own"):
         parse_config("rl", RLConfig, [*BASE, "--train.async_enable"], validate)
     with pytest.raises(UserError, match="needs rollout engines that hold weights of their own"):
+        parse_config("rl", RLConfig, [*BASE, "--train.async_enable", "--vllm.num_engines", "1"], validate)
+    with pytest.raises(UserError, match="needs rollout engines that hold weights of their own"):
         cfg_of("--train.async_enable")
     with pytest.raises(UserError, match="asynchronous training is for the PPO family"):
         cfg_of("--train.async_enable", "--vllm.num_engines", "1", "--repulse.method", "reinforce",
