@@ -54,6 +54,8 @@ def test_seed_ppo_ray_command_runs_under_ray_job_submit(toy, toy_rm, two_nodes, 
     assert all("value_loss" in r for r in rows if "reward" in r)  # PPO with the critic from the RM
     roles = by_role(placement(out))
     assert sorted(roles) == ["critic", "policy", "ref", "reward", "rollout"]
+    # the job joined the cluster it was submitted to ($RAY_ADDRESS), not a local one of its own
+    assert {r["node_id"] for rows in roles.values() for r in rows} <= set(two_nodes.node_ids)
     assert roles["ref"][0]["pool"] == roles["policy"][0]["pool"] == "policy"
     assert roles["reward"][0]["pool"] == roles["critic"][0]["pool"] == "critic"
     assert roles["ref"][0]["bundle"] == roles["policy"][0]["bundle"]
