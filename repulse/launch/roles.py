@@ -134,6 +134,10 @@ class RayTrained:
         chunks = [trim_prompt_padding(list(micro_batches[o : o + k])) for o, k in zip(offsets(sizes), sizes)]
         return self.group.call("train_step", [(loss, c) for c in chunks])[0]
 
+    def first_nonfinite_parameter(self) -> str | None:
+        """Collective over the group (sharded weights); every rank gives the same answer."""
+        return self.group.call("first_nonfinite_parameter")[0]
+
     def save(self, directory: Path) -> None:
         self.group.call("save", (str(directory),))
 
@@ -226,13 +230,21 @@ class RayRewards:
 
     def __init__(self, group: ActorGroup):
         self.group = group
+        self.counts = [0] * group.size  # each replica's reward-model inputs cut to fit, so far
+
+    @property
+    def truncated_count(self) -> int:
+        """Reward-model inputs cut to fit their model so far, over every replica."""
+        return sum(self.counts)
 
     def score(self, samples: Samples, items: list[dict]) -> tuple[torch.Tensor, RewardInput]:
         sizes = split_sizes(samples.sequences.shape[0], self.group.size)
         ranks = [r for r, k in enumerate(sizes) if k]
         args = [(_rows(samples, o, k), items) for o, k in zip(offsets(sizes), sizes) if k]
         parts = self.group.call("score", args, ranks=ranks)
-        texts = [t for _, t in parts]
+        for r, (_, _, count) in zip(ranks, parts):
+            self.counts[r] = count
+        texts = [t for _, t, _ in parts]
         questions = [q for t in texts for q in (t.questions or t.prompts)]
         merged = RewardInput(
             [q for t in texts for q in t.queries],
@@ -241,7 +253,7 @@ class RayRewards:
             [lab for t in texts for lab in t.labels],
             questions,
         )
-        return torch.cat([raw for raw, _ in parts]), merged
+        return torch.cat([raw for raw, _, _ in parts]), merged
 
 
 class RayBackend:

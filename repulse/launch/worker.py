@@ -26,6 +26,7 @@ import torch
 from repulse.config.sections import RLConfig
 from repulse.launch.weights import WeightReceiver, WeightSender
 from repulse.rl.rollout import HFRolloutEngine, Samples, SamplingParams
+from repulse.run.finite import FiniteGuard
 from repulse.run.rng import rng_state, seed_everything, set_rng_state
 from repulse.trainers.rl import local_roles
 
@@ -125,6 +126,8 @@ class RoleWorker:
                 )
         else:
             raise ValueError(f"unknown role kind {kind!r}")
+        if kind in {"policy", "proposal", "critic"}:  # the loss check's policy; the controller counts
+            self.role.guard = FiniteGuard.from_config(cfg.train)
         if self.shard_seed is not None:
             torch.manual_seed(self.shard_seed)
 
@@ -139,9 +142,13 @@ class RoleWorker:
     def train_step(self, loss: Any, micro_batches: list[Any]) -> tuple[dict[str, float], dict[str, float]]:
         return self.role.train_step(loss, micro_batches)
 
-    def score(self, samples: Samples, items: list[dict]) -> tuple[torch.Tensor, Any]:
+    def score(self, samples: Samples, items: list[dict]) -> tuple[torch.Tensor, Any, int]:
+        """The rewards, the texts scored, and the reward-model inputs cut to fit so far."""
         raw, texts = self.role.score(samples, items)
-        return raw.cpu(), texts
+        return raw.cpu(), texts, int(self.role.truncated_count)
+
+    def first_nonfinite_parameter(self) -> str | None:
+        return self.role.first_nonfinite_parameter()
 
     def generate(self, which: str, prompt_ids: list[list[int]], n: int, sampling: SamplingParams) -> Samples:
         engine = self.engines[which] if self.kind == "rollout" else self.role.rollout

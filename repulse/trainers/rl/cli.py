@@ -129,13 +129,7 @@ def validate_launch(cfg: RLConfig) -> None:
     """Where the roles run (``--launch.*``, the Ray placement flags) and asynchronous training."""
     from repulse.errors import warn_once
 
-    launch, train, v = cfg.launch, cfg.train, cfg.vllm
-    if launch.backend not in {"local", "ray"}:
-        raise UserError(f"--launch.backend must be local or ray, got {launch.backend!r}.")
-    if train.async_queue_size < 0:
-        raise UserError(
-            f"--train.async_queue_size must be >= 0 (0: synchronous), got {train.async_queue_size}."
-        )
+    launch, train, v = cfg.launch, cfg.train, cfg.vllm  # value ranges and choices: checked at parse time
     if train.async_enable:
         if launch.backend != "ray" or not v.num_engines:
             raise UserError(
@@ -178,23 +172,9 @@ def validate_launch(cfg: RLConfig) -> None:
             f"--vllm.tensor_parallel_size {v.tensor_parallel_size}: hf rollout engines hold a whole model "
             "each (tensor parallelism needs --rollout.backend vllm); use --vllm.num_engines for more engines."
         )
-    if v.num_engines is not None and v.num_engines < 0:
-        raise UserError(f"--vllm.num_engines must be >= 0, got {v.num_engines}.")
-    if v.sync_backend not in {"nccl", "gloo"}:
-        raise UserError(f"--vllm.sync_backend must be nccl or gloo, got {v.sync_backend!r}.")
-    if launch.device not in {"auto", "gpu", "cpu"}:
-        raise UserError(f"--launch.device must be auto, gpu or cpu, got {launch.device!r}.")
-    if launch.cpus_per_device <= 0 or launch.timeout_s <= 0:
-        raise UserError("--launch.cpus_per_device and --launch.timeout_s must be positive.")
     needs_ref = cfg.algo.kl.init_coef > 0
     needs_critic = cfg.repulse.method == "rl" and cfg.algo.advantage.estimator == "gae"
     roles = {"actor": cfg.actor, "critic": cfg.critic, "ref": cfg.ref, "reward": cfg.reward}
-    for name, section in roles.items():
-        nodes, per = _shape(section)
-        if nodes < 1 or per < 1:
-            raise UserError(
-                f"--{name}.num_nodes and --{name}.num_gpus_per_node must be >= 1, got {nodes} and {per}."
-            )
     actor = _shape(cfg.actor)
     critic = _shape(cfg.critic)
     if needs_critic and critic[0] * critic[1] != actor[0] * actor[1]:
