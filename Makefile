@@ -6,7 +6,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
-EXTRAS ?= deepspeed,dev
+EXTRAS ?= deepspeed,ray,dev
 STAMP  := $(VENV)/.installed
 VLLM_VENV  ?= .venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python

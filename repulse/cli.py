@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dpo": ("repulse.trainers.dpo:main", "DPO / IPO / cDPO"),
     "kto": ("repulse.trainers.kto:main", "KTO on unpaired data"),
     "kd": ("repulse.trainers.kd:main", "knowledge distillation"),
-    "rl": ("repulse.trainers.rl:main", "PPO, REINFORCE++, RLOO, GRPO, Dr. GRPO and RePULSe"),
+    "rl": ("repulse.launch.rl:main", "PPO, REINFORCE++, RLOO, GRPO, Dr. GRPO and RePULSe"),
     "serve-rm": ("repulse.rl.reward_server:main", "serve a reward model over HTTP"),
     "eval-tail": ("repulse.workflows.eval_tail:main", "tail-risk evaluation: P(r < eta), CVaR, exact, IS"),
     "gcg": ("repulse.workflows.gcg:main", "GCG adversarial attack: suffixes, samples, attack success"),

@@ -52,6 +52,9 @@ MODULE_TO_COMMAND: dict[str, str] = {
     "evaluate_gcg_sz": "gcg",  # the RePULSe fork's GCG evaluation
 }
 
+# the modules OpenRLHF runs under ``ray job submit``: their commands select the Ray backend
+RAY_MODULES: frozenset[str] = frozenset({"train_ppo_ray"})
+
 _OLD_PROMPT_MAX_LEN = 1024
 _OLD_GENERATE_MAX_LEN = 1024
 
@@ -335,7 +338,8 @@ def _ignored_note(ignored: dict[str, str]) -> str:
 def split_launcher(tokens: list[str]) -> tuple[str, list[str]]:
     """``deepspeed ... --module openrlhf.cli.train_X ARGS`` (or ``python -m``, ``ray job submit -- ...``).
 
-    Returns ``(our command, ARGS)``: everything after the first ``openrlhf.cli.<module>`` token.
+    Returns ``(our command, ARGS)``: everything after the first ``openrlhf.cli.<module>`` token,
+    preceded by ``--launch.backend ray`` for the Ray trainer (``train_ppo_ray``).
     """
     for i, tok in enumerate(tokens):
         if tok.startswith("openrlhf.cli."):
@@ -345,5 +349,8 @@ def split_launcher(tokens: list[str]) -> tuple[str, list[str]]:
                 raise UserError(
                     f"openrlhf.cli.{module} has no repulse counterpart to translate to (known: {known})."
                 )
-            return MODULE_TO_COMMAND[module], tokens[i + 1 :]
+            rest = tokens[i + 1 :]
+            if module in RAY_MODULES:  # given first, so that an explicit --launch.backend still wins
+                rest = ["--launch.backend", "ray", *rest]
+            return MODULE_TO_COMMAND[module], rest
     raise UserError("no 'openrlhf.cli.<module>' in the command: cannot tell which trainer it runs.")

@@ -18,7 +18,14 @@ _RESEARCH = "research-only in the RePULSe fork: diagnostics, ablations and dead 
 _PLACEMENT = "GPU placement / memory knob of OpenRLHF's Ray+DeepSpeed launcher; no effect on results here"
 _LAUNCHER = "set by the launcher (torchrun/deepspeed), not needed"
 _DEAD = "dead flag in OpenRLHF itself (removed feature)"
-_ASYNC = "asynchronous rollout pipelining is not implemented: training runs synchronously (on-policy)"
+_ASYNC = (
+    "partial rollouts (generation interrupted by a weight update) are not implemented; "
+    "--train.async_enable draws whole rollouts ahead instead"
+)
+_SLEEP = (
+    "the training engines keep their state on the device between phases; "
+    "--engine.adam_offload and --ref.offload move state to CPU"
+)
 _HEAD = "reward models load with AutoModelForSequenceClassification, which finds its own head"
 
 
@@ -201,6 +208,15 @@ _RL = _Table(
         "reward_num_nodes": ("reward.num_nodes",),
         "reward_num_gpus_per_node": ("reward.num_gpus_per_node",),
         "ref_reward_offload": ("ref.offload", "reward.offload"),
+        # placement (Ray) and asynchronous training
+        "colocate_all_models": ("launch.colocate_all_models",),
+        "colocate_actor_ref": ("launch.colocate_actor_ref",),
+        "colocate_critic_reward": ("launch.colocate_critic_reward",),
+        "train.colocate_all": ("launch.colocate_all_models",),
+        "train.colocate_actor_ref": ("launch.colocate_actor_ref",),
+        "train.colocate_critic_reward": ("launch.colocate_critic_reward",),
+        "async_train": ("train.async_enable",),
+        "async_queue_size": ("train.async_queue_size",),
         # vLLM
         "vllm_num_engines": ("vllm.num_engines",),
         "vllm_tensor_parallel_size": ("vllm.tensor_parallel_size",),
@@ -275,23 +291,13 @@ _RL = _Table(
         "heldout_prompt_split": ("eval.split",),
     },
     ignored={
-        # OpenRLHF placement and memory knobs
-        "colocate_all_models": _PLACEMENT,
-        "colocate_actor_ref": _PLACEMENT,
-        "colocate_critic_reward": _PLACEMENT,
-        "train.colocate_all": _PLACEMENT,
-        "train.colocate_actor_ref": _PLACEMENT,
-        "train.colocate_critic_reward": _PLACEMENT,
-        "deepspeed_enable_sleep": _PLACEMENT,
-        "ds.enable_sleep": _PLACEMENT,
+        # OpenRLHF memory knobs
+        "deepspeed_enable_sleep": _SLEEP,
+        "ds.enable_sleep": _SLEEP,
         "use_dynamic_batch": _PLACEMENT,
         "train.dynamic_batch_enable": _PLACEMENT,
         "train_max_tokens_per_gpu": _PLACEMENT,
         "train.max_tokens_per_gpu": _PLACEMENT,
-        "async_train": _ASYNC,
-        "train.async_enable": _ASYNC,
-        "async_queue_size": _ASYNC,
-        "train.async_queue_size": _ASYNC,
         "partial_rollout": _ASYNC,
         "train.partial_rollout_enable": _ASYNC,
         **dict.fromkeys(

@@ -25,6 +25,12 @@ def _hf(factory, help: str, **checks):  # noqa: A002
     return field(default_factory=factory, metadata={"help": help, **checks})
 
 
+def _ray(default, help: str, **checks):  # noqa: A002
+    """A placement knob read only by the Ray backend: set without ``--launch.backend ray`` it warns
+    once (``parse_config``), naming the flag."""
+    return field(default=default, metadata={"help": help, "ray_only": True, **checks})
+
+
 def _compat(default, help: str):  # noqa: A002
     """A flag the seed documents use that has no effect in this version: accepted, and a value
     other than the default warns once (``parse_config``) instead of being silently ignored."""
@@ -204,6 +210,20 @@ class TrainSection:
 
 
 @dataclass
+class RLTrainSection(TrainSection):
+    async_enable: bool = _h(
+        False,
+        "Ray: draw the rollouts of the next --train.async_queue_size steps while a step trains "
+        "(needs rollout engines of their own, --vllm.num_engines)",
+    )
+    async_queue_size: int = _h(
+        1,
+        "async: rollouts drawn ahead (k); a sample is at most k policy versions old; 0 is synchronous",
+        ge=0,
+    )
+
+
+@dataclass
 class CkptSection:
     output_dir: str = _h("./ckpt", "output directory: config, metrics, final HF model")
     path: str | None = _h(None, "checkpoint directory (default: <output_dir>/checkpoints)")
@@ -265,8 +285,10 @@ class ActorSection:
     policy_loss_type: str = _h("ppo", "ppo | gspo")
     aux_loss_coef: float = _h(0.0, "MoE aux loss", ge=0)
     freeze_visual_encoder: bool = _compat(False, "accepted for compatibility")
-    num_nodes: int = _h(1, "Ray: nodes for the actor")
-    num_gpus_per_node: int = _h(1, "Ray: GPUs per node for the actor")
+    num_nodes: int = _ray(1, "Ray: nodes of the policy's actor group", ge=1)
+    num_gpus_per_node: int = _ray(
+        1, "Ray: devices per node of the policy's group (GPUs, or CPU bundles on a CPU cluster)", ge=1
+    )
 
 
 @dataclass
@@ -278,8 +300,10 @@ class CriticSection:
     value_clip: float = _h(0.5, "value clip range", gt=0)
     freezing_steps: int = _h(-1, "train only the critic for the first N steps", ge=-1)
     save_value_network: bool = _h(False, "export the critic at the end")
-    num_nodes: int = _h(1, "Ray: nodes")
-    num_gpus_per_node: int = _h(1, "Ray: GPUs per node")
+    num_nodes: int = _ray(1, "Ray: nodes of this role's actor group", ge=1)
+    num_gpus_per_node: int = _ray(
+        1, "Ray: devices per node of this role's group (GPUs, or CPU bundles)", ge=1
+    )
 
 
 @dataclass
@@ -288,8 +312,10 @@ class RefSection:
         None, "reference model (default: the policy's start)", model_path="model"
     )
     offload: bool = _h(False, "keep the reference model on CPU")
-    num_nodes: int = _h(1, "Ray: nodes")
-    num_gpus_per_node: int = _h(1, "Ray: GPUs per node")
+    num_nodes: int = _ray(1, "Ray: nodes of this role's actor group", ge=1)
+    num_gpus_per_node: int = _ray(
+        1, "Ray: devices per node of this role's group (GPUs, or CPU bundles)", ge=1
+    )
 
 
 @dataclass
@@ -315,8 +341,10 @@ class RewardSection:
     chosen_label: int | None = _h(None, "score a classifier by this label's logit (e.g. non-toxic)")
     timeout_s: float = _h(60.0, "HTTP reward timeout per request", gt=0)
     retries: int = _h(3, "HTTP retries", ge=0)
-    num_nodes: int = _h(1, "Ray: nodes")
-    num_gpus_per_node: int = _h(1, "Ray: GPUs per node")
+    num_nodes: int = _ray(1, "Ray: nodes of this role's actor group", ge=1)
+    num_gpus_per_node: int = _ray(
+        1, "Ray: devices per node of this role's group (GPUs, or CPU bundles)", ge=1
+    )
 
 
 @dataclass
@@ -374,10 +402,11 @@ class AlgoSection:
 
 @dataclass
 class VllmSection:
-    num_engines: int | None = _compat(
+    num_engines: int | None = _ray(
         None,
-        "separate vLLM engines: accepted for compatibility; --rollout.backend vllm runs one engine "
-        "colocated in every process in this version",
+        "Ray: rollout engines in actors of their own that receive the policy's weights after every "
+        "update (unset or 0: each policy actor samples with its own engine)",
+        ge=0,
     )
     tensor_parallel_size: int = _h(
         1, "vLLM TP size (under torchrun: consecutive ranks form one engine)", ge=1
@@ -392,7 +421,9 @@ class VllmSection:
     sync_backend: str = _h(
         "nccl", "weight sync backend for engines in other processes (CPU: gloo)", choices=("nccl", "gloo")
     )
-    sync_with_ray: bool = _h(False, "sync weights through Ray")
+    sync_with_ray: bool = _compat(
+        False, "weights travel over a torch.distributed group of their own (--vllm.sync_backend)"
+    )
     sync_bucket_mb: float = _h(64.0, "weight sync: most MiB per bucket", gt=0)
     sync_timeout_s: float = _h(600.0, "weight sync: timeout of every collective, seconds", gt=0)
 
@@ -423,6 +454,41 @@ class RepulseSection:
     fit_steps: int = _h(1, "toy: outer repeats of fit with an exact evaluation after each", ge=1)
 
 
+@dataclass
+class LaunchSection:
+    backend: str = _h(
+        "local",
+        "where the RL roles run: local (this process; one copy per torchrun rank) | ray (actor groups "
+        "on a Ray cluster driven by one controller)",
+        choices=("local", "ray"),
+    )
+    ray_address: str | None = _ray(
+        None, "Ray cluster to join (default: $RAY_ADDRESS, else a local cluster is started)"
+    )
+    colocate_actor_ref: bool = _ray(False, "Ray: the policy and the reference share bundles")
+    colocate_critic_reward: bool = _ray(False, "Ray: the critic and the reward models share bundles")
+    colocate_all_models: bool = _ray(
+        False,
+        "Ray hybrid engine: every model and the rollout engines share the policy's bundles; the "
+        "engines sleep while the models train and wake before the weight sync",
+    )
+    device: str = _ray(
+        "auto",
+        "Ray: what a bundle holds: gpu (one GPU) | cpu (CPUs only) | auto (gpu if the cluster has GPUs)",
+        choices=("auto", "gpu", "cpu"),
+    )
+    cpus_per_device: float = _ray(
+        1.0, "Ray: CPUs per bundle (fractions allowed, e.g. 0.5 on CPU clusters)", gt=0
+    )
+    local_num_cpus: int | None = _ray(None, "Ray: CPUs of the local cluster started when none is given", ge=1)
+    timeout_s: float = _ray(
+        1800.0,
+        "Ray: longest wait for any call to a role (and for a collective): a dead or stuck actor fails "
+        "the run within this time",
+        gt=0,
+    )
+
+
 # --------------------------------------------------------------------------- roots
 
 
@@ -451,6 +517,7 @@ class OfflineConfig(CommonConfig):
 
 @dataclass
 class RLConfig(CommonConfig):
+    train: RLTrainSection = _hf(RLTrainSection, "batching, episodes, seed, asynchronous rollouts")
     actor: ActorSection = _hf(ActorSection, "policy")
     critic: CriticSection = _hf(CriticSection, "value model (gae)")
     ref: RefSection = _hf(RefSection, "reference model")
@@ -459,6 +526,7 @@ class RLConfig(CommonConfig):
     algo: AlgoSection = _hf(AlgoSection, "advantages and KL")
     vllm: VllmSection = _hf(VllmSection, "vLLM rollout engine")
     repulse: RepulseSection = _hf(RepulseSection, "RePULSe and its baselines")
+    launch: LaunchSection = _hf(LaunchSection, "where the roles run: this process or a Ray cluster")
 
 
 @dataclass
