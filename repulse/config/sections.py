@@ -651,6 +651,17 @@ class ScoreConfig:
 
 
 @dataclass
+class ChatDataSection:
+    input_template: str | None = _h(
+        None, "format string with one {} for each user turn, e.g. 'User: {}\\nAssistant: '"
+    )
+    apply_chat_template: bool = _h(False, "render the conversation with the tokenizer's chat template")
+    tokenizer_chat_template: str | None = _h(
+        None, "override the tokenizer's chat template (jinja string or file)"
+    )
+
+
+@dataclass
 class ChatSection:
     system_prompt: str | None = _h(
         None, "a system message that opens every conversation (chat template only)"
@@ -663,9 +674,7 @@ class ChatConfig:
     """``repulse chat``: talk to a model; with a reward model, each reply's score."""
 
     model: PolicySection = _hf(PolicySection, "the model to talk to")
-    data: PromptDataSection = _hf(
-        PromptDataSection, "prompt rendering (input_template or apply_chat_template)"
-    )
+    data: ChatDataSection = _hf(ChatDataSection, "prompt rendering (input_template or apply_chat_template)")
     rollout: GenerationSection = _hf(
         lambda: GenerationSection(max_new_tokens=256, micro_batch_size=1), "sampling"
     )

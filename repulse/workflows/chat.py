@@ -23,28 +23,15 @@ import sys
 from typing import Any, TextIO
 
 from repulse.config import parse_config
-from repulse.config.sections import ChatConfig, PromptDataSection
+from repulse.config.sections import ChatConfig
 from repulse.data.templates import check_input_template
 from repulse.errors import UserError
 from repulse.workflows.inference import check_sampling, has_reward, refuse_rl_only_reward_fields
-
-# PromptDataSection fields that pick prompts from a data set: a chat reads them from stdin instead.
-_DATASET_FIELDS = (
-    "dataset", "dataset_probs", "dataset_split", "max_samples", "seed", "input_key", "prompt_max_len", "iter",
-    "rollout_batch_size",
-)  # fmt: skip
 
 
 def validate(cfg: ChatConfig) -> None:
     if not cfg.model.model_name_or_path:
         raise UserError("--model.model_name_or_path (seed: --pretrain) is required: the model to talk to.")
-    default = PromptDataSection()
-    for name in _DATASET_FIELDS:
-        if getattr(cfg.data, name) != getattr(default, name):
-            raise UserError(
-                f"--data.{name} selects prompts from a data set (repulse generate); repulse chat reads its "
-                "prompts from the terminal. Remove it."
-            )
     check_input_template(cfg.data.input_template)
     if cfg.data.input_template and cfg.data.apply_chat_template:
         raise UserError(
