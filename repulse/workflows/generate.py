@@ -201,6 +201,24 @@ def output_row(item: dict, input_key: str, response: str) -> dict:
     return {"input": item["text"], "output": response, **extra}
 
 
+def check_length(policy: str, longest_prompt: int, max_new_tokens: int) -> None:
+    """Prompt + response must fit the positions the model reads (else decoding fails mid-run)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(policy)
+    except (OSError, ValueError):
+        return  # the model loader reports an unreadable model with its own message
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limit = getattr(text, "max_position_embeddings", None)
+    if isinstance(limit, int) and longest_prompt + max_new_tokens > limit:
+        raise UserError(
+            f"the longest prompt has {longest_prompt} tokens and --rollout.max_new_tokens (seed: --max_new_tokens) "
+            f"is {max_new_tokens}: together more than the {limit} positions {policy} reads. Lower "
+            "--rollout.max_new_tokens, or drop long prompts with --data.prompt_max_len."
+        )
+
+
 def chunk_seed(seed: int, iter_: int, k: int) -> int:
     """The sampling seed of chunk ``k``: a 31-bit hash of (seed, iter, k)."""
     import hashlib
@@ -232,6 +250,7 @@ def run(cfg: GenerateConfig) -> int:
     policy = cfg.model.model_name_or_path
     tok = load_tokenizer(policy, chat_template=cfg.data.tokenizer_chat_template, padding_side="left")
     prompts = load_prompts(cfg.data, tok)
+    check_length(policy, max(len(it["ids"]) for it in prompts), cfg.rollout.max_new_tokens)
     n = cfg.rollout.n_samples_per_prompt
     per_chunk = max(1, cfg.rollout.micro_batch_size // n)
     chunks = [prompts[s : s + per_chunk] for s in range(0, len(prompts), per_chunk)]
