@@ -1,0 +1,45 @@
+"""The workflow recipes parse with their command's config and pass its checks (their runs are the
+pipeline tests, which read these very files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from repulse.config import parse_config
+from repulse.workflows.pipeline import KINDS, validate_for
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "workflows"
+PIPELINES = {
+    "rejection_sampling": "rejection-sampling",
+    "iterative_dpo": "iterative-dpo",
+    "conditional_sft": "csft",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_pipeline_recipe_parses_and_validates(name, capsys):
+    kind = PIPELINES[name]
+    path = RECIPES / f"{name}.yaml"
+    assert f"repulse pipeline {kind} --config recipes/workflows/{name}.yaml" in path.read_text()
+    cfg = parse_config(f"pipeline {kind}", KINDS[kind].root, ["--config", str(path)], validate_for(kind))
+    assert cfg.pipeline.output_dir == f"runs/recipes/workflows/{name}"
+    assert cfg.pipeline.policy == "runs/recipes/workflows/start_policy"
+
+
+@pytest.mark.parametrize(("name", "command"), [("start_policy", "sft"), ("reward_model", "rm")])
+def test_model_recipes_parse(name, command):
+    from repulse.config.sections import OfflineConfig
+    from repulse.trainers import rm, sft
+
+    path = RECIPES / f"{name}.yaml"
+    assert f"repulse {command} --config recipes/workflows/{name}.yaml" in path.read_text()
+    cfg = parse_config(
+        command, OfflineConfig, ["--config", str(path)], {"sft": sft, "rm": rm}[command].validate
+    )
+    assert cfg.ckpt.output_dir == f"runs/recipes/workflows/{name}"
+
+
+def test_every_workflow_recipe_is_tested():
+    assert {p.stem for p in RECIPES.glob("*.yaml")} == set(PIPELINES) | {"start_policy", "reward_model"}
