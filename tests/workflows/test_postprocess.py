@@ -42,7 +42,10 @@ def test_rejection_sampling_keeps_the_best_per_prompt_first_on_ties():
 
 
 def test_iterative_dpo_pairs_best_and_worst():
-    rows = _rows(("a", "a1", 0.1), ("a", "a2", 0.9), ("a", "a3", -0.5), ("b", "b1", 2.0), ("b", "b2", 3.0))
+    rows = _rows(
+        ("a", "a1", 0.1), ("a", "a2", 0.9), ("a", "a3", -0.5), ("b", "b1", 2.0), ("b", "b2", 3.0),
+        ("a", "a4", -0.5), ("b", "b3", 3.0),  # ties: the first best and the first worst win
+    )  # fmt: skip
     pairs = iterative_dpo(rows)
     assert pairs == [
         {"label": "a-label", "prompt": "a", "chosen": "a2", "chosen_reward": 0.9, "rejected": "a3",

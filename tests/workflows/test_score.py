@@ -179,7 +179,7 @@ def test_a_file_without_the_output_key_is_one_paragraph(tmp_path, func_file, cap
     assert (
         "row 1 (" in msg and "prompts.jsonl, line 1) has no key 'output'" in msg and "'input', 'label'" in msg
     )
-    assert "--data.output_key" in msg
+    assert "Score a repulse generate output" in msg and "--data.output_key none" in msg
     assert not (tmp_path / "o").exists()
 
 
