@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from repulse.config.schema import build, help_text, split_flags, to_yaml
+from repulse.config.schema import build, check_model_paths, check_values, help_text, split_flags, to_yaml
 from repulse.errors import UserError, warn_once
 
 
@@ -23,8 +23,10 @@ def parse_config(
     """Parse ``argv`` for ``repulse <command>``; returns the config, or None when --help/--dry-run printed.
 
     Order: legacy translation (seed-document flags -> ours), defaults, ``--config``
-    files in order, flags; then ``validate`` (impossible combinations fail here, with
-    the flag named, never later).
+    files in order, flags; then every value against its field's allowed values
+    (``check_values``), then ``validate`` (impossible combinations fail here, with the
+    flag named, never later), then - unless ``--dry-run`` - the model paths
+    (``check_model_paths``: a local-looking path is never sent to the Hub).
     """
     from repulse.config.legacy import translate_argv
 
@@ -54,6 +56,7 @@ def parse_config(
             rest.append(tok)
         i += 1
     cfg = build(root_cls, yaml_files, split_flags(rest))
+    check_values(cfg)
     refuse_unused_model_fields(cfg, command)
     warn_no_effect(cfg)
     if validate is not None:
@@ -61,6 +64,7 @@ def parse_config(
     if dry_run:
         sys.stdout.write(to_yaml(cfg))
         return None
+    check_model_paths(cfg)  # not for --dry-run: a recipe may name a model that is yet to be trained
     return cfg
 
 

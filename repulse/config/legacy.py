@@ -194,13 +194,17 @@ def _rollout_is_rule(ctx: _Ctx, out: _Out) -> None:
         return
     out.consumed |= set(_ROLLOUT_IS_FLAGS)
     on = ctx.has("enable_vllm_is_correction", "algo.advantage.is_correction_enable", "use_icepop")
+    if not on:  # OpenRLHF reads the type and the band only with the switch on
+        for name in _ROLLOUT_IS_FLAGS:
+            if ctx.has(name):
+                out.ignore(name, "no effect without --enable_vllm_is_correction (OpenRLHF's switch)")
+        return
     kind = ctx.one("vllm_is_correction_type", "algo.advantage.is_correction_type")
-    if ctx.has("use_icepop"):
-        kind = "icepop"
-    if on:
-        out.emit("algo.rollout_is.mode", kind or "tis")
+    out.emit("algo.rollout_is.mode", "icepop" if ctx.has("use_icepop") else kind or "tis")
     band = ctx.get("vllm_is_truncated_threshold", "algo.advantage.is_correction_threshold")
-    if band is not None:
+    if band == []:  # no values: the parser says what the flag needs
+        out.emit("algo.rollout_is.low")
+    elif band is not None:
         if len(band) != 2:
             raise UserError(
                 f"--vllm_is_truncated_threshold takes two numbers (low high), got {' '.join(band)!r}."
@@ -303,7 +307,10 @@ def translate_argv(argv: list[str], command: str) -> tuple[list[str], list[str]]
         elif hit[0] == "unsupported":
             unsupported[f.name] = hit[1]
         else:
-            dests = hit[1]
+            dests = tuple(d for d in hit[1] if not d.startswith(tuple(out.absent_roles)))
+            if not dests:
+                out.ignore(f.name, "the role it configures is not part of this method")
+                continue
             new += _emit_renamed(f, dests)
             renamed[f.name] = " ".join("--" + d.partition("=")[0] + _const_suffix(d) for d in dests)
     if unsupported:
