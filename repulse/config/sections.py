@@ -559,7 +559,9 @@ class GcgConfig:
 
 @dataclass
 class PolicySection:
-    model_name_or_path: str | None = _h(None, "the model that generates: an HF model directory or Hub name")
+    model_name_or_path: str | None = _h(
+        None, "the model that generates: an HF model directory or Hub name", model_path="model+tokenizer"
+    )
 
 
 @dataclass
@@ -578,28 +580,37 @@ class PromptDataSection:
         None, "override the tokenizer's chat template (jinja string or file)"
     )
     prompt_max_len: int | None = _h(
-        None, "prompts longer than this many tokens are dropped (and counted in a warning); none: no cap"
+        None,
+        "prompts longer than this many tokens are dropped (and counted in a warning); none: no cap",
+        ge=1,
     )
-    iter: int = _h(0, "which slice of the prompts: [iter*rollout_batch_size, (iter+1)*rollout_batch_size)")
-    rollout_batch_size: int = _h(-1, "prompts per slice (--data.iter); -1: all prompts")
+    iter: int = _h(
+        0, "which slice of the prompts: [iter*rollout_batch_size, (iter+1)*rollout_batch_size)", ge=0
+    )
+    rollout_batch_size: int = _h(-1, "prompts per slice (--data.iter); -1: all prompts", ge=1, also=(-1,))
 
 
 @dataclass
 class GenerationSection:
-    backend: str = _h("hf", "rollout engine: hf (our KV-cached sampler) | vllm")
-    n_samples_per_prompt: int = _h(1, "responses per prompt (seed: --best_of_n)")
+    backend: str = _h("hf", "rollout engine: hf (our KV-cached sampler) | vllm", choices=("hf", "vllm"))
+    n_samples_per_prompt: int = _h(1, "responses per prompt (seed: --best_of_n)", ge=1)
     greedy: bool = _h(False, "greedy decoding (argmax); temperature, top_p and top_k are then unused")
-    temperature: float = _h(1.0, "sampling temperature (0: greedy)")
-    top_p: float = _h(1.0, "nucleus sampling: keep the smallest set of tokens with this much mass")
-    top_k: int = _h(0, "keep the k most likely tokens (0 or -1: off)")
-    repetition_penalty: float = _h(
-        1.0, "divide positive (multiply negative) logits of tokens already in prompt or response by this"
+    temperature: float = _h(1.0, "sampling temperature (0: greedy)", ge=0)
+    top_p: float = _h(
+        1.0, "nucleus sampling: keep the smallest set of tokens with this much mass", gt=0, le=1
     )
-    max_new_tokens: int = _h(1024, "max response tokens")
+    top_k: int = _h(0, "keep the k most likely tokens (0 or -1: off)", ge=0, also=(-1,))
+    repetition_penalty: float = _h(
+        1.0,
+        "divide positive (multiply negative) logits of tokens already in prompt or response by this",
+        gt=0,
+    )
+    max_new_tokens: int = _h(1024, "max response tokens", ge=1)
     micro_batch_size: int = _h(
         16,
         "rows (prompts x n) per generate call, and the unit a resumed run keeps; with vllm make it "
         "large: vLLM batches within a call up to --vllm.max_num_seqs",
+        ge=1,
     )
     seed: int = _h(42, "sampling seed: each call draws from a stream of (seed, iter, call index)")
 
@@ -614,10 +625,10 @@ class InferEngineSection:
 
 @dataclass
 class InferVllmSection:
-    tensor_parallel_size: int = _h(1, "vLLM tensor-parallel size (seed: --tp_size)")
+    tensor_parallel_size: int = _h(1, "vLLM tensor-parallel size (seed: --tp_size)", ge=1)
     enable_prefix_caching: bool = _h(False, "vLLM automatic prefix caching")
-    max_num_seqs: int | None = _h(None, "vLLM: most sequences in one batch (default: vLLM's)")
-    gpu_memory_utilization: float = _h(0.9, "vLLM: fraction of GPU memory it may take")
+    max_num_seqs: int | None = _h(None, "vLLM: most sequences in one batch (default: vLLM's)", ge=1)
+    gpu_memory_utilization: float = _h(0.9, "vLLM: fraction of GPU memory it may take", gt=0, le=1)
     enforce_eager: bool = _h(False, "vLLM: no CUDA graphs")
 
 
@@ -627,12 +638,13 @@ class ScoreSection:
         "none",
         "none (every row with its reward) | rs (the best response per prompt) | iter_dpo (best and worst "
         "response per prompt as chosen/rejected) | csft (the reward written into the input, --score.reward_template)",
+        choices=("none", "rs", "iter_dpo", "csft"),
     )
     reward_template: str = _h(
         "{input} <rm_score>: {reward} ",
         "csft: the new input; {input} is the input, {reward} the reward with two decimals",
     )
-    micro_batch_size: int = _h(16, "rows per reward forward, and the unit a resumed run keeps")
+    micro_batch_size: int = _h(16, "rows per reward forward, and the unit a resumed run keeps", ge=1)
 
 
 @dataclass
@@ -708,7 +720,7 @@ class ChatSection:
     system_prompt: str | None = _h(
         None, "a system message that opens every conversation (chat template only)"
     )
-    max_len: int = _h(2048, "prompt budget in tokens: the oldest turns are dropped to fit")
+    max_len: int = _h(2048, "prompt budget in tokens: the oldest turns are dropped to fit", ge=1)
 
 
 @dataclass
@@ -731,11 +743,17 @@ class ChatConfig:
 @dataclass
 class PipelineSection:
     output_dir: str = _h("./pipeline", "everything the pipeline writes: iter_<i>/ stages, iter.log, state")
-    policy: str | None = _h(None, "the starting policy (an SFT model): iteration 0 generates with it")
-    reference: str | None = _h(
-        None, "iterative DPO: the reference model of every iteration (default: policy)"
+    policy: str | None = _h(
+        None,
+        "the starting policy (an SFT model): iteration 0 generates with it",
+        model_path="model+tokenizer",
     )
-    iterations: int = _h(1, "iterations of generate -> score -> train (raise it to continue a finished run)")
+    reference: str | None = _h(
+        None, "iterative DPO: the reference model of every iteration (default: policy)", model_path="model"
+    )
+    iterations: int = _h(
+        1, "iterations of generate -> score -> train (raise it to continue a finished run)", ge=1
+    )
 
 
 @dataclass

@@ -39,8 +39,6 @@ def validate(cfg: ChatConfig) -> None:
         )
     if cfg.chat.system_prompt and not cfg.data.apply_chat_template:
         raise UserError("--chat.system_prompt is a chat message: it needs --data.apply_chat_template.")
-    if cfg.chat.max_len < 1:
-        raise UserError(f"--chat.max_len must be >= 1, got {cfg.chat.max_len}.")
     if cfg.rollout.backend != "hf":
         raise UserError("repulse chat runs on the hf backend (--rollout.backend hf).")
     if cfg.rollout.n_samples_per_prompt != 1:

@@ -42,8 +42,6 @@ def check_post_processing(cfg: Any, n_per_prompt: int | None, command: str) -> N
     """``--score.*`` checks shared by generate (n known) and score (n read from the file later)."""
     s = cfg.score
     check_post_processor(s.post_processor)
-    if s.micro_batch_size < 1:
-        raise UserError(f"--score.micro_batch_size must be >= 1, got {s.micro_batch_size}.")
     if s.post_processor == "csft":
         check_reward_template(s.reward_template)
     elif s.reward_template != DEFAULT_REWARD_TEMPLATE:
@@ -82,8 +80,6 @@ def validate(cfg: GenerateConfig) -> None:
         raise UserError("--output.path (seed: --output_path) is required: the JSON-lines file to write.")
     check_slice_flags(cfg.data)
     check_input_template(cfg.data.input_template)
-    if cfg.data.prompt_max_len is not None and cfg.data.prompt_max_len < 1:
-        raise UserError(f"--data.prompt_max_len must be >= 1 (or none), got {cfg.data.prompt_max_len}.")
     check_sampling(cfg.rollout)
     check_vllm_flags(cfg.vllm, cfg.rollout.backend)
     if (
@@ -103,13 +99,6 @@ def validate(cfg: GenerateConfig) -> None:
 
 
 def check_slice_flags(data: Any) -> None:
-    if data.iter < 0:
-        raise UserError(f"--data.iter must be >= 0, got {data.iter}.")
-    if data.rollout_batch_size == 0 or data.rollout_batch_size < -1:
-        raise UserError(
-            f"--data.rollout_batch_size (seed: --rollout_batch_size) must be >= 1, or -1 for all prompts; "
-            f"got {data.rollout_batch_size}."
-        )
     if data.iter > 0 and data.rollout_batch_size == -1:
         raise UserError(
             f"--data.iter {data.iter} selects the slice [iter*R, (iter+1)*R) of the prompts, so it needs "

@@ -104,6 +104,7 @@ _TRAIN_OWNED = {
     "ckpt.output_dir": "--pipeline.output_dir (iter_<i>/model)",
     "ckpt.path": "--pipeline.output_dir (iter_<i>/model/checkpoints)",
     "ckpt.load_enable": "the pipeline (a killed training stage resumes from its last checkpoint)",
+    "ckpt.overwrite": "the pipeline (a killed training stage without a checkpoint starts over)",
 }
 _SFT_OWNED = {**_TRAIN_OWNED, "data.input_key": _BY_PIPELINE, "data.output_key": _BY_PIPELINE}
 _DPO_OWNED = {
@@ -150,8 +151,6 @@ def validate_for(kind: str) -> Callable[[Any], None]:
             raise UserError(
                 "--pipeline.policy is required: the starting policy (e.g. an SFT model directory)."
             )
-        if p.iterations < 1:
-            raise UserError(f"--pipeline.iterations must be >= 1, got {p.iterations}.")
         if kind == "csft" and p.iterations != 1:
             raise UserError(
                 "repulse pipeline csft runs once (score, then SFT): --pipeline.iterations must be 1."
@@ -206,7 +205,7 @@ def stage_configs(cfg: Any, kind: str, i: int, policy: str) -> dict[str, Any]:
     train.data.input_template = None
     train.data.apply_chat_template = False
     train.ckpt.output_dir = str(out / "model")
-    train.ckpt.load_enable = True
+    train.ckpt.load_enable, train.ckpt.overwrite = resume_or_start_over(train.ckpt)
     if k.trainer == "sft":
         train.data.input_key, train.data.output_key = "input", "output"
     else:
@@ -214,6 +213,18 @@ def stage_configs(cfg: Any, kind: str, i: int, policy: str) -> dict[str, Any]:
         train.data.prompt_key, train.data.chosen_key, train.data.rejected_key = "prompt", "chosen", "rejected"
     configs[k.trainer] = train
     return configs
+
+
+def resume_or_start_over(ckpt: Any) -> tuple[bool, bool]:
+    """``(load_enable, overwrite)`` of a training stage: resume from its newest finished checkpoint
+    when it has one (a killed stage), else start over in its directory (which then holds at most
+    the partial outputs of a killed stage that saved no checkpoint)."""
+    from repulse.run.checkpoints import Checkpoints
+
+    has_checkpoint = (
+        Checkpoints(Path(ckpt.path or Path(ckpt.output_dir) / "checkpoints"), 1, 0).latest() is not None
+    )
+    return has_checkpoint, not has_checkpoint
 
 
 def main(argv: list[str]) -> int:

@@ -200,7 +200,7 @@ def test_iter_dpo_with_one_response_per_prompt_is_one_paragraph(toy, tmp_path, c
         (["--reward.model_name_or_path", "x", "--reward.clip_range", "-1", "1"], "shapes rewards during RL"),
         (["--score.reward_template", "{input}{reward}"], "csft only"),
         (["--data.iter", "2"], "needs --data.rollout_batch_size"),
-        (["--rollout.top_p", "0"], "--rollout.top_p must be in (0, 1]"),
+        (["--rollout.top_p", "0"], "--rollout.top_p must be > 0 and <= 1"),
         (["--rollout.max_new_tokens", "600"], "positions"),
     ],
 )

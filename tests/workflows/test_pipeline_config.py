@@ -44,7 +44,7 @@ def rs_config(toy, tmp_path, workflow_recipe) -> Path:
         (["--sft.ckpt.load_enable"], "resumes from its last checkpoint"),
         (["--pipeline.reference", "ref"], "used by repulse pipeline iterative-dpo only"),
         (["--dpo.model.beta", "0.2"], "unknown option --dpo.model.beta"),
-        (["--generate.rollout.top_p", "2"], "--rollout.top_p must be in (0, 1]"),
+        (["--generate.rollout.top_p", "2"], "--generate.rollout.top_p must be > 0 and <= 1"),
         (["--sft.model.beta", "0.2"], "--model.beta is read by repulse dpo and repulse kto only"),
     ],
 )
@@ -89,7 +89,14 @@ def test_stages_are_connected_by_the_pipeline(rs_config):
     assert stages["sft"].data.dataset == stages["score"].output.path == str(out / "iter_1" / "rs.jsonl")
     assert stages["sft"].ckpt.output_dir == str(out / "iter_1" / "model")
     assert (stages["sft"].data.input_key, stages["sft"].data.output_key) == ("input", "output")
-    assert stages["sft"].data.input_template is None and stages["sft"].ckpt.load_enable
+    assert stages["sft"].data.input_template is None
+    # a new stage starts over; a killed one with a finished checkpoint resumes from it
+    assert (stages["sft"].ckpt.load_enable, stages["sft"].ckpt.overwrite) == (False, True)
+    step = out / "iter_1" / "model" / "checkpoints" / "step_2"
+    step.mkdir(parents=True)
+    (step / "trainer.json").write_text('{"step": 2}')
+    again = stage_configs(cfg, "rejection-sampling", 1, str(out / "iter_0" / "model"))["sft"]
+    assert (again.ckpt.load_enable, again.ckpt.overwrite) == (True, False)
 
 
 def test_a_changed_config_is_refused_but_more_iterations_are_not(rs_config):
