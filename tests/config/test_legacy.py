@@ -155,9 +155,13 @@ def test_seed_values_are_preserved(seed):
             else:
                 assert f"--{name}" in ignored_notes(notes)[0], name
             continue
+        method = dict(out_groups).get("repulse.method", ["rl"])[0]
         for dest in dests:
             dest_name, eq, const = dest.partition("=")
             expected = (dest_name, [const] if eq else values)
+            if method != "rl" and dest_name.startswith("critic."):  # the REINFORCE family has no critic
+                assert expected not in out_groups, f"--{name} reached the critic of a {method} run"
+                continue
             assert expected in out_groups, f"--{name} {values} lost in translation"
 
 
@@ -267,7 +271,7 @@ def test_toy_repulse_command():
     _, _, new, notes = translate_seed("toy_kl0_repulse")
     d = as_dict(new)
     assert d["repulse.method"] == ["repulse"]
-    assert d["algo.advantage.estimator"] == ["rloo"]
+    assert "algo.advantage.estimator" not in d  # the REINFORCE family's L_r is RLOO by construction
     assert d["repulse.beta"] == ["10"]  # --target_dist_beta -10: sign flipped
     assert d["repulse.alpha"] == ["0.01"]
     assert d["repulse.proposal_lr"] == ["3e-4"]  # --actor_learning_rate is q's lr here
@@ -284,7 +288,7 @@ def test_toy_repulse_command():
     assert d["engine.param_dtype"] == ["fp32"]  # no --bf16 in the fork meant fp32
     assert d["ckpt.save_steps"] == ["-1"]  # --save_steps_harmless
     assert "critic.adam.lr" not in d and "actor.optim.lr_scheduler" in d
-    assert d["actor.adam.betas"] == ["0.9", "0.999"] == d["critic.adam.betas"]
+    assert d["actor.adam.betas"] == ["0.9", "0.999"] and "critic.adam.betas" not in d  # no critic here
     assert any("sign flipped" in n for n in notes)
 
 
@@ -319,7 +323,7 @@ def test_reward_transform_command():
     assert d["repulse.reward_transform"] == ["minus_alpha_exp_beta_r"]
     assert d["repulse.transform_a"] == ["0.3"]  # --alpha is the default transform a
     assert d["repulse.transform_b"] == ["0.5"]  # --target_dist_beta -0.5, flipped
-    assert d["algo.advantage.estimator"] == ["rloo"]
+    assert "algo.advantage.estimator" not in d
     assert "repulse.beta" not in d and "repulse.proposal_lr" not in d
     (note,) = ignored_notes(notes)
     assert "--actor_learning_rate" in note and "--critic_learning_rate" in note
@@ -486,7 +490,7 @@ def test_reward_transform_explicit_parameters_win():
 def test_user_flags_in_our_names_win_over_derived_ones():
     new, _ = translate_argv(["--target_dist_beta", "-10", "--do_harmlessness_training",
                              "--harmlessness_training_loss_type", "neg_training", "--actor_loss_type", "ctl",
-                             "--repulse.beta", "3"], "rl")  # fmt: skip
+                             "--reinforce_baseline_type", "expectation", "--repulse.beta", "3"], "rl")  # fmt: skip
     assert as_dict(new)["repulse.beta"] == ["3"]  # the parser keeps the last occurrence
 
 
