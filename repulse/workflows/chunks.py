@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from repulse.engine.dist import barrier
 from repulse.errors import UserError, warn_once
+from repulse.run.start import on_rank0
 
 
 def fingerprint(*parts: Any) -> str:
@@ -84,37 +84,42 @@ class ChunkStore:
         return self.parts / f"chunk_{k:06d}.jsonl"
 
     def prepare(self) -> list[int]:
-        """Make the parts directory (rank 0) and return the chunks still to do (every rank, same list)."""
-        if self.rank == 0:
-            try:
-                self.output.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise UserError(
-                    f"{self.flag} {self.output}: cannot create its directory ({exc.strerror})."
-                ) from None
-            manifest = self.parts / "manifest.json"
-            if self.parts.is_dir():
-                old = json.loads(manifest.read_text()) if manifest.is_file() else {}
-                if old.get("key") != self.key or old.get("n_chunks") != self.n_chunks:
-                    warn_once(
-                        f"stale_parts:{self.parts}",
-                        f"{self.parts} holds parts of a run with other inputs; they are removed and the "
-                        "output is made from the start.",
-                    )
-                    shutil.rmtree(self.parts)
-                else:
-                    done = sum(1 for k in range(self.n_chunks) if self._chunk(k).is_file())
-                    if done:
-                        print(
-                            f"[repulse] resuming {self.output}: {done} of {self.n_chunks} chunks are done",
-                            flush=True,
-                        )
-            self.parts.mkdir(parents=True, exist_ok=True)
-            tmp = self.parts / ".manifest.tmp"
-            tmp.write_text(json.dumps({"key": self.key, "n_chunks": self.n_chunks}))
-            tmp.replace(manifest)
-        barrier()
+        """Make the parts directory (rank 0) and return the chunks still to do (every rank, same list).
+
+        An error on rank 0 (an unwritable directory) is raised on every rank, so none waits for it.
+        """
+        on_rank0(self._make_parts)
         return [k for k in range(self.n_chunks) if not self._chunk(k).is_file()]
+
+    def _make_parts(self) -> None:
+        """Rank 0: the parts directory, emptied of parts made from other inputs, and the manifest."""
+        try:
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(
+                f"{self.flag} {self.output}: cannot create its directory ({exc.strerror})."
+            ) from None
+        manifest = self.parts / "manifest.json"
+        if self.parts.is_dir():
+            old = json.loads(manifest.read_text()) if manifest.is_file() else {}
+            if old.get("key") != self.key or old.get("n_chunks") != self.n_chunks:
+                warn_once(
+                    f"stale_parts:{self.parts}",
+                    f"{self.parts} holds parts of a run with other inputs; they are removed and the "
+                    "output is made from the start.",
+                )
+                shutil.rmtree(self.parts)
+            else:
+                done = sum(1 for k in range(self.n_chunks) if self._chunk(k).is_file())
+                if done:
+                    print(
+                        f"[repulse] resuming {self.output}: {done} of {self.n_chunks} chunks are done",
+                        flush=True,
+                    )
+        self.parts.mkdir(parents=True, exist_ok=True)
+        tmp = self.parts / ".manifest.tmp"
+        tmp.write_text(json.dumps({"key": self.key, "n_chunks": self.n_chunks}))
+        tmp.replace(manifest)
 
     def mine(self, pending: list[int]) -> list[int | None]:
         """This rank's share of ``pending`` (round-robin), padded with None so every rank makes the

@@ -224,6 +224,7 @@ def run(cfg: GenerateConfig) -> int:
 
     from repulse.engine.dist import barrier, init_distributed
     from repulse.models.loading import load_tokenizer
+    from repulse.run.start import on_rank0
     from repulse.workflows.chunks import ChunkStore, fingerprint, model_identity
     from repulse.workflows.inference import (
         Scorer,
@@ -276,8 +277,9 @@ def run(cfg: GenerateConfig) -> int:
                 for row, r in zip(rows, rewards):
                     row["reward"] = r
             store.write(k, rows)
-    barrier()
-    if rank == 0:
+    barrier()  # every chunk is written
+
+    def assemble() -> None:  # rank 0; an error there (e.g. iter_dpo finds no pair) stops every rank
         rows = store.read_all([len(c) * n for c in chunks])
         if has_reward(cfg.reward):
             stats = summary(rows)
@@ -294,5 +296,6 @@ def run(cfg: GenerateConfig) -> int:
         if has_reward(cfg.reward):
             line += f"; mean reward {stats['reward_mean']:.4g}"
         print(line, flush=True)
-    barrier()
+
+    on_rank0(assemble)
     return 0

@@ -139,6 +139,7 @@ def run(cfg: ScoreConfig) -> int:
     from repulse.data.sources import load_mixture
     from repulse.engine.dist import barrier, init_distributed
     from repulse.models.loading import load_tokenizer
+    from repulse.run.start import on_rank0
     from repulse.workflows.chunks import ChunkStore, fingerprint, model_identity
     from repulse.workflows.inference import Scorer
     from repulse.workflows.postprocess import post_process, summary
@@ -193,8 +194,9 @@ def run(cfg: ScoreConfig) -> int:
                     for r, x in zip(chunk, rewards)
                 ],
             )
-    barrier()
-    if rank == 0:
+    barrier()  # every chunk is written
+
+    def assemble() -> None:  # rank 0; an error there (e.g. iter_dpo finds no pair) stops every rank
         scored = store.read_all([len(c) for c in chunks])
         stats = summary(scored)
         out = post_process(
@@ -210,5 +212,6 @@ def run(cfg: ScoreConfig) -> int:
             f"({cfg.score.post_processor}) in {cfg.output.path} ({time.perf_counter() - t0:.1f} s)",
             flush=True,
         )
-    barrier()
+
+    on_rank0(assemble)
     return 0

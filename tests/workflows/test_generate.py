@@ -215,3 +215,23 @@ def test_flags_without_effect_or_out_of_range_are_refused(toy, tmp_path, capsys,
         str(tmp_path / "o"),
     ]
     assert needle in _error(capsys, [*base, *flags])
+
+
+def test_a_chat_rendered_output_trains_on_the_prompt_tokens_it_was_generated_from(toy, tmp_path):
+    """SFT on a generate output (the rejection-sampling stage) sees each prompt's tokens exactly as the
+    sampler did: one BOS, even though the chat-rendered input text starts with it."""
+    from repulse.config.sections import DataSection
+    from repulse.data.sft import SFTDataset
+    from repulse.models.loading import load_tokenizer
+    from repulse.workflows.generate import load_prompts
+
+    cfg = _cfg(toy, tmp_path / "chat.jsonl", max_new_tokens=4)
+    cfg.data.input_template, cfg.data.apply_chat_template, cfg.data.rollout_batch_size = None, True, 4
+    generate.run(cfg)
+    tok = load_tokenizer(str(toy.llama))
+    sampled = [it["ids"] for it in load_prompts(cfg.data, tok)]
+    rows = _rows(tmp_path / "chat.jsonl")
+    assert rows[0]["input"].startswith(tok.bos_token)
+    data = SFTDataset(rows, tok, DataSection(input_key="input", output_key="output", max_len=512))
+    for item, ids in zip(data, sampled):
+        assert item["input_ids"][: len(ids)] == ids and item["loss_mask"][len(ids) - 1] == 0
