@@ -27,6 +27,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "toy": ("repulse.toy.cli:main", "build the tiny local tokenizer, models and data sets"),
     "lora-merge": ("repulse.models.merge_cli:main", "merge a LoRA adapter into its base model"),
     "demo": ("repulse.workflows.demo:main", "the RePULSe toy experiment end to end"),
+    "generate": ("repulse.workflows.generate:main", "batch generation: n responses per prompt to a jsonl"),
+    "score": ("repulse.workflows.score:main", "reward a jsonl; rs / iter_dpo / csft post-processing"),
+    "pipeline": (
+        "repulse.workflows.pipeline:main",
+        "rejection-sampling | iterative-dpo | csft as one resumable command",
+    ),
+    "chat": ("repulse.workflows.chat:main", "interactive chat with a model (and its reward)"),
 }
 
 

@@ -628,3 +628,246 @@ class GcgConfig:
         "output directory of gcg_summary.json (default: the policy's run directory when it is one, so "
         "`repulse plot` pairs the attack with the run, else ./gcg_eval)",
     )
+
+
+# --------------------------------------------------------------------------- batch generation and scoring
+#
+# ``repulse generate`` / ``score`` / ``chat`` / ``pipeline`` read only what is declared here: a section
+# holds no field the command would ignore (a flag of another command is an unknown option).
+
+
+@dataclass
+class PolicySection:
+    model_name_or_path: str | None = _h(
+        None, "the model that generates: an HF model directory or Hub name", model_path="model+tokenizer"
+    )
+
+
+@dataclass
+class PromptDataSection:
+    dataset: str | None = _h(None, "prompts: file(s), dir, json@dir, saved dataset or Hub name; comma list")
+    dataset_probs: str | None = _h(None, "mixing probabilities, comma list, one per dataset")
+    dataset_split: str = _h("train", "split to read")
+    max_samples: int = _h(100_000_000, "cap on rows read per dataset")
+    seed: int = _h(42, "seed of the mixing order of several datasets (--data.dataset_probs)")
+    input_key: str = _h("input", "key of the prompt (text, or chat messages with apply_chat_template)")
+    input_template: str | None = _h(
+        None, "format string with one {} for the prompt, e.g. 'User: {}\\nAssistant: '"
+    )
+    apply_chat_template: bool = _h(False, "render the prompt with the tokenizer's chat template")
+    tokenizer_chat_template: str | None = _h(
+        None, "override the tokenizer's chat template (jinja string or file)"
+    )
+    prompt_max_len: int | None = _h(
+        None,
+        "prompts longer than this many tokens are dropped (and counted in a warning); none: no cap",
+        ge=1,
+    )
+    iter: int = _h(
+        0, "which slice of the prompts: [iter*rollout_batch_size, (iter+1)*rollout_batch_size)", ge=0
+    )
+    rollout_batch_size: int = _h(-1, "prompts per slice (--data.iter); -1: all prompts", ge=1, also=(-1,))
+
+
+@dataclass
+class GenerationSection:
+    backend: str = _h("hf", "rollout engine: hf (our KV-cached sampler) | vllm", choices=("hf", "vllm"))
+    n_samples_per_prompt: int = _h(1, "responses per prompt (seed: --best_of_n)", ge=1)
+    greedy: bool = _h(False, "greedy decoding (argmax); temperature, top_p and top_k are then unused")
+    temperature: float = _h(1.0, "sampling temperature (0: greedy)", ge=0)
+    top_p: float = _h(
+        1.0, "nucleus sampling: keep the smallest set of tokens with this much mass", gt=0, le=1
+    )
+    top_k: int = _h(0, "keep the k most likely tokens (0 or -1: off)", ge=0, also=(-1,))
+    repetition_penalty: float = _h(
+        1.0,
+        "divide positive (multiply negative) logits of tokens already in prompt or response by this",
+        gt=0,
+    )
+    max_new_tokens: int = _h(1024, "max response tokens", ge=1)
+    micro_batch_size: int = _h(
+        16,
+        "rows (prompts x n) per generate call, and the unit a resumed run keeps; with vllm make it "
+        "large: vLLM batches within a call up to --vllm.max_num_seqs",
+        ge=1,
+    )
+    seed: int = _h(42, "sampling seed: each call draws from a stream of (seed, iter, call index)")
+
+
+@dataclass
+class InferEngineSection:
+    param_dtype: str = _h("auto", "auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
+    attn_implementation: str = _h(
+        "sdpa", "eager | sdpa | flash_attention_2 (falls back to sdpa without CUDA)"
+    )
+
+
+@dataclass
+class InferVllmSection:
+    tensor_parallel_size: int = _h(1, "vLLM tensor-parallel size (seed: --tp_size)", ge=1)
+    enable_prefix_caching: bool = _h(False, "vLLM automatic prefix caching")
+    max_num_seqs: int | None = _h(None, "vLLM: most sequences in one batch (default: vLLM's)", ge=1)
+    gpu_memory_utilization: float = _h(0.9, "vLLM: fraction of GPU memory it may take", gt=0, le=1)
+    enforce_eager: bool = _h(False, "vLLM: no CUDA graphs")
+
+
+@dataclass
+class ScoreSection:
+    post_processor: str = _h(
+        "none",
+        "none (every row with its reward) | rs (the best response per prompt) | iter_dpo (best and worst "
+        "response per prompt as chosen/rejected) | csft (the reward written into the input, --score.reward_template)",
+        choices=("none", "rs", "iter_dpo", "csft"),
+    )
+    reward_template: str = _h(
+        "{input} <rm_score>: {reward} ",
+        "csft: the new input; {input} is the input, {reward} the reward with two decimals",
+    )
+    micro_batch_size: int = _h(16, "rows per reward forward, and the unit a resumed run keeps", ge=1)
+
+
+@dataclass
+class OutputSection:
+    path: str | None = _h(None, "the output JSON-lines file (written atomically; a killed run resumes)")
+
+
+@dataclass
+class ScoredDataSection:
+    dataset: str | None = _h(
+        None, "rows to score: file(s), dir, json@dir, saved dataset or Hub name; comma list"
+    )
+    dataset_probs: str | None = _h(None, "mixing probabilities, comma list, one per dataset")
+    dataset_split: str = _h("train", "split to read")
+    max_samples: int = _h(100_000_000, "cap on rows read per dataset")
+    seed: int = _h(42, "seed of the mixing order of several datasets (--data.dataset_probs)")
+    input_key: str = _h("input", "key of the prompt (the rendered prompt in a repulse generate output)")
+    output_key: str | None = _h(
+        "output",
+        "key of the response; none: the input is a conversation whose last assistant turn is the "
+        "response (needs apply_chat_template)",
+    )
+    label_key: str | None = _h(None, "key of a label passed to reward functions and servers")
+    input_template: str | None = _h(
+        None, "render a raw input with this format string first (one {}), e.g. 'User: {}\\nAssistant: '"
+    )
+    apply_chat_template: bool = _h(
+        False, "inputs are chat messages: render them with the chat template of --data.tokenizer"
+    )
+    tokenizer: str | None = _h(
+        None, "tokenizer whose chat template renders conversations (default: the first reward model's)"
+    )
+    tokenizer_chat_template: str | None = _h(None, "override that tokenizer's chat template")
+
+
+@dataclass
+class GenerateConfig:
+    """``repulse generate``: responses to prompts, optionally scored in the same pass."""
+
+    model: PolicySection = _hf(PolicySection, "the policy")
+    data: PromptDataSection = _hf(PromptDataSection, "the prompts")
+    rollout: GenerationSection = _hf(GenerationSection, "sampling")
+    engine: InferEngineSection = _hf(InferEngineSection, "dtype / attention of the hf backend")
+    vllm: InferVllmSection = _hf(InferVllmSection, "the vllm backend")
+    reward: RewardSection = _hf(RewardSection, "optional: score each response in the same pass")
+    score: ScoreSection = _hf(ScoreSection, "post-processing of the scored responses")
+    output: OutputSection = _hf(OutputSection, "where the rows go")
+
+
+@dataclass
+class ScoreConfig:
+    """``repulse score``: rewards for (input, output) rows, then a post-processor."""
+
+    data: ScoredDataSection = _hf(ScoredDataSection, "the rows to score")
+    reward: RewardSection = _hf(RewardSection, "reward sources")
+    score: ScoreSection = _hf(ScoreSection, "post-processing")
+    output: OutputSection = _hf(OutputSection, "where the rows go")
+
+
+@dataclass
+class ChatDataSection:
+    input_template: str | None = _h(
+        None, "format string with one {} for each user turn, e.g. 'User: {}\\nAssistant: '"
+    )
+    apply_chat_template: bool = _h(False, "render the conversation with the tokenizer's chat template")
+    tokenizer_chat_template: str | None = _h(
+        None, "override the tokenizer's chat template (jinja string or file)"
+    )
+
+
+@dataclass
+class ChatSection:
+    system_prompt: str | None = _h(
+        None, "a system message that opens every conversation (chat template only)"
+    )
+    max_len: int = _h(2048, "prompt budget in tokens: the oldest turns are dropped to fit", ge=1)
+
+
+@dataclass
+class ChatConfig:
+    """``repulse chat``: talk to a model; with a reward model, each reply's score."""
+
+    model: PolicySection = _hf(PolicySection, "the model to talk to")
+    data: ChatDataSection = _hf(ChatDataSection, "prompt rendering (input_template or apply_chat_template)")
+    rollout: GenerationSection = _hf(
+        lambda: GenerationSection(max_new_tokens=256, micro_batch_size=1), "sampling"
+    )
+    engine: InferEngineSection = _hf(InferEngineSection, "dtype / attention")
+    reward: RewardSection = _hf(RewardSection, "optional: print the reward of each reply")
+    chat: ChatSection = _hf(ChatSection, "conversation")
+
+
+# --------------------------------------------------------------------------- iterative workflows
+
+
+@dataclass
+class PipelineSection:
+    output_dir: str = _h("./pipeline", "everything the pipeline writes: iter_<i>/ stages, iter.log, state")
+    policy: str | None = _h(
+        None,
+        "the starting policy (an SFT model): iteration 0 generates with it",
+        model_path="model+tokenizer",
+    )
+    reference: str | None = _h(
+        None, "iterative DPO: the reference model of every iteration (default: policy)", model_path="model"
+    )
+    iterations: int = _h(
+        1, "iterations of generate -> score -> train (raise it to continue a finished run)", ge=1
+    )
+
+
+@dataclass
+class RejectionSamplingConfig:
+    """``repulse pipeline rejection-sampling``: generate best-of-n, keep the best (rs), SFT on it."""
+
+    pipeline: PipelineSection = _hf(PipelineSection, "the loop")
+    generate: GenerateConfig = _hf(GenerateConfig, "the generate stage (repulse generate options)")
+    score: ScoreConfig = _hf(ScoreConfig, "the score stage (repulse score options)")
+    sft: OfflineConfig = _hf(
+        lambda: OfflineConfig(data=DataSection(input_key="input", output_key="output")),
+        "the SFT stage (repulse sft options)",
+    )
+
+
+@dataclass
+class IterativeDPOConfig:
+    """``repulse pipeline iterative-dpo``: generate n, best/worst pairs (iter_dpo), DPO on them."""
+
+    pipeline: PipelineSection = _hf(PipelineSection, "the loop")
+    generate: GenerateConfig = _hf(
+        lambda: GenerateConfig(rollout=GenerationSection(n_samples_per_prompt=2)), "the generate stage"
+    )
+    score: ScoreConfig = _hf(ScoreConfig, "the score stage")
+    dpo: OfflineConfig = _hf(
+        lambda: OfflineConfig(data=DataSection(prompt_key="prompt")), "the DPO stage (repulse dpo options)"
+    )
+
+
+@dataclass
+class ConditionalSFTConfig:
+    """``repulse pipeline csft``: score a data set, write each reward into its input, SFT on it."""
+
+    pipeline: PipelineSection = _hf(PipelineSection, "the run (one iteration)")
+    score: ScoreConfig = _hf(ScoreConfig, "the score stage")
+    sft: OfflineConfig = _hf(
+        lambda: OfflineConfig(data=DataSection(input_key="input", output_key="output")), "the SFT stage"
+    )
