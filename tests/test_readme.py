@@ -274,11 +274,13 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen, command: str, timeout: float = 180.0) -> None:
+def _wait_for_port(
+    port: int, proc: subprocess.Popen, command: str, log: Path, timeout: float = 180.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
+            out = log.read_text()
             pytest.fail(f"{command!r} exited ({proc.returncode}) before port {port} answered:\n{out[-3000:]}")
         if _port_open(port):
             return
@@ -319,12 +321,17 @@ def test_readme_commands_run(workdir):
                     f"port {port} is taken: README.md:{c.line} cannot start its server"
                 )
                 full = " ".join([command, *bounds_for(command)])
-                proc = subprocess.Popen(
-                    ["bash", "-c", f"exec {full}"], cwd=cwd, env=env, text=True,
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                )  # fmt: skip
+                log_path = cwd / f"background_{len(background)}.log"
+                with open(log_path, "w") as log_file:  # a file, not a pipe nobody reads: it never fills
+                    proc = subprocess.Popen(
+                        ["bash", "-c", f"exec {full}"],
+                        cwd=cwd,
+                        env=env,
+                        stdout=log_file,
+                        stderr=subprocess.STDOUT,
+                    )
                 background.append(proc)
-                _wait_for_port(port, proc, command)
+                _wait_for_port(port, proc, command, log_path)
                 continue
             full = " ".join([command, *(shlex.quote(f) for f in bounds_for(command))])
             start = time.monotonic()
