@@ -100,7 +100,7 @@ OUTPUTS = {
     "repulse pipeline rejection-sampling": "runs/recipes/workflows/rejection_sampling/iter.log",
 }
 
-TIMEOUT_S = 300
+TIMEOUT_S = 600  # per command: DeepSpeed under torchrun once took 262 s on the loaded machine
 
 
 @dataclass
