@@ -48,7 +48,7 @@ NOT_RUN = {
     "python -m venv .venv": "GPU install: creates a venv and installs CUDA torch from the network",
     "pip install torch": "GPU install: the CUDA build of torch (make install is the CPU install)",
     'pip install -c constraints.txt -e ".[deepspeed]"': "GPU install (make install installs these extras here)",
-    'pip install -c constraints.txt -e ".[vllm]"': "the CUDA vLLM wheel: GPU only (CPU: make install-vllm)",
+    'pip install -e ".[vllm]"': "the CUDA vLLM wheel: GPU only (CPU: make install-vllm)",
     "make install-vllm": "builds .venv-vllm (about 6 minutes); make test builds it and runs the vLLM tests",
     "VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/python -m repulse generate": (
         "needs .venv-vllm from make install-vllm; tests/rl/vllm_backend runs the vllm backend there"
