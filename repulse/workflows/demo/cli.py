@@ -1,0 +1,145 @@
+"""``repulse demo``: the RePULSe toy experiment (paper §4.2 and App. E.1) end to end, from nothing.
+
+1. build the toy world: a word-level tokenizer, a tiny GPT-2 pretrained on text in which bad
+   completions of "This man is a" are rare, a reward model (``repulse rm``), and the reward of
+   every possible two-token response; η (a bad output is reward < η) is set from that table;
+2. run REINFORCE (RLOO), reward-transformed REINFORCE, the p-proposal ablation and RePULSe, each
+   at 4 hyper-parameter settings x the seeds, without and with a KL penalty (``repulse rl``
+   in-process, 2 worker processes of one thread);
+3. evaluate every final policy (and proposal) exactly: P(bad), average reward, KL, entropy, share
+   of well-formed outputs;
+4. write ``report.md`` (every number and verdict rendered from the runs), ``summary.json``
+   (per-seed values, the sweep, and the claims the report makes), ``readme.md`` (a paragraph
+   for the README), curves and frontiers as PNG and PDF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import time
+from pathlib import Path
+
+from repulse.errors import UserError
+from repulse.toy import demo_corpus as corpus
+
+DEFAULT_SEEDS = (1, 2, 3, 4, 5)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message} (see '{self.prog} --help').")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="repulse demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS), metavar="SEED",
+        help="the RL seeds, each run for every method and setting (default: 1 2 3 4 5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--rarity", type=float, default=corpus.DEFAULT_RARITY,
+        help=f"share of the pretraining sentences '<subject> is a ...' that end in a bad completion "
+        f"(default {corpus.DEFAULT_RARITY:g}); the LM's starting P(bad) follows it and is reported",
+    )  # fmt: skip
+    p.add_argument(
+        "--quick", action="store_true",
+        help="a small world, short runs and only each method's headline setting (for tests; not the experiment)",
+    )  # fmt: skip
+    p.add_argument("--workers", type=int, default=2, help="RL runs at a time, one thread each (default 2)")
+    p.add_argument(
+        "--resume", action="store_true",
+        help="reuse the world and the finished runs already in --out when their recorded specs match",
+    )  # fmt: skip
+    p.add_argument(
+        "--claims-from", metavar="SUMMARY", default=None,
+        help="also check the claims of another demo's summary.json against this run's seeds (report section)",
+    )  # fmt: skip
+    return p
+
+
+def _check(args: argparse.Namespace) -> None:
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UserError(f"--seeds {' '.join(map(str, args.seeds))}: each seed once.")
+    if len(args.seeds) < 2:
+        raise UserError("--seeds: at least 2 seeds (the report's confidence intervals are over seeds).")
+    if not 0.0 <= args.rarity < 0.5:
+        raise UserError(f"--rarity {args.rarity:g}: must be in [0, 0.5).")
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers}: must be at least 1.")
+    if args.claims_from and not Path(args.claims_from).is_file():
+        raise UserError(f"--claims-from {args.claims_from}: no such file.")
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    _check(args)
+    from repulse.workflows.demo.report import summarise_world, write_outputs
+    from repulse.workflows.demo.runner import Job, run_all
+    from repulse.workflows.demo.sweep import all_runs, settings
+    from repulse.workflows.demo.world import WorldSpec, build_world
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def log(msg: str) -> None:
+        print(f"[demo {_clock(time.perf_counter() - t0)}] {msg}", flush=True)
+
+    spec = WorldSpec.quick(args.rarity) if args.quick else WorldSpec(rarity=args.rarity)
+    log(f"1/3 the toy world (rarity {args.rarity:g}): tokenizer, LM, reward model, reward table")
+    world = build_world(out, spec, log=log, reuse=args.resume)
+    facts = summarise_world(world)
+    sets = settings(args.quick)
+    n = next(iter(sets.values())).samples_per_step
+    log(
+        f"   P(bad) of the pretrained LM {facts['p0_bad']:.2e} (x {n} samples per step = {facts['p0_bad'] * n:.3f}); "
+        f"eta {world.eta:.2f}; {facts['n_responses']:,} responses scored"
+    )
+    specs = all_runs(sets, args.seeds, only_headline=args.quick)
+    world_paths = {
+        "lm": str(world.lm), "rm": str(world.rm), "prompt_file": str(world.prompt_file),
+        "table_file": str(world.table_file),
+    }  # fmt: skip
+    jobs = [
+        Job(
+            s,
+            sets[s.setting],
+            str(out / "runs" / s.name),
+            world_paths,
+            world.eta,
+            tuple(world.bad_words),
+            facts["fingerprint"],
+        )
+        for s in specs
+    ]
+    log(
+        f"2/3 RL: {len(jobs)} runs ({len(sets)} settings x 4 methods x "
+        f"{'1' if args.quick else '4'} hyper-parameter settings x {len(args.seeds)} seeds), {args.workers} at a time"
+    )
+
+    def line(job, s) -> str:
+        extra = f"  q P(bad) {s['q_p_bad']:.2e}" if "q_p_bad" in s else ""
+        return f"P(bad) {s['p_bad']:.2e}  reward {s['avg_reward']:.2f}  well-formed {s['nondegenerate']:.3f}{extra}"
+
+    results = run_all(jobs, args.workers, args.resume, log, line)
+    log("3/3 report: summary.json, report.md, readme.md, figures")
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    timing = {"wall_seconds": time.perf_counter() - t0, "cpu_seconds": cpu}
+    other = json.loads(Path(args.claims_from).read_text()) if args.claims_from else None
+    paths = write_outputs(out, world, facts, sets, args, jobs, results, timing, other)
+    timing["wall_seconds"] = time.perf_counter() - t0
+    log(f"done in {_clock(timing['wall_seconds'])} (CPU {timing['cpu_seconds']:.0f} s): {paths['report']}")
+    return 0
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(math.floor(seconds)))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
