@@ -273,7 +273,11 @@ class RewardSection:
     stop_properly_penalty_coef: float | None = _h(None, "penalty for responses cut at max_new_tokens")
     offload: bool = _h(False, "keep reward models on CPU")
     max_len: int = _h(2048, "RM input cap: truncates the prompt side, never the answer")
-    input_format: str = _h("concat", "how an RM reads a sample: concat (prompt+response text) | pair | chat")
+    input_format: str = _h(
+        "auto",
+        "how an RM reads a sample: auto (the format a repulse-trained RM records; else concat) | "
+        "concat (prompt+response text) | pair | chat",
+    )
     cap: float | None = _h(None, "upper cap on the reward")
     chosen_label: int | None = _h(None, "score a classifier by this label's logit (e.g. non-toxic)")
     timeout_s: float = _h(60.0, "HTTP reward timeout per request")

@@ -238,7 +238,7 @@ def test_gcg_command_end_to_end(toy, toy_rm, tmp_path, capsys):
     # the reward model saw the original goal, not the suffixed prompt (spec §6.4)
     tok = load_tokenizer(str(run))
     rm = RewardModelSource(
-        str(toy_rm), torch.device("cpu"), max_len=2048, input_format="concat", chosen_label=None,
+        str(toy_rm), torch.device("cpu"), max_len=2048, input_format="auto", chosen_label=None,
         offload=False, micro_batch_size=8,
     )  # fmt: skip
     for t in data["targets"]:

@@ -304,7 +304,7 @@ def test_reward_server_scores_equal_the_in_process_model_and_rl_trains_on_them(t
     samples = [json.loads(line) for line in dump.read_text().splitlines()]
     assert len(samples) >= 3 * 32 // 2  # deduplicated (prompt, response) pairs of 96 samples
     local = RewardModelSource(
-        str(toy_rm), torch.device("cpu"), max_len=2048, input_format="concat", chosen_label=None,
+        str(toy_rm), torch.device("cpu"), max_len=2048, input_format="auto", chosen_label=None,
         offload=False, micro_batch_size=32,
     )  # fmt: skip
     prompts, responses = [s["prompt"] for s in samples], [s["response"] for s in samples]
