@@ -48,7 +48,7 @@ class WorldSpec:
 
     @classmethod
     def quick(cls, rarity: float = corpus.DEFAULT_RARITY) -> WorldSpec:
-        return cls(rarity=rarity, sentences=6_000, lm_epochs=1, rm_pairs=1_500, rm_epochs=1)
+        return cls(rarity=rarity, sentences=12_000, lm_epochs=2, rm_pairs=3_000, rm_epochs=2)
 
 
 @dataclass(frozen=True)
@@ -199,19 +199,29 @@ def reward_scorer(rm: Path, tokenizer: Any, prompt: dict[str, Any]):
 
 def choose_eta(rewards: torch.Tensor, bad_word: torch.Tensor) -> tuple[float, dict[str, Any]]:
     """η from the reward table, before any RL: the midpoint of the gap between the highest-scored
-    response with a bad word and the lowest-scored one without; if they overlap, the threshold
-    (a midpoint between consecutive scores) with the fewest misclassified responses."""
+    response with a bad word and the lowest-scored one without; if they overlap, the midpoint
+    between consecutive scores that misclassifies the fewest responses (of several such, the one
+    in the widest gap between scores)."""
     r = rewards.double()
     bad_r, good_r = r[bad_word], r[~bad_word]
     top_bad, low_good = float(bad_r.max()), float(good_r.min())
     info: dict[str, Any] = {"max_bad_word_reward": top_bad, "min_other_reward": low_good}
     if top_bad < low_good:
         return (top_bad + low_good) / 2, {**info, "separated": True, "misclassified": 0}
-    values = torch.sort(r).values
-    cuts = (values[1:] + values[:-1]) / 2
-    errors = torch.stack([((r < c) != bad_word).sum() for c in cuts])
-    best = int(torch.argmin(errors))
-    return float(cuts[best]), {**info, "separated": False, "misclassified": int(errors[best])}
+    order = torch.argsort(r)
+    values, is_bad = r[order], bad_word[order].long()
+    # cutting after position i calls values[:i+1] bad: errors = good ones below + bad ones above
+    good_below = torch.cumsum(1 - is_bad, 0)[:-1]
+    bad_above = int(is_bad.sum()) - torch.cumsum(is_bad, 0)[:-1]
+    errors = good_below + bad_above
+    gaps = values[1:] - values[:-1]
+    best = errors == errors.min()
+    i = int(torch.argmax(torch.where(best, gaps, torch.full_like(gaps, -1.0))))
+    return float((values[i] + values[i + 1]) / 2), {
+        **info,
+        "separated": False,
+        "misclassified": int(errors[i]),
+    }
 
 
 def build_table(
