@@ -79,6 +79,10 @@ def _check(args: argparse.Namespace) -> None:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     _check(args)
+    import torch
+
+    # one thread: two OpenMP threads per process on a shared 2-core machine spin and slow every step
+    torch.set_num_threads(1)
     from repulse.workflows.demo.report import summarise_world, write_outputs
     from repulse.workflows.demo.runner import Job, run_all
     from repulse.workflows.demo.sweep import all_runs, settings
@@ -132,7 +136,13 @@ def main(argv: list[str]) -> int:
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-    timing = {"wall_seconds": time.perf_counter() - t0, "cpu_seconds": cpu}
+    reused = sum(1 for r in results.values() if r.get("reused"))
+    timing = {
+        "wall_seconds": time.perf_counter() - t0,
+        "cpu_seconds": cpu,
+        "reused_runs": reused,
+        "run_cpu_seconds": sum(r.get("cpu_seconds", 0.0) for r in results.values()),
+    }
     other = json.loads(Path(args.claims_from).read_text()) if args.claims_from else None
     paths = write_outputs(out, world, facts, sets, args, jobs, results, timing, other)
     timing["wall_seconds"] = time.perf_counter() - t0

@@ -301,43 +301,44 @@ def _label(method: str, hp: dict) -> str:
     return f"{_name(method)} ({hp_label(method, hp)})"
 
 
-def frontier_verdicts(points: dict[str, list[Any]], sweep: dict[str, list[dict]]) -> list[str]:
-    """Where each baseline's frontier stands against RePULSe's settings: a baseline frontier point is
-    *beaten* when some RePULSe setting has a mean average reward at least as high and a P(bad)
-    interval entirely below the point's; the reverse is reported too."""
-    from repulse.report.frontier import non_dominated
+def _point(sweep: dict[str, list[dict]], method: str, hp: dict) -> dict:
+    return next(e for e in sweep[method] if e["hp"] == hp)
 
-    def pts(method: str) -> list[tuple[Any, Interval, Interval]]:
-        return [
-            (e["hp"], interval(e["p_bad"], "p_bad"), interval(e["avg_reward"], "avg_reward"))
-            for e in sweep[method]
-        ]
 
-    rep = pts("repulse")
+def _pr(entry: dict) -> str:
+    p, r = interval(entry["p_bad"], "p_bad"), interval(entry["avg_reward"], "avg_reward")
+    nd = interval(entry["nondegenerate"], "nondegenerate").centre
+    return f"P(bad) {fp(p.centre)}, reward {r.centre:.2f}, well-formed {nd:.2f}"
+
+
+def claim_text(c: dict) -> str:
+    """A claim in words."""
+    if "lower_hp" in c:
+        return (
+            f"{c['setting']}: {_name(c['lower'])} ({hp_label(c['lower'], c['lower_hp'])}) beats {_name(c['than'])} "
+            f"({hp_label(c['than'], c['than_hp'])}): lower P(bad), CIs separated, at least its mean reward"
+        )
+    what = "P(bad)" if c["metric"] == "p_bad" else "average reward"
+    return f"{c['setting']}: {_name(c['lower'])} has lower {what} ({c['metric']}) than {_name(c['than'])} (headline settings)"
+
+
+def frontier_verdicts(setting: str, sweep: dict[str, list[dict]], claims: list[dict]) -> list[str]:
+    """The frontier claims of ``setting`` in words: for each RePULSe setting, the baseline settings it
+    beats on both axes (P(bad) intervals separated, mean reward at least as high) and those it does
+    not; then the baseline settings that beat a RePULSe setting."""
+    mine = [c for c in claims if c["setting"] == setting and "lower_hp" in c]
     lines = []
-    for base in BASELINES:
-        mine = pts(base)
-        front = non_dominated([(r.centre, p.centre) for _, p, r in mine])
-        beaten = []
-        for j in front:
-            hp, p, r = mine[j]
-            if any(rr.centre >= r.centre and rp.below(p) for _, rp, rr in rep):
-                beaten.append(j)
-        rest = [j for j in front if j not in beaten]
-        text = f"- {_name(base)}: {len(beaten)} of its {len(front)} frontier setting(s) beaten by a RePULSe setting"
-        if rest:
-            text += "; not beaten: " + ", ".join(
-                f"{hp_label(base, mine[j][0])} (P(bad) {fp(mine[j][1].centre)}, reward {mine[j][2].centre:.2f})"
-                for j in rest
+    n_base = sum(len(sweep[b]) for b in BASELINES)
+    for r in sweep["repulse"]:
+        won = [c for c in mine if c["lower"] == "repulse" and c["lower_hp"] == r["hp"]]
+        per = ", ".join(f"{_name(b)} {sum(c['than'] == b for c in won)}/{len(sweep[b])}" for b in BASELINES)
+        text = f"- RePULSe ({hp_label('repulse', r['hp'])}; {_pr(r)}) beats {len(won)} of the {n_base} baseline settings ({per})"
+        lost = [c for c in mine if c["than"] == "repulse" and c["than_hp"] == r["hp"]]
+        if lost:
+            text += "; it is beaten by " + ", ".join(
+                f"{_name(c['lower'])} ({hp_label(c['lower'], c['lower_hp'])}; {_pr(_point(sweep, c['lower'], c['lower_hp']))})"
+                for c in lost
             )
-        rfront = non_dominated([(r.centre, p.centre) for _, p, r in rep])
-        rev = [
-            j
-            for j in rfront
-            if any(br.centre >= rep[j][2].centre and bp.below(rep[j][1]) for _, bp, br in mine)
-        ]
-        if rev:
-            text += "; it beats RePULSe's " + ", ".join(hp_label("repulse", rep[j][0]) for j in rev)
         lines.append(text + ".")
     return lines
 
@@ -584,6 +585,35 @@ def importance_sentence(rep: dict[str, Any], seeds: list[int]) -> str:
     )
 
 
+def _frontier_overall(setting: str, block: dict[str, Any], claims: list[dict]) -> str:
+    """One sentence on the sweep: how many baseline settings the best RePULSe setting beats on both axes."""
+    mine = [c for c in claims if c["setting"] == setting and "lower_hp" in c]
+    sweep = block["sweep"]
+    n_base = sum(len(sweep[b]) for b in BASELINES)
+    wins = {
+        json.dumps(r["hp"]): [c for c in mine if c["lower"] == "repulse" and c["lower_hp"] == r["hp"]]
+        for r in sweep["repulse"]
+    }
+    best = max(sweep["repulse"], key=lambda r: len(wins[json.dumps(r["hp"])]))
+    won = wins[json.dumps(best["hp"])]
+    losses = [c for c in mine if c["than"] == "repulse"]
+    text = (
+        f"Over the sweep, the RePULSe setting that beats most baseline settings on both axes ({hp_label('repulse', best['hp'])}: "
+        f"{_pr(best)}) beats {len(won)} of {n_base}"
+    )
+    if won:
+        best_b, base_best = min(
+            ((b, e) for b in BASELINES for e in sweep[b]),
+            key=lambda be: interval(be[1]["p_bad"], "p_bad").centre,
+        )
+        text += (
+            f" (the lowest baseline P(bad) anywhere in the sweep: {_name(best_b)} ({hp_label(best_b, base_best['hp'])}; "
+            f"{_pr(base_best)}))"
+        )
+    text += f"; {len(losses)} comparison(s) go the other way (a baseline setting beats a RePULSe setting)."
+    return text
+
+
 def write_outputs(
     out: Path, world: Any, facts: dict[str, Any], sets: dict[str, Setting], args: Any, jobs: list[Any],
     results: dict, timing: dict[str, float], other: dict | None,
@@ -626,7 +656,9 @@ def write_outputs(
         ]
     lines += ["## Findings", ""]
     for name, block in settings_block.items():
-        lines.append(f"- **{sets[name].title}**: {_overall(name, block['methods'])}")
+        lines.append(
+            f"- **{sets[name].title}**: {_overall(name, block['methods'])} {_frontier_overall(name, block, claims)}"
+        )
     lines += [""]
     lines += _world_section(facts, table, n)
     lines += _design_section(sets, seeds)
@@ -676,7 +708,10 @@ def write_outputs(
             "",
             f"Reproduce the figure from the run directories: `{frontier_command(out, name)}`",
             "",
-            *frontier_verdicts(frontiers[name], block["sweep"]),
+            "Each RePULSe setting against the 12 baseline settings: *beats* = P(bad) 95% CIs separated (lower) "
+            "and mean average reward at least as high.",
+            "",
+            *frontier_verdicts(name, block["sweep"], claims),
             "",
             *_table_sweep(frontiers[name], block["sweep"]),
             "",
@@ -690,31 +725,40 @@ def write_outputs(
             "",
         ]
     lines += ["## Claims (machine-readable in `summary.json`)", ""]
-    if claims:
-        for c in claims:
-            lines.append(
-                f"- {c['setting']}: {_name(c['lower'])} has lower {c['metric']} than {_name(c['than'])}"
-            )
-    else:
-        lines.append("- none: no comparison separates at these seeds.")
+    head = [c for c in claims if "lower_hp" not in c]
+    front = [c for c in claims if "lower_hp" in c]
+    lines += [f"- {claim_text(c)}" for c in head] or [
+        "- headline settings: no comparison separates at these seeds."
+    ]
+    lines.append(
+        f"- and {len(front)} frontier claim(s) (one setting beats another on both axes), in words in the frontier sections above."
+    )
     if rechecked is not None:
-        held = sum(c["holds"] for c in rechecked)
+        held = [c for c in rechecked if c["holds"]]
         lines += [
             "",
-            f"Claims of `{args.claims_from}` checked on this run's seeds: {held} of {len(rechecked)} hold.",
+            f"Claims of `{args.claims_from}` checked on this run's seeds ({', '.join(map(str, seeds))}): "
+            f"{len(held)} of {len(rechecked)} hold.",
             "",
         ]
-        for c in rechecked:
-            cl = c["claim"]
-            lines.append(
-                f"- {'holds' if c['holds'] else 'does NOT hold'}: {cl['setting']}: {cl['lower']} lower {cl['metric']} than {cl['than']}"
-            )
+        lines += [f"- does NOT hold: {claim_text(c['claim'])}" for c in rechecked if not c["holds"]]
+        lines += [
+            f"- holds: {claim_text(c['claim'])}"
+            for c in rechecked
+            if c["holds"] and "lower_hp" not in c["claim"]
+        ]
     lines += [
         "",
         "## Time",
         "",
         f"{timing['wall_seconds'] / 60:.1f} min wall clock up to this report, {timing['cpu_seconds'] / 60:.1f} min of CPU "
-        f"(all processes), {args.workers} worker(s).",
+        f"(all processes), {args.workers} worker(s)"
+        + (
+            f"; {timing['reused_runs']} finished runs were reused (--resume), so this is not the time of the experiment."
+            if timing.get("reused_runs")
+            else "."
+        )
+        + f" The runs themselves: {timing['run_cpu_seconds'] / 60:.1f} min of CPU in all.",
         "",
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
@@ -739,15 +783,25 @@ def readme_paragraph(summary: dict[str, Any], sets: dict[str, Setting], timing: 
                 "overlap": "not distinguishable from",
             }[how]
             bits.append(f"{word} {_name(b)}'s ({fp(bp.centre)})")
-        parts.append(f"{sets[name].title}, RePULSe's final P(bad) {fp(rep.centre)} is " + "; ".join(bits))
+        parts.append(
+            f"{sets[name].title[0].upper() + sets[name].title[1:]}: at the headline settings (fixed in advance) RePULSe's "
+            f"final P(bad) {fp(rep.centre)} is "
+            + "; ".join(bits)
+            + ". "
+            + _frontier_overall(name, block, summary["claims"])
+        )
+    took = (
+        f"the last run: {timing['wall_seconds'] / 60:.0f} min wall clock, {timing['cpu_seconds'] / 60:.0f} min of CPU"
+        if not timing.get("reused_runs")
+        else f"the last run reused {timing['reused_runs']} finished runs, so its time says nothing"
+    )
     return (
-        f"`make demo` reproduces the paper's toy experiment on 2 CPU cores in about {timing['wall_seconds'] / 60:.0f} "
-        f"minutes: a tiny LM whose starting probability of a bad output is {fp(w['p0_bad'])}, a reward model that scores "
+        f"`make demo` reproduces the paper's toy experiment on 2 CPU cores ({took}): "
+        f"a tiny LM whose starting probability of a bad output is {fp(w['p0_bad'])}, a reward model that scores "
         f"bad outputs below η = {w['eta']:.2f}, and four methods (REINFORCE, reward-transformed REINFORCE, the "
         f"p-proposal ablation, RePULSe) at 4 hyper-parameter settings each over seeds {', '.join(map(str, summary['seeds']))}, "
-        "with the same number of samples per run, evaluated exactly. The last run: "
-        + ". ".join(parts)
-        + " (geometric means over seeds; a difference is stated only where 95% CIs do not overlap). "
+        "with the same number of samples per run, evaluated exactly (P(bad) as geometric means over seeds; a "
+        "difference is stated only where 95% CIs do not overlap). " + " ".join(parts) + " "
         "`runs/demo/report.md` has the frontiers, diversity and samples; `runs/demo/summary.json` the per-seed numbers "
         "and claims."
     )

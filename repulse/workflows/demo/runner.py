@@ -79,7 +79,9 @@ def run_job(job: Job) -> dict[str, Any]:
         run(cfg)
     summary = evaluate_run(run_dir, _table(job.world["table_file"]), job.setting.kl_coef, s.seed)
     (run_dir / SPEC_FILE).write_text(json.dumps(job.record(), indent=1))
-    return {**summary, "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
+    timing = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
+    (run_dir / "timing.json").write_text(json.dumps(timing))
+    return {**summary, **timing}
 
 
 def finished(job: Job) -> dict[str, Any] | None:
@@ -89,7 +91,8 @@ def finished(job: Job) -> dict[str, Any] | None:
     d = Path(job.run_dir)
     try:
         if json.loads((d / SPEC_FILE).read_text()) == json.loads(json.dumps(job.record())):
-            return json.loads((d / EXACT_FILE).read_text())
+            timing = json.loads((d / "timing.json").read_text()) if (d / "timing.json").is_file() else {}
+            return {**json.loads((d / EXACT_FILE).read_text()), **timing, "reused": True}
     except (OSError, json.JSONDecodeError):
         return None
     return None

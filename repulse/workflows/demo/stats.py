@@ -1,10 +1,14 @@
 """The demo's statistics over seeds, its claims, and the check of claims against any demo summary.
 
 A claim ``{"setting", "lower", "than", "metric"}`` says: in that setting, method ``lower``'s value of
-``metric`` is below method ``than``'s, with non-overlapping 95% t-intervals over seeds - for
-``p_bad`` of the mean of log P(bad) (the geometric mean), for ``avg_reward`` of the mean.  The
-claims are derived from one run's per-seed numbers (:func:`derive_claims`) and can be checked
-against another run's (:func:`check_claims`), e.g. the same demo on other seeds.
+``metric`` (at its headline hyper-parameters) is below method ``than``'s, with non-overlapping 95%
+t-intervals over seeds - for ``p_bad`` of the mean of log P(bad) (the geometric mean), for
+``avg_reward`` of the mean.  A *frontier* claim adds ``lower_hp`` / ``than_hp`` (grid points of the
+sweep instead of the headlines) and ``"reward_at_least": true``: the ``lower`` setting's P(bad) is
+below with separated intervals *and* its mean average reward is at least the other's - it beats
+that setting on both axes.  Claims are derived from one run's per-seed numbers
+(:func:`derive_claims`) and can be checked against another run's (:func:`check_claims`), e.g. the
+same demo on other seeds.
 """
 
 from __future__ import annotations
@@ -46,10 +50,12 @@ def interval(values: Sequence[float], metric: str) -> Interval:
     return Interval(centre, low, high, len(values))
 
 
-def derive_claims(settings: dict[str, Any]) -> list[dict[str, str]]:
-    """Every separated comparison between RePULSe and a baseline (headline settings), either way,
-    on P(bad) and on average reward.  ``settings`` is summary.json's ``settings`` block."""
-    claims = []
+def derive_claims(settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every separated comparison between RePULSe and a baseline at their headline settings, either
+    way, on P(bad) and on average reward; then the frontier claims: each pair of a RePULSe grid
+    point and a baseline grid point where one beats the other on both axes (P(bad) intervals
+    separated, mean reward at least as high).  ``settings`` is summary.json's ``settings`` block."""
+    claims: list[dict[str, Any]] = []
     for name, block in settings.items():
         methods = block["methods"]
         for base in BASELINES:
@@ -60,20 +66,50 @@ def derive_claims(settings: dict[str, Any]) -> list[dict[str, str]]:
                     claims.append({"setting": name, "lower": "repulse", "than": base, "metric": metric})
                 elif b.below(a):
                     claims.append({"setting": name, "lower": base, "than": "repulse", "metric": metric})
+    for name, block in settings.items():
+        sweep = block.get("sweep", {})
+        for r in sweep.get("repulse", []):
+            for base in BASELINES:
+                for b in sweep.get(base, []):
+                    for (lm, lo), (tm, th) in ((("repulse", r), (base, b)), ((base, b), ("repulse", r))):
+                        if beats(lo, th):
+                            claims.append(
+                                {"setting": name, "lower": lm, "lower_hp": lo["hp"], "than": tm, "than_hp": th["hp"],
+                                 "metric": "p_bad", "reward_at_least": True}
+                            )  # fmt: skip
     return claims
 
 
-def check_claims(claims: list[dict[str, str]], summary: dict[str, Any]) -> list[dict[str, Any]]:
+def beats(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """``a``'s P(bad) interval entirely below ``b``'s and ``a``'s mean average reward at least ``b``'s."""
+    return interval(a["p_bad"], "p_bad").below(interval(b["p_bad"], "p_bad")) and (
+        interval(a["avg_reward"], "avg_reward").centre >= interval(b["avg_reward"], "avg_reward").centre
+    )
+
+
+def _values(block: dict[str, Any], method: str, hp: dict | None) -> dict[str, Any] | None:
+    if hp is None:
+        return block.get("methods", {}).get(method)
+    for entry in block.get("sweep", {}).get(method, []):
+        if entry["hp"] == hp:
+            return entry
+    return None
+
+
+def check_claims(claims: list[dict[str, Any]], summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Each claim checked against ``summary``'s per-seed numbers: ``{"claim", "holds", "lower",
-    "than"}`` with the two intervals.  A claim about a setting or method the summary lacks does
-    not hold."""
+    "than"}`` with the two intervals of the claim's metric.  A claim about a setting, method or
+    grid point the summary lacks does not hold."""
     out = []
     for claim in claims:
-        block = summary.get("settings", {}).get(claim["setting"], {}).get("methods", {})
-        lo, hi = block.get(claim["lower"]), block.get(claim["than"])
-        if lo is None or hi is None or claim["metric"] not in lo or claim["metric"] not in hi:
+        block = summary.get("settings", {}).get(claim["setting"], {})
+        lo = _values(block, claim["lower"], claim.get("lower_hp"))
+        hi = _values(block, claim["than"], claim.get("than_hp"))
+        metric = claim["metric"]
+        if lo is None or hi is None or metric not in lo or metric not in hi:
             out.append({"claim": claim, "holds": False, "lower": None, "than": None})
             continue
-        a, b = interval(lo[claim["metric"]], claim["metric"]), interval(hi[claim["metric"]], claim["metric"])
-        out.append({"claim": claim, "holds": a.below(b), "lower": a, "than": b})
+        a, b = interval(lo[metric], metric), interval(hi[metric], metric)
+        holds = beats(lo, hi) if claim.get("reward_at_least") else a.below(b)
+        out.append({"claim": claim, "holds": holds, "lower": a, "than": b})
     return out
