@@ -294,6 +294,11 @@ def _discover(paths: Iterable[str | Path]) -> list[Path]:
     return list(found)
 
 
+def _short(value: Any) -> str:
+    """A label's value: floats to 4 significant digits (``lr=0.0003333``, ``beta=10``)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _label_settings(runs: list[Run]) -> list[Run]:
     """Name each setting of a method by the config keys whose values differ between settings."""
     settings = {r.setting: _setting_items(r.config) for r in runs}
@@ -307,7 +312,7 @@ def _label_settings(runs: list[Run]) -> list[Run]:
     if len(set(short.values())) < len(short):
         short = {k: k for k in varying}
     labels = {
-        s: ", ".join(f"{short[k]}={items.get(k)}" for k in varying if k in items) or "default"
+        s: ", ".join(f"{short[k]}={_short(items.get(k))}" for k in varying if k in items) or "default"
         for s, items in settings.items()
     }
     return [replace(r, setting_label=labels[r.setting]) for r in runs]

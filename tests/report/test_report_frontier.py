@@ -88,7 +88,7 @@ def test_load_runs_discovers_and_groups(run_tree):
     rep = groups["repulse"]
     assert len(rep) == 4  # checkpoints pruned
     assert sorted(r.seed for r in rep) == [1, 1, 2, 2]
-    assert {r.setting_label for r in rep} == {"beta=10.0", "beta=5.0"}
+    assert {r.setting_label for r in rep} == {"beta=10", "beta=5"}
     assert len({r.setting for r in rep}) == 2
     assert [r.seed for r in groups["rl:rloo"]] == [1, 2] and groups["rl:rloo"][0].setting_label == ""
     # a run directory given directly, and the same run twice, are found once
@@ -124,14 +124,14 @@ def test_frontier_points_mean_and_bootstrap(run_tree):
     pts = frontier_points(groups, "avg_reward", "p_bad", n_boot=500, seed=3)
     assert sorted(pts) == ["repulse"]  # the other methods have no 'p_bad' summary
     by_label = {p.label: p for p in pts["repulse"]}
-    p10 = by_label["beta=10.0"]
+    p10 = by_label["beta=10"]
     xs = [vals[(10.0, s)][0] for s in (1, 2)]
     ys = [vals[(10.0, s)][1] for s in (1, 2)]
     assert (p10.x, p10.y, p10.n_seeds) == (pytest.approx(np.mean(xs)), pytest.approx(np.mean(ys)), 2)
     assert p10.x_ci == bootstrap_ci(xs, np.mean, n_boot=500, seed=3)
     assert p10.y_ci == bootstrap_ci(ys, np.mean, n_boot=500, seed=3)
     x, y, x_ci, y_ci, label = p10  # iterable as the plain tuple plot_frontier takes
-    assert label == "beta=10.0"
+    assert label == "beta=10"
     # a metric logged over steps serves too: the last value per run
     pts2 = frontier_points(groups, "avg_reward", "eval/p_bad", n_boot=100)
     assert pts2["rl:rloo"][0].y == pytest.approx(0.05)

@@ -24,12 +24,19 @@ def _t_interval(values: list[float]) -> tuple[float, float]:
     return m - T975_2 * s / math.sqrt(len(values)), m + T975_2 * s / math.sqrt(len(values))
 
 
-def _separated(methods: dict, a: str, b: str, metric: str) -> bool:
-    def ci(name: str) -> tuple[float, float]:
-        vals = methods[name][metric]
-        return _t_interval([math.log(v) for v in vals] if metric == "p_bad" else vals)
+def _ci(values: list[float], metric: str) -> tuple[float, float]:
+    return _t_interval([math.log(v) for v in values] if metric == "p_bad" else values)
 
-    return ci(a)[1] < ci(b)[0]
+
+def _separated(methods: dict, a: str, b: str, metric: str) -> bool:
+    return _ci(methods[a][metric], metric)[1] < _ci(methods[b][metric], metric)[0]
+
+
+def _beats(x: dict, y: dict) -> bool:
+    """x's P(bad) interval below y's, at a mean reward at least y's."""
+    return _ci(x["p_bad"], "p_bad")[1] < _ci(y["p_bad"], "p_bad")[0] and statistics.fmean(
+        x["avg_reward"]
+    ) >= statistics.fmean(y["avg_reward"])
 
 
 @pytest.mark.slow
@@ -61,7 +68,8 @@ def test_quick_variant_states_only_claims_that_hold(tmp_path):
                 assert json.loads((run / f"seed{seed}" / "exact_summary.json").read_text())["p_bad"] == p
     # every claim holds on the run's own seeds, and every separated comparison is claimed
     claims = summary["claims"]
-    assert all(set(c) == {"setting", "lower", "than", "metric"} for c in claims)
+    head = [c for c in claims if "lower_hp" not in c]
+    assert all(set(c) == {"setting", "lower", "than", "metric"} for c in head)
     expected = []
     for name, block in summary["settings"].items():
         for base in ("reinforce", "reward_transform", "p_proposal"):
@@ -69,10 +77,20 @@ def test_quick_variant_states_only_claims_that_hold(tmp_path):
                 for a, b in (("repulse", base), (base, "repulse")):
                     if _separated(block["methods"], a, b, metric):
                         expected.append({"setting": name, "lower": a, "than": b, "metric": metric})
-    key = lambda c: (c["setting"], c["lower"], c["than"], c["metric"])  # noqa: E731
+        sweep = block["sweep"]
+        for r in sweep["repulse"]:
+            for base in ("reinforce", "reward_transform", "p_proposal"):
+                for b in sweep[base]:
+                    for (lm, lo), (tm, th) in ((("repulse", r), (base, b)), ((base, b), ("repulse", r))):
+                        if _beats(lo, th):
+                            expected.append(
+                                {"setting": name, "lower": lm, "lower_hp": lo["hp"], "than": tm, "than_hp": th["hp"],
+                                 "metric": "p_bad", "reward_at_least": True}
+                            )  # fmt: skip
+    key = lambda c: json.dumps(c, sort_keys=True)  # noqa: E731
     assert sorted(claims, key=key) == sorted(expected, key=key)
     report = (out / "report.md").read_text()
-    for c in claims:
+    for c in head:
         assert f"{c['setting']}: " in report and c["metric"] in report
     # the frontier figure, redrawn by `repulse plot frontier` from the run directories, shows the
     # report's points: the geometric mean of the seeds' P(bad) and the mean average reward

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -95,3 +96,36 @@ def test_importance_sampling_of_the_final_policy():
     assert out["naive_samples_same_se"] == pytest.approx(0.5 / (0.5 * rel**2), rel=1e-12)
     estimates = [importance_sampling(lp, lq, bad, 100, seed=s)["is_estimate"] for s in range(400)]
     assert sum(estimates) / 400 == pytest.approx(0.5, abs=4 * 0.5 * rel / math.sqrt(400))
+
+
+def test_frontier_claims_need_both_axes_and_are_rechecked_by_grid_point():
+    """A RePULSe grid point with P(bad) e^-20 at reward 1.0 beats a REINFORCE point with e^-10 at
+    reward 1.0 (both axes), but not one with e^-10 at reward 2.0 (higher reward); a claim names
+    both grid points, and on other seeds it is checked at those same points."""
+    e = math.exp
+    low = _per_seed([e(-20.5), e(-20), e(-19.5), e(-20.2), e(-19.8)], [1.0, 1.1, 0.9, 1.0, 1.0])
+    high = _per_seed([e(-10.5), e(-10), e(-9.5), e(-10.2), e(-9.8)], [1.0, 1.1, 0.9, 1.0, 1.0])
+    richer = _per_seed([e(-10.5), e(-10), e(-9.5), e(-10.2), e(-9.8)], [2.0, 2.1, 1.9, 2.0, 2.0])
+    same = dict(high)
+    sweep = {
+        "repulse": [{"hp": {"beta": 1.0, "alpha": 10.0}, **low}],
+        "reinforce": [{"hp": {"lr": 0.001}, **high}, {"hp": {"lr": 0.01}, **richer}],
+        "reward_transform": [{"hp": {"a": 1.0, "b": 1.0}, **same}],
+        "p_proposal": [{"hp": {"alpha": 1.0}, **same}],
+    }
+    methods = {m: {k: v for k, v in entries[0].items() if k != "hp"} for m, entries in sweep.items()}
+    summary = {"settings": {"kl": {"methods": methods, "sweep": sweep}}}
+    front = [c for c in derive_claims(summary["settings"]) if "lower_hp" in c]
+    assert {(c["than"], json.dumps(c["than_hp"])) for c in front} == {
+        ("reinforce", '{"lr": 0.001}'),
+        ("reward_transform", '{"a": 1.0, "b": 1.0}'),
+        ("p_proposal", '{"alpha": 1.0}'),
+    }
+    assert all(c["lower"] == "repulse" and c["reward_at_least"] for c in front)
+    assert all(r["holds"] for r in check_claims(front, summary))
+    # other seeds where REINFORCE lr=0.001 got a higher reward: that claim no longer holds
+    sweep2 = {**sweep, "reinforce": [{"hp": {"lr": 0.001}, **richer}, sweep["reinforce"][1]]}
+    held = {
+        c["claim"]["than"]: c["holds"] for c in check_claims(front, {"settings": {"kl": {"sweep": sweep2}}})
+    }
+    assert held == {"reinforce": False, "reward_transform": True, "p_proposal": True}

@@ -192,14 +192,22 @@ def build_summary(
 # ----------------------------------------------------------------------------- curves and frontier
 
 
-def _curves(out: Path, setting: Setting, jobs: list[Any]) -> dict[str, list[list[tuple[float, float]]]]:
-    """Per headline method: per seed, (samples drawn, log P(bad word) exact) and (samples, mean reward)."""
+def _curves(
+    out: Path, setting: Setting, jobs: list[Any], method: str | None = None
+) -> dict[str, dict[str, list[list[tuple[float, float]]]]]:
+    """Per seed, (samples drawn, log P(bad word) exact) and (samples, mean sampled reward): of each
+    method's headline setting, or (``method``) of each grid point of that method."""
     logp: dict[str, list] = {}
     reward: dict[str, list] = {}
     for job in jobs:
         s = job.spec
-        if s.setting != setting.name or s.index != setting.headline[s.method]:
+        if s.setting != setting.name:
             continue
+        if method is None and s.index != setting.headline[s.method]:
+            continue
+        if method is not None and s.method != method:
+            continue
+        label = _name(s.method) if method is None else hp_label(s.method, s.hp)
         per_step = setting.samples_per_step * (2 if s.method == "repulse" else 1)
         rows = [
             json.loads(x) for x in (Path(job.run_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()
@@ -211,8 +219,8 @@ def _curves(out: Path, setting: Setting, jobs: list[Any]) -> dict[str, list[list
             vals = [r["reward"] for r in rows if "reward" in r and k - every < r["step"] <= k]
             if vals:
                 rw.append((k * per_step, sum(vals) / len(vals)))
-        logp.setdefault(_name(s.method), []).append(lp)
-        reward.setdefault(_name(s.method), []).append(rw)
+        logp.setdefault(label, []).append(lp)
+        reward.setdefault(label, []).append(rw)
     return {"log_p_bad": logp, "reward": reward}
 
 
@@ -238,6 +246,12 @@ def draw(out: Path, sets: dict[str, Setting], jobs: list[Any]) -> dict[str, Any]
             x_stat="mean", y_stat="geomean", interval="t", ci=CI, title=f"{setting.title}: P(bad) vs average reward",
         )  # fmt: skip
         frontiers[name] = points
+        for method in METHODS:
+            per_point = _curves(out, setting, jobs, method)
+            plot_curves(
+                per_point["log_p_bad"], "log_p_bad_exact", out / f"curves_{name}_{method}", xlabel=xlabel,
+                ylabel="log P(bad), exact", title=f"{setting.title}: {_name(method)}, every setting of its grid",
+            )  # fmt: skip
     return frontiers
 
 
@@ -718,6 +732,10 @@ def write_outputs(
             "### Training curves (headline settings)",
             "",
             f"![log P(bad)](curves_{name}_log_p_bad.png) ![reward](curves_{name}_reward.png)",
+            "",
+            "Every setting of each grid: "
+            + ", ".join(f"[{_name(m)}](curves_{name}_{m}.png)" for m in METHODS)
+            + ".",
             "",
             f"### Samples at the end (seed {seeds[0]}; paper App. F)",
             "",
