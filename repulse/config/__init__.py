@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from repulse.config.schema import build, help_text, split_flags, to_yaml
+from repulse.config.schema import build, check_model_paths, check_values, help_text, split_flags, to_yaml
 from repulse.errors import UserError, warn_once
 
 
@@ -23,8 +23,10 @@ def parse_config(
     """Parse ``argv`` for ``repulse <command>``; returns the config, or None when --help/--dry-run printed.
 
     Order: legacy translation (seed-document flags -> ours), defaults, ``--config``
-    files in order, flags; then ``validate`` (impossible combinations fail here, with
-    the flag named, never later).
+    files in order, flags; then every value against its field's allowed values
+    (``check_values``), then ``validate`` (impossible combinations fail here, with the
+    flag named, never later), then - unless ``--dry-run`` - the model paths
+    (``check_model_paths``: a local-looking path is never sent to the Hub).
     """
     from repulse.config.legacy import translate_argv
 
@@ -54,13 +56,16 @@ def parse_config(
             rest.append(tok)
         i += 1
     cfg = build(root_cls, yaml_files, split_flags(rest))
+    check_values(cfg)
     refuse_unused_model_fields(cfg, command)
     warn_no_effect(cfg)
+    warn_ray_only(cfg)
     if validate is not None:
         validate(cfg)
     if dry_run:
         sys.stdout.write(to_yaml(cfg))
         return None
+    check_model_paths(cfg)  # not for --dry-run: a recipe may name a model that is yet to be trained
     return cfg
 
 
@@ -102,4 +107,25 @@ def warn_no_effect(cfg: Any, prefix: str = "") -> None:
             flag = f"--{prefix}{f.name}"
             warn_once(
                 f"no_effect:{flag}", f"{flag} {value!r} has no effect in this version: {f.metadata['help']}."
+            )
+
+
+def warn_ray_only(cfg: Any, node: Any = None, prefix: str = "") -> None:
+    """One warning per placement knob (``ray_only`` fields) set while the roles run in this process."""
+    import dataclasses
+
+    launch = getattr(cfg, "launch", None)
+    if launch is None or launch.backend == "ray":
+        return
+    node = cfg if node is None else node
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            warn_ray_only(cfg, value, f"{prefix}{f.name}.")
+        elif f.metadata.get("ray_only") and value != f.default:
+            flag = f"--{prefix}{f.name}"
+            warn_once(
+                f"ray_only:{flag}",
+                f"{flag} {value!r} has no effect without --launch.backend ray: {f.metadata['help']}; "
+                "here every process (one per torchrun rank) holds every role.",
             )

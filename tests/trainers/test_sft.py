@@ -72,14 +72,30 @@ def test_sft_halves_eval_loss_and_exports_identical_model(toy, tmp_path):
     assert torch.equal(reloaded(ids).logits, ours(ids).logits)
     from transformers import AutoTokenizer
 
-    assert AutoTokenizer.from_pretrained(out).eos_token is not None
+    saved, source = AutoTokenizer.from_pretrained(out), AutoTokenizer.from_pretrained(toy.llama)
+    assert saved.get_vocab() == source.get_vocab()
+    assert (saved.eos_token, saved.chat_template) == (source.eos_token, source.chat_template)
+    text = "User: what is three plus two?\nAssistant: five."
+    assert saved(text)["input_ids"] == source(text)["input_ids"]
 
 
 def test_packed_and_padded_give_the_same_losses(toy, tmp_path):
-    sft.run(_cfg(toy, tmp_path / "pad", train__max_steps=3))
-    sft.run(_cfg(toy, tmp_path / "pack", train__max_steps=3, engine__packing_samples=True))
+    """On data of mixed lengths (every fourth sample four joined) packing puts several
+    samples in one row: the trained model sees at most 3/4 of the padded run's rows and fewer
+    positions, and every step's loss is the padded run's within 1e-4 (fp32; same samples, same
+    order, same update: only the float summation order differs)."""
+    from packing import TrainedForwards, assert_packed_fewer, mixed_length_sft
+
+    data = str(mixed_length_sft(toy.sft, tmp_path / "mixed.jsonl", n=24))
+    with TrainedForwards() as padded_fw:
+        sft.run(_cfg(toy, tmp_path / "pad", train__max_steps=3, data__dataset=data))
+    with TrainedForwards() as packed_fw:
+        sft.run(
+            _cfg(toy, tmp_path / "pack", train__max_steps=3, data__dataset=data, engine__packing_samples=True)
+        )
+    assert_packed_fewer(padded_fw, packed_fw, rows_per_forward=8)
     padded, packed = _losses(tmp_path / "pad"), _losses(tmp_path / "pack")
-    # same samples, same order, same update: only float summation order differs (fp32)
+    assert len(padded) == 3
     assert padded == pytest.approx(packed, abs=1e-4)
 
 
@@ -243,10 +259,10 @@ def test_two_processes_reproduce_the_one_process_loss_curve(toy, tmp_path, engin
     """``torchrun --nproc-per-node 2 repulse sft`` (fsdp, or deepspeed ZeRO-3) vs one local
     process: per-step loss and gradient norm within a relative 1e-4, and the same update (fp32;
     only the reduction order differs; ``same_update``)."""
-    from test_rm import HAS_DS, assert_two_processes_match, cfg_file, torchrun
+    from test_rm import assert_two_processes_match, cfg_file, needs_deepspeed, torchrun
 
-    if engine == "deepspeed" and not HAS_DS:
-        pytest.skip("needs deepspeed")
+    if engine == "deepspeed":
+        needs_deepspeed()
     sft.run(_cfg(toy, tmp_path / "one", train__max_steps=3, train__micro_batch_size=4))
     two = _cfg(
         toy,
@@ -427,26 +443,30 @@ def test_eval_cadence(toy, tmp_path):
 
 
 @pytest.mark.slow
-def test_progress_bar_shows_loss_lr_and_tokens_per_s(toy, tmp_path):
-    """With the bar on (the default) the console shows the step count and the last step's loss,
-    lr and tok/s, formatted ``.4g``, equal to that step's metrics.jsonl values. (Off a terminal,
-    rich prints the bar's final state once; ``COLUMNS=200`` so nothing is cut.)"""
+def test_piped_output_has_one_plain_line_per_logging_step_and_files_share_a_mode(toy, tmp_path):
+    """stdout not a terminal (CI, nohup, a pipe): one plain line per logging step - every 2 steps
+    and the last - with step/total, the loss, lr and tok/s of that step's metrics.jsonl row
+    (``.4g``), throughput, elapsed time and ETA; no ANSI escape anywhere in stdout or stderr.
+    Every saved file (weights included: safetensors writes them 0600) has the umask's mode."""
     out = tmp_path / "run"
-    flags = [a for a in _flags(toy, out, 3, -1) if a not in ("--logger.progress_bar", "false")]
-    proc = _cli(flags, env={**os.environ, "COLUMNS": "200"})
+    flags = [a for a in _flags(toy, out, 5, 2) if a not in ("--logger.progress_bar", "false")]
+    proc = _cli([*flags, "--logger.logging_steps", "2"], env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    console = proc.stdout + proc.stderr
-    shown = re.findall(r"(\d+)/3 .*?loss (\S+)\s+lr (\S+)\s+tok/s (\S+)", console)
-    assert shown, console[-2000:]
-    done, loss, lr, tok_s = shown[-1]
-    last = _metrics(out)[-1]
-    assert (int(done), loss, lr, tok_s) == (
-        3,
-        f"{last['loss']:.4g}",
-        f"{last['lr']:.4g}",
-        f"{last['tokens_per_s']:.4g}",
-    )
-    assert last["tokens_per_s"] > 0 and last["lr"] > 0
+    assert "\x1b[" not in proc.stdout and "\x1b[" not in proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if " sft step " in ln]
+    logged = {r["step"]: r for r in _metrics(out)}
+    assert [int(re.search(r"step (\d+)/5 ", ln).group(1)) for ln in lines] == [2, 4, 5] == sorted(logged)
+    for line in lines:
+        step, loss, lr, tok_s = re.fullmatch(
+            r"\[repulse\] sft step (\d+)/5  loss (\S+)  lr (\S+)  tok/s (\S+)  \S+ steps/s  "
+            r"elapsed \d+:\d\d  ETA \d+:\d\d",
+            line,
+        ).groups()
+        row = logged[int(step)]
+        assert (loss, lr, tok_s) == (f"{row['loss']:.4g}", f"{row['lr']:.4g}", f"{row['tokens_per_s']:.4g}")
+    modes = {p.relative_to(out): p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
+    assert Path("model.safetensors") in modes and Path("checkpoints/step_4/model/model.safetensors") in modes
+    assert len(set(modes.values())) == 1, modes
 
 
 def test_resume_drops_metrics_past_the_checkpoint_and_torn_lines(tmp_path):

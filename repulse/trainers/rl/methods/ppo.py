@@ -19,6 +19,7 @@ from repulse.config.sections import RLConfig
 from repulse.rl.experience import Experience
 from repulse.rl.rewards import RewardInput
 from repulse.rl.rollout import Samples
+from repulse.rl.scoring import select_texts
 from repulse.trainers.rl.methods.base import max_new_tokens, prefixed, sample_metrics, sampling
 from repulse.trainers.rl.updates import PolicyLoss, ValueLoss
 
@@ -85,6 +86,7 @@ class PPOFamily:
         samples = roles.policy.rollout.generate(
             prompts, cfg.rollout.n_samples_per_prompt, sampling(cfg, prompts)
         )
+        samples.pack = cfg.engine.packing_samples
         t1 = time.perf_counter()
         raw, texts = roles.rewards.score(samples, items)
         return Rollout(
@@ -98,32 +100,38 @@ class PPOFamily:
         metrics = dict(ro.metrics)
         metrics.update(sample_metrics(roles.comm, ro.raw, ro.samples))
         metrics["samples"] = float(ro.samples.sequences.shape[0])
-        if self.sink is not None:
-            self.sink.add(ro.texts, ro.raw)
-        exp = self.experience(ro, metrics)
-        if exp is not None:
+        out = self.experience(ro, metrics)
+        if out is not None:
+            exp, texts = out
+            if self.sink is not None:  # what the update learns from (after dynamic filtering)
+                self.sink.add(texts, exp.raw_rewards)
             self.update(exp, step, metrics)
         return metrics
 
     def filter_groups(self, raw: torch.Tensor, metrics: dict) -> torch.Tensor | None:
         """Rows kept by dynamic filtering (DAPO): groups whose mean reward is inside the range.
 
-        Every process keeps the same number of groups (the fewest any process kept, its first
-        ones), so sharded engines run the same number of forwards; None when no process kept any.
+        Every data-parallel shard keeps the same number of groups (the fewest any shard kept, its
+        first ones), so sharded engines run the same number of forwards; None when no shard kept
+        any. The shards are the processes under ``torchrun``, or the contiguous shards of the step
+        that one controller holds (``roles.shards``).
         """
         from repulse.rl.advantages import dynamic_filter_groups
 
         n = self.cfg.rollout.n_samples_per_prompt
         lo, hi = self.cfg.algo.dynamic_filtering_range
         keep = dynamic_filter_groups(raw.cpu(), n, lo, hi)
-        groups = torch.nonzero(keep.view(-1, n)[:, 0]).flatten()
-        count = self.roles.comm.all_reduce(torch.tensor([float(groups.numel())], dtype=torch.float64), "min")
+        per_shard = keep.view(-1, n)[:, 0].view(self.roles.shards, -1)
+        fewest = float(per_shard.sum(-1).min())
+        count = self.roles.comm.all_reduce(torch.tensor([fewest], dtype=torch.float64), "min")
         k = int(count.item())
         metrics["kept_fraction"] = float(keep.float().mean())
         metrics["kept_groups"] = k
         if k == 0:
             return None
-        return (groups[:k, None] * n + torch.arange(n)).flatten()
+        width = per_shard.shape[1]
+        groups = torch.cat([torch.nonzero(g).flatten()[:k] + j * width for j, g in enumerate(per_shard)])
+        return (groups[:, None] * n + torch.arange(n)).flatten()
 
     def shape_rewards(self, raw: torch.Tensor, samples: Samples, max_new: int) -> torch.Tensor:
         """The sequence reward an estimator sees, from the reward sources' output (OpenRLHF's order):
@@ -152,20 +160,21 @@ class PPOFamily:
         r = shape_group_rewards(self.cfg.algo.advantage.estimator, r, self.cfg.rollout.n_samples_per_prompt)
         return clip_rewards(r, rc.clip_range[0], rc.clip_range[1])
 
-    def experience(self, ro: Rollout, metrics: dict) -> Experience | None:
-        """The rollout → ``Experience``; None when dynamic filtering left nothing to learn from."""
+    def experience(self, ro: Rollout, metrics: dict) -> tuple[Experience, RewardInput] | None:
+        """The rollout → ``Experience`` and the texts of its rows; None when dynamic filtering left
+        nothing to learn from."""
         from repulse.losses.kl import KL_ESTIMATORS
         from repulse.rl.advantages import compute_advantages, token_rewards
 
         cfg, roles = self.cfg, self.roles
         t1 = time.perf_counter()
-        samples, raw = ro.samples, ro.raw
+        samples, raw, texts = ro.samples, ro.raw, ro.texts
         if cfg.algo.dynamic_filtering_enable:
             rows = self.filter_groups(raw, metrics)
             if rows is None:
                 metrics["time_experience"] = time.perf_counter() - t1
                 return None
-            samples, raw = samples.select(rows), raw[rows]
+            samples, raw, texts = samples.select(rows), raw[rows], select_texts(texts, rows.tolist())
         device = roles.comm.device
         samples = samples.to(device)
         raw = raw.to(device)
@@ -218,7 +227,7 @@ class PPOFamily:
         metrics.update(
             shaped_reward=float(rewards.mean()), kl_coef=coef, time_experience=time.perf_counter() - t1
         )
-        return Experience(samples, old, ref, values, rewards, raw, kl, adv, ret)
+        return Experience(samples, old, ref, values, rewards, raw, kl, adv, ret), texts
 
     def update(self, exp: Experience, step: int, metrics: dict) -> None:
         cfg, roles = self.cfg, self.roles
@@ -238,7 +247,12 @@ class PPOFamily:
         )
         value_loss = ValueLoss(cfg.critic.value_clip) if roles.critic is not None else None
         train_actor = step >= cfg.critic.freezing_steps
-        slices = micro_slices(exp.action_mask.shape[0], cfg.train.micro_batch_size)
+        # each data-parallel shard (a torchrun rank, or a contiguous shard of a step held by one
+        # controller) is cut into micro-batches of its own; an optimizer step takes `accum` of
+        # them from every shard, shard by shard, in the same order for every shard
+        shards = roles.shards
+        per_shard = exp.action_mask.shape[0] // shards
+        slices = micro_slices(per_shard, cfg.train.micro_batch_size)
         gen = torch.Generator().manual_seed(cfg.train.seed * 7919 + step)
         agg: dict[str, list[float]] = {}
 
@@ -253,7 +267,11 @@ class PPOFamily:
                 else torch.randperm(len(slices), generator=gen).tolist()
             )
             for g in range(0, len(order), self.accum):
-                mbs = [exp.select(slices[i]) for i in order[g : g + self.accum]]
+                mbs = [
+                    exp.select([j * per_shard + r for r in slices[i]])
+                    for j in range(shards)
+                    for i in order[g : g + self.accum]
+                ]
                 if train_actor:
                     out, optim = roles.policy.train_step(policy_loss, mbs)
                     add({**out, **prefixed("actor_", optim)})
