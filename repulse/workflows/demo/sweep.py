@@ -143,9 +143,12 @@ def rl_config(
     rp.bad_threshold = eta
     rp.fit_steps = setting.evals
     cfg.train.num_episodes = setting.steps_per_eval(method)
-    rp.proposal_lr = setting.proposal_lr
-    rp.beta = hp.get("beta", 10.0)
-    rp.alpha = hp.get("alpha", 0.0)
+    # each method is given only the fields it reads (the others are refused as silently ignored)
+    if method == "repulse":
+        rp.proposal_lr = setting.proposal_lr
+    if method in ("p_proposal", "repulse"):
+        rp.beta = hp.get("beta", 10.0)
+        rp.alpha = hp["alpha"]
     if method == "reward_transform":
         rp.reward_transform, rp.transform_a, rp.transform_b = "minus_alpha_exp_beta_r", hp["a"], hp["b"]
     cfg.ckpt.output_dir = str(out_dir)

@@ -115,12 +115,12 @@ def rm_config(lm: Path, data: Path, out: Path, epochs: int):
 
 
 def reward_config(rm: Path):
-    """The reward section every demo RL run uses (and the reward table is scored with)."""
+    """The reward section every demo RL run uses (and the reward table is scored with): the reward
+    model's raw score (the REINFORCE-family methods neither clip nor normalise it)."""
     from repulse.config.sections import RewardSection
 
     section = RewardSection()
     section.model_name_or_path = str(rm)
-    section.clip_range = [-1e4, 1e4]
     return section
 
 
