@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from repulse.workflows.demo.stats import check_claims, derive_claims, interval
+from repulse.workflows.demo.stats import check_claims, confirm_claims, derive_claims, interval
 from repulse.workflows.demo.sweep import METHODS, RunSpec, all_runs, settings
 
 T975_4 = 2.7764451051977987  # t_{0.975, 4}
@@ -129,3 +129,24 @@ def test_frontier_claims_need_both_axes_and_are_rechecked_by_grid_point():
         c["claim"]["than"]: c["holds"] for c in check_claims(front, {"settings": {"kl": {"sweep": sweep2}}})
     }
     assert held == {"reinforce": False, "reward_transform": True, "p_proposal": True}
+
+
+def test_confirm_claims_keeps_only_claims_that_hold_on_every_variant():
+    """RePULSe's log P(bad) -20 vs REINFORCE's -10 and the p-proposal's -30 give two claims on these
+    seeds; a variant where RePULSe sits at -10 breaks the first, another where everything is as here
+    keeps both: only the second claim is kept, the first is dropped naming the variant it fails on."""
+    e = math.exp
+    here = {
+        "repulse": _per_seed([e(-20.5), e(-20), e(-19.5), e(-20.2), e(-19.8)], [1.0] * 5),
+        "reinforce": _per_seed([e(-10.5), e(-10), e(-9.5), e(-10.2), e(-9.8)], [1.0] * 5),
+        "reward_transform": _per_seed([e(-25), e(-12), e(-20), e(-14), e(-22)], [1.0] * 5),
+        "p_proposal": _per_seed([e(-30.5), e(-30), e(-29.5), e(-30.2), e(-29.8)], [1.0] * 5),
+    }
+    claims = derive_claims(_block(**here))
+    assert [(c["lower"], c["than"]) for c in claims] == [("repulse", "reinforce"), ("p_proposal", "repulse")]
+    same = {"settings": _block(**here)}
+    worse = {"settings": _block(**{**here, "repulse": here["reinforce"]})}
+    kept, dropped = confirm_claims(claims, [("seeds 100-104", worse), ("rarity 0.001", same)])
+    assert kept == [claims[1]]
+    assert dropped == [{"claim": claims[0], "failed_on": ["seeds 100-104"]}]
+    assert confirm_claims(claims, []) == (claims, [])

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from repulse.errors import UserError
+from repulse.run.dirs import lock_output_dir, prepare_output_dir
 from repulse.toy import demo_corpus as corpus
 
 DEFAULT_SEEDS = (1, 2, 3, 4, 5)
@@ -60,7 +61,34 @@ def parser() -> argparse.ArgumentParser:
         "--claims-from", metavar="SUMMARY", default=None,
         help="also check the claims of another demo's summary.json against this run's seeds (report section)",
     )  # fmt: skip
+    p.add_argument(
+        "--confirm-on", metavar="SUMMARY", nargs="+", default=None,
+        help="summary.json of the same demo on other seeds or another --rarity (each run with --claims-from "
+        "this one's): a comparison is claimed (report, README, 'claims') only if it holds there too",
+    )  # fmt: skip
+    p.add_argument(
+        "--readme", metavar="SUMMARY", default=None,
+        help="print the README paragraph rendered from a finished demo's summary.json and exit (runs nothing)",
+    )  # fmt: skip
     return p
+
+
+MARKER = "demo.json"  # written into --out when a demo starts: the directory is a demo's
+
+
+def _check_out(out: Path) -> None:
+    """--out must be new, empty, or a demo's own directory: the demo replaces its world and runs, so
+    it refuses a directory that holds anything else (another command's outputs are never removed)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory.")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if (out / MARKER).is_file() or (out / "world" / "world.json").is_file():
+        return
+    raise UserError(
+        f"--out {out}: the directory holds files that no demo wrote (no {MARKER}); the demo replaces "
+        "what is in its output directory, so give a new or empty directory, or a demo's own."
+    )
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -72,25 +100,74 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError(f"--rarity {args.rarity:g}: must be in [0, 0.5).")
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: must be at least 1.")
-    if args.claims_from and not Path(args.claims_from).is_file():
-        raise UserError(f"--claims-from {args.claims_from}: no such file.")
+    paths = [("--claims-from", args.claims_from), ("--readme", args.readme)]
+    paths += [("--confirm-on", path) for path in args.confirm_on or []]
+    for flag, path in paths:
+        if path and not Path(path).is_file():
+            raise UserError(f"{flag} {path}: no such file.")
+
+
+SUMMARY_KEYS = ("settings", "claims", "seeds", "rarity", "world")
+
+
+def _read_summary(flag: str, path: str, needs: tuple[str, ...] = SUMMARY_KEYS) -> dict:
+    """A demo's summary.json with the top-level keys ``flag`` reads (else a UserError naming it)."""
+    try:
+        summary = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{flag} {path}: not a readable JSON file ({exc}).") from None
+    if not isinstance(summary, dict) or not set(needs) <= set(summary):
+        raise UserError(f"{flag} {path}: not a demo's summary.json (it needs the keys {', '.join(needs)}).")
+    return summary
 
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    if args.readme:
+        from repulse.workflows.demo.report import readme_paragraph
+
+        defaults = parser().parse_args([])
+        given = [k for k, v in vars(args).items() if k != "readme" and v != getattr(defaults, k)]
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise UserError(
+                f"--readme prints a finished demo's paragraph and runs nothing: {flags} would be ignored."
+            )
+        print(readme_paragraph(_read_summary("--readme", args.readme)))
+        return 0
     _check(args)
+    out = Path(args.out)
+    _check_out(out)
+    other = _read_summary("--claims-from", args.claims_from, ("claims",)) if args.claims_from else None
+    confirm = [_read_summary("--confirm-on", path) for path in args.confirm_on or []]
+    for path, c in zip(args.confirm_on or [], confirm):
+        if bool(c.get("quick")) != args.quick:
+            raise UserError(
+                f"--confirm-on {path}: a {'quick' if c.get('quick') else 'full'} demo cannot confirm the claims of a "
+                f"{'quick' if args.quick else 'full'} one (other settings and grids)."
+            )
     import torch
 
     # one thread: two OpenMP threads per process on a shared 2-core machine spin and slow every step
     torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    prepare_output_dir(out, "--out")
+    lock = lock_output_dir(out, "--out")  # one demo at a time in a directory
+    (out / MARKER).write_text(
+        json.dumps({"argv": argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n"
+    )
+    try:
+        return _run(args, out, other, confirm, t0)
+    finally:
+        lock.release()
+
+
+def _run(args: argparse.Namespace, out: Path, other: dict | None, confirm: list[dict], t0: float) -> int:
+    """The demo proper, in a locked --out: the world, the runs, the report."""
     from repulse.workflows.demo.report import summarise_world, write_outputs
-    from repulse.workflows.demo.runner import Job, run_all
+    from repulse.workflows.demo.runner import Job, prune_runs, run_all
     from repulse.workflows.demo.sweep import all_runs, settings
     from repulse.workflows.demo.world import WorldSpec, build_world
-
-    t0 = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
 
     def log(msg: str) -> None:
         print(f"[demo {_clock(time.perf_counter() - t0)}] {msg}", flush=True)
@@ -110,6 +187,10 @@ def main(argv: list[str]) -> int:
         "lm": str(world.lm), "rm": str(world.rm), "prompt_file": str(world.prompt_file),
         "table_file": str(world.table_file),
     }  # fmt: skip
+    if not args.resume and (out / "runs").exists():
+        log(
+            f"   removing the runs of an earlier demo in {out / 'runs'} (--resume would reuse the finished ones)"
+        )
     jobs = [
         Job(
             s,
@@ -122,6 +203,8 @@ def main(argv: list[str]) -> int:
         )
         for s in specs
     ]
+    # the runs directory holds exactly this demo's runs (plots of it show nothing else)
+    prune_runs(out / "runs", [Path(j.run_dir) for j in jobs] if args.resume else [])
     log(
         f"2/3 RL: {len(jobs)} runs ({len(sets)} settings x 4 methods x "
         f"{'1' if args.quick else '4'} hyper-parameter settings x {len(args.seeds)} seeds), {args.workers} at a time"
@@ -143,8 +226,7 @@ def main(argv: list[str]) -> int:
         "reused_runs": reused,
         "run_cpu_seconds": sum(r.get("cpu_seconds", 0.0) for r in results.values()),
     }
-    other = json.loads(Path(args.claims_from).read_text()) if args.claims_from else None
-    paths = write_outputs(out, world, facts, sets, args, jobs, results, timing, other)
+    paths = write_outputs(out, world, facts, sets, args, jobs, results, timing, other, confirm)
     timing["wall_seconds"] = time.perf_counter() - t0
     log(f"done in {_clock(timing['wall_seconds'])} (CPU {timing['cpu_seconds']:.0f} s): {paths['report']}")
     return 0

@@ -25,7 +25,15 @@ import torch
 
 from repulse.evaluation.exact import kl_regularized_optimum, reward_tail
 from repulse.toy import demo_corpus as corpus
-from repulse.workflows.demo.stats import BASELINES, CI, Interval, check_claims, derive_claims, interval
+from repulse.workflows.demo.stats import (
+    BASELINES,
+    CI,
+    Interval,
+    check_claims,
+    confirm_claims,
+    derive_claims,
+    interval,
+)
 from repulse.workflows.demo.sweep import LABELS, METHODS, Setting, config_summary, hp_label
 
 DEGENERATE_BELOW = 0.9  # a policy with fewer well-formed outputs than this is called degenerate
@@ -48,10 +56,12 @@ def fp(x: float) -> str:
 
 
 def fi(i: Interval, prob: bool) -> str:
+    """``centre [low, high]``; a probability's interval (of its log, exponentiated) is cut at 1."""
     f = fp if prob else (lambda v: f"{v:.2f}")
     if math.isnan(i.low):
         return f(i.centre)
-    return f"{f(i.centre)} [{f(i.low)}, {f(i.high)}]"
+    high = min(i.high, 1.0) if prob else i.high
+    return f"{f(i.centre)} [{f(i.low)}, {f(high)}]"
 
 
 def _name(method: str) -> str:
@@ -265,6 +275,17 @@ def frontier_command(out: Path, name: str) -> str:
 # ----------------------------------------------------------------------------- verdicts
 
 
+def failed_on(dropped: list[dict], setting: str, lower: str, than: str, metric: str = "p_bad") -> list[str]:
+    """Where a headline claim that separated on this run's seeds did not hold (``--confirm-on``); []
+    when it was not dropped."""
+    want = {"setting": setting, "lower": lower, "than": than, "metric": metric}
+    return next((d["failed_on"] for d in dropped if d["claim"] == want), [])
+
+
+def _not_claimed(where: list[str]) -> str:
+    return f" at these seeds only - it does NOT hold on {', '.join(where)}, so it is not claimed"
+
+
 def _compare(a: Interval, b: Interval) -> str:
     if a.below(b):
         return "below"
@@ -273,8 +294,9 @@ def _compare(a: Interval, b: Interval) -> str:
     return "overlap"
 
 
-def verdicts(setting: str, methods: dict[str, Any]) -> list[str]:
-    """RePULSe against each baseline in words, with the numbers (headline settings)."""
+def verdicts(setting: str, methods: dict[str, Any], dropped: list[dict] = ()) -> list[str]:
+    """RePULSe against each baseline in words, with the numbers (headline settings); a separation
+    that did not hold on the ``--confirm-on`` runs (``dropped``) is said to be unconfirmed."""
     lines = []
     rep_p, rep_r = (
         interval(methods["repulse"]["p_bad"], "p_bad"),
@@ -289,11 +311,15 @@ def verdicts(setting: str, methods: dict[str, Any]) -> list[str]:
         how = _compare(rep_p, bp)
         if how == "below":
             first = f"RePULSe's P(bad) is {ratio:.3g}x lower than {_name(base)}'s ({fp(rep_p.centre)} vs {fp(bp.centre)}; 95% CIs separated)"
+            where = failed_on(dropped, setting, "repulse", base)
+            first += _not_claimed(where) if where else ""
         elif how == "above":
             first = (
                 f"RePULSe does NOT beat {_name(base)}: its P(bad) is {1 / ratio:.3g}x higher ({fp(rep_p.centre)} vs "
                 f"{fp(bp.centre)}; 95% CIs separated)"
             )
+            where = failed_on(dropped, setting, base, "repulse")
+            first += _not_claimed(where) if where else ""
         else:
             first = (
                 f"RePULSe does not beat {_name(base)} on P(bad) at these seeds: {fp(rep_p.centre)} vs {fp(bp.centre)} "
@@ -319,10 +345,24 @@ def _point(sweep: dict[str, list[dict]], method: str, hp: dict) -> dict:
     return next(e for e in sweep[method] if e["hp"] == hp)
 
 
+def degeneracy(entry: dict) -> str:
+    """'' or 'DEGENERATE in k seed(s), COLLAPSED in j seed(s)' by the report's diversity measure."""
+    state = []
+    if "nondegenerate" in entry and min(entry["nondegenerate"]) < DEGENERATE_BELOW:
+        state.append(f"DEGENERATE in {sum(v < DEGENERATE_BELOW for v in entry['nondegenerate'])} seed(s)")
+    if "entropy" in entry and min(entry["entropy"]) < COLLAPSED_BELOW:
+        state.append(f"COLLAPSED in {sum(v < COLLAPSED_BELOW for v in entry['entropy'])} seed(s)")
+    return ", ".join(state)
+
+
 def _pr(entry: dict) -> str:
+    """A grid point's numbers, with its degeneracy said in words when it has any."""
     p, r = interval(entry["p_bad"], "p_bad"), interval(entry["avg_reward"], "avg_reward")
     nd = interval(entry["nondegenerate"], "nondegenerate").centre
-    return f"P(bad) {fp(p.centre)}, reward {r.centre:.2f}, well-formed {nd:.2f}"
+    flag = degeneracy(entry)
+    return f"P(bad) {fp(p.centre)}, reward {r.centre:.2f}, well-formed {nd:.2f}" + (
+        f"; {flag}" if flag else ""
+    )
 
 
 def claim_text(c: dict) -> str:
@@ -556,11 +596,21 @@ def _design_section(sets: dict[str, Setting], seeds: list[int]) -> list[str]:
     return lines
 
 
-def _overall(setting: str, methods: dict[str, Any]) -> str:
+def _overall(setting: str, methods: dict[str, Any], dropped: list[dict] = ()) -> str:
+    """The headline comparison in one sentence; separations that did not hold on the
+    ``--confirm-on`` runs are named apart and not claimed."""
     rep = interval(methods["repulse"]["p_bad"], "p_bad")
     beats = [b for b in BASELINES if rep.below(interval(methods[b]["p_bad"], "p_bad"))]
     loses = [b for b in BASELINES if interval(methods[b]["p_bad"], "p_bad").below(rep)]
     ties = [b for b in BASELINES if b not in beats and b not in loses]
+    shaky = [
+        f"{'lower' if b in beats else 'HIGHER'} P(bad) than {_name(b)}"
+        + _not_claimed(failed_on(dropped, setting, *(("repulse", b) if b in beats else (b, "repulse"))))
+        for b in beats + loses
+        if failed_on(dropped, setting, *(("repulse", b) if b in beats else (b, "repulse")))
+    ]
+    beats = [b for b in beats if not failed_on(dropped, setting, "repulse", b)]
+    loses = [b for b in loses if not failed_on(dropped, setting, b, "repulse")]
     parts = []
     if beats:
         parts.append("lower P(bad) than " + ", ".join(_name(b) for b in beats))
@@ -568,6 +618,7 @@ def _overall(setting: str, methods: dict[str, Any]) -> str:
         parts.append("no separable difference from " + ", ".join(_name(b) for b in ties))
     if loses:
         parts.append("HIGHER P(bad) than " + ", ".join(_name(b) for b in loses))
+    parts += shaky
     return "RePULSe (headline setting): " + "; ".join(parts) + "."
 
 
@@ -599,8 +650,12 @@ def importance_sentence(rep: dict[str, Any], seeds: list[int]) -> str:
     )
 
 
-def _frontier_overall(setting: str, block: dict[str, Any], claims: list[dict]) -> str:
-    """One sentence on the sweep: how many baseline settings the best RePULSe setting beats on both axes."""
+def _frontier_overall(
+    setting: str, block: dict[str, Any], claims: list[dict], dropped: list[dict] = ()
+) -> str:
+    """One sentence on the sweep: how many baseline settings the best RePULSe setting beats on both
+    axes (claims that held wherever they were checked), and how many such wins did not hold on the
+    ``--confirm-on`` runs."""
     mine = [c for c in claims if c["setting"] == setting and "lower_hp" in c]
     sweep = block["sweep"]
     n_base = sum(len(sweep[b]) for b in BASELINES)
@@ -625,13 +680,23 @@ def _frontier_overall(setting: str, block: dict[str, Any], claims: list[dict]) -
             f"{_pr(base_best)}))"
         )
     text += f"; {len(losses)} comparison(s) go the other way (a baseline setting beats a RePULSe setting)."
+    shaky = [d for d in dropped if d["claim"]["setting"] == setting and "lower_hp" in d["claim"]]
+    if shaky:
+        where = sorted({w for d in shaky for w in d["failed_on"]})
+        text += (
+            f" A further {len(shaky)} such comparison(s) separated at these seeds but NOT on {', '.join(where)}, "
+            "so they are not claimed."
+        )
     return text
 
 
 def write_outputs(
     out: Path, world: Any, facts: dict[str, Any], sets: dict[str, Setting], args: Any, jobs: list[Any],
-    results: dict, timing: dict[str, float], other: dict | None,
+    results: dict, timing: dict[str, float], other: dict | None, confirm: list[dict] = (),
 ) -> dict[str, Path]:  # fmt: skip
+    """summary.json, report.md and readme.md.  ``other``: a summary whose claims are checked on this
+    run (``--claims-from``); ``confirm``: summaries of the same demo elsewhere (``--confirm-on``) -
+    a claim of this run is made only if it also holds on each of them."""
     table = world.table()
     write_rm_scores(world.root / "rm_scores.tsv", table)
     seeds = list(args.seeds)
@@ -639,7 +704,8 @@ def write_outputs(
     for name, s in sets.items():
         if s.kl_coef > 0:
             settings_block[name]["optimum"] = _optimum(table, world.eta, s.kl_coef)
-    claims = derive_claims(settings_block)
+    confirm_on = [(variant_label(c), c) for c in confirm]
+    claims, dropped = confirm_claims(derive_claims(settings_block), confirm_on)
     summary = {
         "seeds": seeds,
         "rarity": args.rarity,
@@ -649,6 +715,9 @@ def write_outputs(
         "claims": claims,
         "timing": timing,
     }
+    if confirm_on:
+        summary["confirmed_on"] = [label for label, _ in confirm_on]
+        summary["unconfirmed_claims"] = dropped
     rechecked = check_claims(other["claims"], summary) if other else None
     if rechecked is not None:
         summary["rechecked_claims"] = [{"claim": c["claim"], "holds": c["holds"]} for c in rechecked]
@@ -671,7 +740,8 @@ def write_outputs(
     lines += ["## Findings", ""]
     for name, block in settings_block.items():
         lines.append(
-            f"- **{sets[name].title}**: {_overall(name, block['methods'])} {_frontier_overall(name, block, claims)}"
+            f"- **{sets[name].title}**: {_overall(name, block['methods'], dropped)} "
+            f"{_frontier_overall(name, block, claims, dropped)}"
         )
     lines += [""]
     lines += _world_section(facts, table, n)
@@ -681,10 +751,12 @@ def write_outputs(
         methods = block["methods"]
         lines += [f"## {s.title[0].upper() + s.title[1:]}", ""]
         lines += _table_headline(methods, s.kl_coef > 0)
-        lines += ["", *verdicts(name, methods), ""]
+        lines += ["", *verdicts(name, methods, dropped), ""]
         if "q_p_bad" in methods["repulse"]:
             lines += [
                 proposal_sentence(interval(methods["repulse"]["q_p_bad"], "q_p_bad"), facts["p0_bad"]),
+                "",
+                importance_sentence(methods["repulse"], seeds),
                 "",
             ]
         if "optimum" in block:
@@ -722,8 +794,9 @@ def write_outputs(
             "",
             f"Reproduce the figure from the run directories: `{frontier_command(out, name)}`",
             "",
-            "Each RePULSe setting against the 12 baseline settings: *beats* = P(bad) 95% CIs separated (lower) "
-            "and mean average reward at least as high.",
+            f"Each RePULSe setting against the {sum(len(block['sweep'][b]) for b in BASELINES)} baseline settings: "
+            "*beats* = P(bad) 95% CIs separated (lower) and mean average reward at least as high; DEGENERATE / "
+            f"COLLAPSED = well-formed share below {DEGENERATE_BELOW} / entropy below {COLLAPSED_BELOW} nat in some seed.",
             "",
             *frontier_verdicts(name, block["sweep"], claims),
             "",
@@ -751,6 +824,16 @@ def write_outputs(
     lines.append(
         f"- and {len(front)} frontier claim(s) (one setting beats another on both axes), in words in the frontier sections above."
     )
+    if confirm_on:
+        lines += [
+            "",
+            f"Every claim above also holds on {'; '.join(label for label, _ in confirm_on)} (`--confirm-on`). "
+            f"{len(dropped)} comparison(s) that separated on this run's seeds did not, and are not claimed:",
+            "",
+        ]
+        lines += [
+            f"- NOT claimed (fails on {', '.join(d['failed_on'])}): {claim_text(d['claim'])}" for d in dropped
+        ]
     if rechecked is not None:
         held = [c for c in rechecked if c["holds"]]
         lines += [
@@ -780,12 +863,23 @@ def write_outputs(
         "",
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    (out / "readme.md").write_text(readme_paragraph(summary, sets, timing) + "\n")
+    (out / "readme.md").write_text(readme_paragraph(summary) + "\n")
     return {"report": out / "report.md", "summary": out / "summary.json"}
 
 
-def readme_paragraph(summary: dict[str, Any], sets: dict[str, Setting], timing: dict[str, float]) -> str:
-    """The README's paragraph about the demo, from the run's numbers."""
+def variant_label(summary: dict[str, Any]) -> str:
+    """How a demo is named when its claims are checked: 'seeds 100-104, rarity 0.001'."""
+    seeds = summary["seeds"]
+    run = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+    named = f"{seeds[0]}-{seeds[-1]}" if run and len(seeds) > 2 else ", ".join(map(str, seeds))
+    return f"seeds {named}, rarity {summary['rarity']:g}" + (" (quick)" if summary.get("quick") else "")
+
+
+def readme_paragraph(summary: dict[str, Any]) -> str:
+    """The README's paragraph about the demo, rendered from its summary.json alone (``repulse demo
+    --readme runs/demo/summary.json`` prints it): every number and verdict comes from the run."""
+    timing = summary.get("timing", {})
+    dropped = summary.get("unconfirmed_claims", [])
     w = summary["world"]
     parts = []
     for name, block in summary["settings"].items():
@@ -800,13 +894,17 @@ def readme_paragraph(summary: dict[str, Any], sets: dict[str, Setting], timing: 
                 "above": f"{rep.centre / bp.centre:.2g}x HIGHER than",
                 "overlap": "not distinguishable from",
             }[how]
-            bits.append(f"{word} {_name(b)}'s ({fp(bp.centre)})")
+            where = failed_on(dropped, name, *(("repulse", b) if how == "below" else (b, "repulse")))
+            bits.append(
+                f"{word} {_name(b)}'s ({fp(bp.centre)})"
+                + (_not_claimed(where) if how != "overlap" and where else "")
+            )
         parts.append(
-            f"{sets[name].title[0].upper() + sets[name].title[1:]}: at the headline settings (fixed in advance) RePULSe's "
+            f"{block['title'][0].upper() + block['title'][1:]}: at the headline settings (fixed in advance) RePULSe's "
             f"final P(bad) {fp(rep.centre)} is "
             + "; ".join(bits)
             + ". "
-            + _frontier_overall(name, block, summary["claims"])
+            + _frontier_overall(name, block, summary["claims"], dropped)
         )
     took = (
         f"the last run: {timing['wall_seconds'] / 60:.0f} min wall clock, {timing['cpu_seconds'] / 60:.0f} min of CPU"
@@ -819,7 +917,15 @@ def readme_paragraph(summary: dict[str, Any], sets: dict[str, Setting], timing: 
         f"bad outputs below η = {w['eta']:.2f}, and four methods (REINFORCE, reward-transformed REINFORCE, the "
         f"p-proposal ablation, RePULSe) at 4 hyper-parameter settings each over seeds {', '.join(map(str, summary['seeds']))}, "
         "with the same number of samples per run, evaluated exactly (P(bad) as geometric means over seeds; a "
-        "difference is stated only where 95% CIs do not overlap). " + " ".join(parts) + " "
+        "difference is stated only where 95% CIs do not overlap"
+        + (
+            f" and the comparison also holds on {'; '.join(summary['confirmed_on'])}"
+            if summary.get("confirmed_on")
+            else ""
+        )
+        + "). "
+        + " ".join(parts)
+        + " "
         "`runs/demo/report.md` has the frontiers, diversity and samples; `runs/demo/summary.json` the per-seed numbers "
         "and claims."
     )

@@ -5,7 +5,10 @@ that a slow machine can be told from a hung one.
 Each run: ``repulse.trainers.rl.run`` on an ``RLConfig`` built in code, its console output in
 ``<run>/log.txt``, then the exact evaluation of its final policy (``exact_summary.json``).  With
 ``resume``, a run whose directory already holds the same ``spec.json`` and an exact summary is
-not run again.
+not run again.  The demo owns ``<out>/runs``: a run that is (re)trained starts from an empty
+directory (an earlier or interrupted run's weights, proposal and summaries are removed first, so
+nothing stale can be read as this run's), and :func:`prune_runs` removes run directories that
+are not part of the current demo.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -64,6 +68,7 @@ def run_job(job: Job) -> dict[str, Any]:
     torch.set_num_threads(1)
     start, cpu = time.perf_counter(), time.process_time()
     run_dir = Path(job.run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)  # not reused: start over (see the module docstring)
     run_dir.mkdir(parents=True, exist_ok=True)
     s = job.spec
     cfg = rl_config(
@@ -96,6 +101,23 @@ def finished(job: Job) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         return None
     return None
+
+
+def prune_runs(root: Path, keep: list[Path]) -> list[Path]:
+    """Remove every run directory under ``root`` (``<setting>/<method>/h<i>/seed<s>``) not in ``keep``,
+    and the folders left empty; returns the removed ones.  ``root`` is the demo's own ``runs``."""
+    if not root.is_dir():
+        return []
+    kept = {p.resolve() for p in keep}
+    removed = []
+    for run_dir in sorted(root.glob("*/*/*/*")):
+        if run_dir.is_dir() and run_dir.resolve() not in kept:
+            shutil.rmtree(run_dir)
+            removed.append(run_dir)
+    for folder, _dirs, _files in os.walk(root, topdown=False):  # children first
+        if Path(folder) != root and not any(Path(folder).iterdir()):
+            Path(folder).rmdir()
+    return removed
 
 
 def _clock(seconds: float) -> str:
@@ -153,11 +175,16 @@ def run_all(
     ) as pool:
         pending: dict[Future, Job] = {pool.submit(run_job, job): job for job in todo}
         k = 0
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                job = pending.pop(fut)
-                k += 1
-                results[job.spec.name] = summary = fut.result()
-                report(job, summary, k)
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    job = pending.pop(fut)
+                    k += 1
+                    results[job.spec.name] = summary = fut.result()
+                    report(job, summary, k)
+        except BaseException:
+            # one failed run fails the demo: do not train the queued runs before saying so
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     return results

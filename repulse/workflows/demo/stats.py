@@ -113,3 +113,19 @@ def check_claims(claims: list[dict[str, Any]], summary: dict[str, Any]) -> list[
         holds = beats(lo, hi) if claim.get("reward_at_least") else a.below(b)
         out.append({"claim": claim, "holds": holds, "lower": a, "than": b})
     return out
+
+
+def confirm_claims(
+    claims: list[dict[str, Any]], others: list[tuple[str, dict[str, Any]]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split ``claims`` into those that hold on every other summary in ``others`` ((label, summary)
+    pairs: the same demo on other seeds, another rarity) and those that do not, each of the latter
+    as ``{"claim", "failed_on": [labels]}``.  A claim kept here holds on every run it was checked on."""
+    kept, dropped = [], []
+    for claim in claims:
+        failed = [label for label, other in others if not check_claims([claim], other)[0]["holds"]]
+        if failed:
+            dropped.append({"claim": claim, "failed_on": failed})
+        else:
+            kept.append(claim)
+    return kept, dropped
