@@ -46,8 +46,31 @@ def test_quick_variant_states_only_claims_that_hold(tmp_path):
 
     out = tmp_path / "demo"
     seeds = [100, 101, 102]
-    assert main(["demo", "--quick", "--seeds", *map(str, seeds), "--rarity", "0.01", "--out", str(out)]) == 0
+    # claims of another run (written here) to recheck on this variant's seeds: headline ones either
+    # way, a frontier one, and one about a setting this demo does not have (never holds)
+    theirs = [
+        {"setting": "kl", "lower": "repulse", "than": "reinforce", "metric": "p_bad"},
+        {"setting": "kl0", "lower": "reinforce", "than": "repulse", "metric": "avg_reward"},
+        {"setting": "kl", "lower": "repulse", "lower_hp": {"beta": 10.0, "alpha": 1.0}, "than": "p_proposal",
+         "than_hp": {"alpha": 1.0}, "metric": "p_bad", "reward_at_least": True},
+        {"setting": "kl5", "lower": "repulse", "than": "reinforce", "metric": "p_bad"},
+    ]  # fmt: skip
+    (tmp_path / "theirs.json").write_text(json.dumps({"claims": theirs}))
+    argv = ["demo", "--quick", "--seeds", *map(str, seeds), "--rarity", "0.01", "--out", str(out)]
+    assert main([*argv, "--claims-from", str(tmp_path / "theirs.json")]) == 0
     summary = json.loads((out / "summary.json").read_text())
+    # each claim of the other run rechecked on these seeds, with this test's own t-intervals
+    settings = summary["settings"]
+    sweep_kl = {m: e[0] for m, e in settings["kl"]["sweep"].items()}
+    expected_holds = [
+        _separated(settings["kl"]["methods"], "repulse", "reinforce", "p_bad"),
+        _separated(settings["kl0"]["methods"], "reinforce", "repulse", "avg_reward"),
+        _beats(sweep_kl["repulse"], sweep_kl["p_proposal"]),
+        False,
+    ]
+    assert [c["claim"] for c in summary["rechecked_claims"]] == theirs
+    assert [c["holds"] for c in summary["rechecked_claims"]] == expected_holds
+    assert f"{sum(expected_holds)} of 4 hold" in (out / "report.md").read_text()
     assert summary["seeds"] == seeds and summary["rarity"] == 0.01 and summary["quick"] is True
     assert set(summary["settings"]) == {"kl0", "kl"}
     for name, block in summary["settings"].items():

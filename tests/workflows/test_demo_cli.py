@@ -55,7 +55,17 @@ def _summary() -> dict:
         "claims": [kept, frontier],
         "confirmed_on": ["seeds 100-104, rarity 0.0001"],
         "unconfirmed_claims": [{"claim": dropped, "failed_on": ["seeds 100-104, rarity 0.0001"]}],
-        "timing": {"wall_seconds": 600.0, "cpu_seconds": 1140.0, "reused_runs": 0},
+        "timing": {
+            "wall_seconds": 60.0,
+            "cpu_seconds": 30.0,
+            "reused_runs": 160,  # a re-render (--resume) ...
+            "measured": {  # ... of runs trained by an earlier demo, which measured this
+                "wall_seconds": 600.0,
+                "cpu_seconds": 1140.0,
+                "load_average_start": [6.8, 4.7, 7.9],
+                "load_average_end": [10.2, 11.3, 11.7],
+            },
+        },  # fmt: skip
     }
 
 
@@ -64,7 +74,13 @@ def test_readme_paragraph_is_rendered_from_the_summary(tmp_path, capsys):
     path.write_text(json.dumps(_summary()))
     assert main(["--readme", str(path)]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("`make demo` reproduces") and "10 min wall clock, 19 min of CPU" in text
+    assert (
+        text.startswith("`make demo` reproduces")
+        and (
+            "measured: 10 min wall clock, 19 min of CPU (machine load average 6.8 at the start, 10.2 at the end)"
+        )
+        in text
+    )
     assert "2.3e-3" in text and "η = -1.62" in text and "seeds 1, 2, 3, 4, 5" in text
     # separated on these seeds, failed on the variant: said so, not claimed
     assert (
@@ -117,3 +133,23 @@ def test_prune_runs_keeps_exactly_the_current_runs(tmp_path):
     assert all(d.is_dir() for d in keep)
     assert not (root / "kl" / "p_proposal").exists()  # emptied folders go too
     assert prune_runs(root, []) and not any(root.iterdir())
+
+
+def test_a_rerender_keeps_the_time_of_the_demo_that_trained_the_runs(tmp_path):
+    """--resume with every run reused measures nothing new: the experiment's time is the one recorded
+    by the demo that trained the runs (its "measured" block, or, from an older summary, its own wall
+    and CPU time when it reused nothing); a demo that itself reused runs passes on no measurement."""
+    from repulse.workflows.demo.cli import _earlier_measurement
+
+    def write(timing: dict) -> None:
+        (tmp_path / "summary.json").write_text(json.dumps({"timing": timing}))
+
+    measured = {"wall_seconds": 600.0, "cpu_seconds": 1140.0, "load_average_start": [1.0, 1.0, 1.0]}
+    write({"wall_seconds": 5.0, "cpu_seconds": 2.0, "reused_runs": 160, "measured": measured})
+    assert _earlier_measurement(tmp_path) == measured
+    write({"wall_seconds": 1530.0, "cpu_seconds": 510.0, "reused_runs": 0})
+    assert _earlier_measurement(tmp_path) == {"wall_seconds": 1530.0, "cpu_seconds": 510.0}
+    write({"wall_seconds": 30.0, "cpu_seconds": 20.0, "reused_runs": 6})
+    assert _earlier_measurement(tmp_path) is None
+    (tmp_path / "summary.json").unlink()
+    assert _earlier_measurement(tmp_path) is None

@@ -54,3 +54,39 @@ def test_eta_rule():
     # one non-bad response at -4 among the bad ones: the best cut, between -3 and 2, misclassifies only it
     eta, info = choose_eta(torch.tensor([-5.0, -3.0, -4.0, 2.0, 4.0]), bad)
     assert eta == -0.5 and not info["separated"] and info["misclassified"] == 1
+
+
+@pytest.mark.slow
+def test_a_run_retrained_into_its_directory_starts_over(demo_lm_rm, tmp_path):
+    """Running a demo run again where it already ran (a re-run of ``repulse demo`` into the same
+    --out) is not refused as another run's directory: the run starts from an empty directory (a
+    stale file left there is gone) and ends with the same exact numbers (same seed); with resume the
+    finished run is reused, not retrained."""
+    import json
+
+    from repulse.toy import demo_corpus as corpus
+    from repulse.workflows.demo.runner import Job, run_all
+    from repulse.workflows.demo.sweep import RunSpec, settings
+    from repulse.workflows.demo.world import TABLE_FILE
+
+    lm, rm = demo_lm_rm
+    root = lm.parent
+    setting = settings(quick=True)["kl0"]
+    spec = RunSpec("kl0", "reinforce", 1, setting.grids["reinforce"][1], 7)
+    world = {
+        "lm": str(lm),
+        "rm": str(rm),
+        "prompt_file": str(root / "prompt.jsonl"),
+        "table_file": str(root / TABLE_FILE),
+    }
+    eta = json.loads((root / "world.json").read_text())["eta"]
+    job = Job(spec, setting, str(tmp_path / "runs" / spec.name), world, eta, tuple(corpus.BAD_WORDS), "w")
+    lines = []
+    first = run_all([job], 1, False, lines.append, lambda j, s: "")[spec.name]
+    stale = tmp_path / "runs" / spec.name / "stale.txt"
+    stale.write_text("from an earlier demo")
+    again = run_all([job], 1, False, lines.append, lambda j, s: "")[spec.name]
+    assert not stale.exists()
+    assert again["p_bad"] == first["p_bad"] and again["avg_reward"] == first["avg_reward"]
+    reused = run_all([job], 1, True, lines.append, lambda j, s: "")[spec.name]
+    assert reused.get("reused") is True and reused["p_bad"] == first["p_bad"]

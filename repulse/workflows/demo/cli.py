@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import time
 from pathlib import Path
@@ -151,18 +152,22 @@ def main(argv: list[str]) -> int:
     # one thread: two OpenMP threads per process on a shared 2-core machine spin and slow every step
     torch.set_num_threads(1)
     t0 = time.perf_counter()
+    load_start = os.getloadavg()
     prepare_output_dir(out, "--out")
     lock = lock_output_dir(out, "--out")  # one demo at a time in a directory
     (out / MARKER).write_text(
         json.dumps({"argv": argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n"
     )
     try:
-        return _run(args, out, other, confirm, t0)
+        return _run(args, out, other, confirm, t0, load_start)
     finally:
         lock.release()
 
 
-def _run(args: argparse.Namespace, out: Path, other: dict | None, confirm: list[dict], t0: float) -> int:
+def _run(
+    args: argparse.Namespace, out: Path, other: dict | None, confirm: list[dict], t0: float,
+    load_start: tuple[float, float, float],
+) -> int:  # fmt: skip
     """The demo proper, in a locked --out: the world, the runs, the report."""
     from repulse.workflows.demo.report import summarise_world, write_outputs
     from repulse.workflows.demo.runner import Job, prune_runs, run_all
@@ -203,6 +208,7 @@ def _run(args: argparse.Namespace, out: Path, other: dict | None, confirm: list[
         )
         for s in specs
     ]
+    earlier = _earlier_measurement(out) if args.resume else None
     # the runs directory holds exactly this demo's runs (plots of it show nothing else)
     prune_runs(out / "runs", [Path(j.run_dir) for j in jobs] if args.resume else [])
     log(
@@ -225,11 +231,34 @@ def _run(args: argparse.Namespace, out: Path, other: dict | None, confirm: list[
         "cpu_seconds": cpu,
         "reused_runs": reused,
         "run_cpu_seconds": sum(r.get("cpu_seconds", 0.0) for r in results.values()),
+        "load_average_start": list(load_start),
+        "load_average_end": list(os.getloadavg()),
     }
+    # the time of the experiment: this run's when it trained every run, else (every run reused) the
+    # measurement of the demo that trained them, carried over; with a mix, none
+    if reused == 0:
+        timing["measured"] = {
+            k: timing[k] for k in ("wall_seconds", "cpu_seconds", "load_average_start", "load_average_end")
+        }
+    elif reused == len(results) and earlier is not None:
+        timing["measured"] = earlier
     paths = write_outputs(out, world, facts, sets, args, jobs, results, timing, other, confirm)
     timing["wall_seconds"] = time.perf_counter() - t0
     log(f"done in {_clock(timing['wall_seconds'])} (CPU {timing['cpu_seconds']:.0f} s): {paths['report']}")
     return 0
+
+
+def _earlier_measurement(out: Path) -> dict | None:
+    """The timing of the demo that trained the runs in ``out`` (its summary.json's), if it has one."""
+    try:
+        timing = json.loads((out / "summary.json").read_text())["timing"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if "measured" in timing:
+        return timing["measured"]
+    if timing.get("reused_runs") == 0:  # a summary written before "measured" was recorded
+        return {k: timing[k] for k in ("wall_seconds", "cpu_seconds") if k in timing}
+    return None
 
 
 def _clock(seconds: float) -> str:

@@ -859,12 +859,37 @@ def write_outputs(
             if timing.get("reused_runs")
             else "."
         )
-        + f" The runs themselves: {timing['run_cpu_seconds'] / 60:.1f} min of CPU in all.",
+        + f" The runs themselves: {timing['run_cpu_seconds'] / 60:.1f} min of CPU in all. "
+        + f"Machine load average (1, 5, 15 min) at the start: {_load(timing.get('load_average_start'))}; "
+        + f"at the end: {_load(timing.get('load_average_end'))} (other jobs share the machine: wall time follows them).",
+        *(
+            [
+                "",
+                f"The experiment itself (the demo that trained these runs): {_took(timing['measured'])}.",
+            ]
+            if timing.get("reused_runs") and timing.get("measured")
+            else []
+        ),
         "",
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "readme.md").write_text(readme_paragraph(summary) + "\n")
     return {"report": out / "report.md", "summary": out / "summary.json"}
+
+
+def _load(avg: list[float] | None) -> str:
+    return "/".join(f"{v:.1f}" for v in avg) if avg else "not recorded"
+
+
+def _took(m: dict[str, Any]) -> str:
+    """'26 min wall clock, 9 min of CPU (machine load average 6.8 at the start, 10.2 at the end)'."""
+    text = f"{m['wall_seconds'] / 60:.0f} min wall clock, {m['cpu_seconds'] / 60:.0f} min of CPU"
+    if m.get("load_average_start") and m.get("load_average_end"):
+        text += (
+            f" (machine load average {m['load_average_start'][0]:.1f} at the start, "
+            f"{m['load_average_end'][0]:.1f} at the end)"
+        )
+    return text
 
 
 def variant_label(summary: dict[str, Any]) -> str:
@@ -907,9 +932,9 @@ def readme_paragraph(summary: dict[str, Any]) -> str:
             + _frontier_overall(name, block, summary["claims"], dropped)
         )
     took = (
-        f"the last run: {timing['wall_seconds'] / 60:.0f} min wall clock, {timing['cpu_seconds'] / 60:.0f} min of CPU"
-        if not timing.get("reused_runs")
-        else f"the last run reused {timing['reused_runs']} finished runs, so its time says nothing"
+        f"measured: {_took(timing['measured'])}"
+        if timing.get("measured")
+        else "the last run reused some finished runs, so its time says nothing"
     )
     return (
         f"`make demo` reproduces the paper's toy experiment on 2 CPU cores ({took}): "
