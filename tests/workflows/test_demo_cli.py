@@ -46,13 +46,27 @@ def _summary() -> dict:
         "setting": "kl", "lower": "p_proposal", "lower_hp": {"alpha": 1.0}, "than": "repulse",
         "than_hp": {"beta": 10.0, "alpha": 1.0}, "metric": "p_bad", "reward_at_least": True,
     }  # fmt: skip
+    win = {
+        "setting": "kl", "lower": "repulse", "lower_hp": {"beta": 10.0, "alpha": 1.0}, "than": "reinforce",
+        "than_hp": {"lr": 0.001}, "metric": "p_bad", "reward_at_least": True,
+    }  # fmt: skip
+    lost = {"on": "seeds 1-5 at rarity 0.001", "setting": "kl", "lower": "reinforce", "than": "repulse"}
     return {
+        "against_repulse_elsewhere": [
+            {
+                **lost,
+                "metric": "p_bad",
+                "baseline": "reinforce",
+                "baseline_value": 3.1e-4,
+                "repulse_value": 9.2e-4,
+            }
+        ],
         "seeds": [1, 2, 3, 4, 5],
         "rarity": 1e-4,
         "quick": False,
         "world": {"p0_bad": 2.28e-3, "eta": -1.62},
         "settings": {"kl": {"title": "KL penalty (paper App. E.1)", "methods": methods, "sweep": sweep}},
-        "claims": [kept, frontier],
+        "claims": [kept, frontier, win],
         "confirmed_on": ["seeds 100-104, rarity 0.0001"],
         "unconfirmed_claims": [{"claim": dropped, "failed_on": ["seeds 100-104, rarity 0.0001"]}],
         "timing": {
@@ -93,10 +107,39 @@ def test_readme_paragraph_is_rendered_from_the_summary(tmp_path, capsys):
     assert "also holds on seeds 100-104, rarity 0.0001" in text
     # RePULSe's well-formed share is 0.5: the setting the paragraph names says it is degenerate
     assert (
-        "(beta=10, alpha=1: P(bad) 2.1e-9, reward 1.00, well-formed 0.50; DEGENERATE in 5 seed(s)) beats 0 of 3"
+        "(beta=10, alpha=1: P(bad) 2.1e-9, reward 1.00, well-formed 0.50; DEGENERATE in 5 seed(s)) beats 1 of 3"
         in text
     )
     assert "1 comparison(s) go the other way" in text
+    # what went against RePULSe in another run of the demo is said, with its numbers
+    assert (
+        "But RePULSe does not beat every baseline everywhere: on seeds 1-5 at rarity 0.001, kl: RePULSe's "
+        "P(bad) 9.2e-4 is HIGHER than REINFORCE (RLOO)'s 3.1e-4"
+    ) in text
+
+
+def test_against_repulse_elsewhere_is_what_a_baseline_won():
+    """Another run's claims: a baseline's lower P(bad) and RePULSe's lower reward go against RePULSe;
+    a baseline's lower reward and RePULSe's lower P(bad) do not; frontier claims are left to the sweep."""
+    from repulse.workflows.demo.report import against_repulse
+
+    other = _summary()
+    c = lambda lower, than, metric: {"setting": "kl", "lower": lower, "than": than, "metric": metric}  # noqa: E731
+    other["claims"] = [
+        c("p_proposal", "repulse", "p_bad"),
+        c("repulse", "reinforce", "p_bad"),
+        c("repulse", "reinforce", "avg_reward"),
+        c("p_proposal", "repulse", "avg_reward"),
+        other["claims"][1],
+    ]
+    got = against_repulse("seeds 7-11 at rarity 0.0001", other)
+    assert [(e["baseline"], e["metric"]) for e in got] == [
+        ("p_proposal", "p_bad"),
+        ("reinforce", "avg_reward"),
+    ]
+    assert got[0]["repulse_value"] == pytest.approx(E(-20), rel=1e-9)
+    assert got[0]["baseline_value"] == pytest.approx(E(-30), rel=1e-9)
+    assert got[1]["on"] == "seeds 7-11 at rarity 0.0001"
 
 
 def test_readme_refuses_flags_it_would_ignore(tmp_path):
