@@ -150,3 +150,21 @@ def test_confirm_claims_keeps_only_claims_that_hold_on_every_variant():
     assert kept == [claims[1]]
     assert dropped == [{"claim": claims[0], "failed_on": ["seeds 100-104"]}]
     assert confirm_claims(claims, []) == (claims, [])
+
+
+def test_importance_sentence_says_when_q_is_worse_than_plain_sampling():
+    """4,096 samples of q against plain sampling: a seed whose plain-sampling equivalent is 1e5
+    samples is a win for q, one at 85 samples is not; the sentence counts them and says so."""
+    from repulse.workflows.demo.report import importance_sentence
+
+    rep = {
+        "is_estimate": [2.0e-4, 1.2e-5],
+        "p_bad": [1.9e-4, 1.5e-5],
+        "is_rel_se": [0.01, 28.0],
+        "naive_samples_same_se": [1.0e5, 85.0],
+    }
+    text = importance_sentence(rep, [1, 2])
+    assert "seed 2: 1.2e-5 vs exact 1.5e-5 (relative SE 28; plain sampling of p: ~85 samples)" in text
+    assert "beats plain sampling of p (fewer samples for the same error) in 1 of 2 seed(s); elsewhere" in text
+    rep["naive_samples_same_se"] = [1.0e5, 1.0e6]
+    assert importance_sentence(rep, [1, 2]).endswith("in 2 of 2 seed(s).")

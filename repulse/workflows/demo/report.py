@@ -643,10 +643,18 @@ def importance_sentence(rep: dict[str, Any], seeds: list[int]) -> str:
             seeds, rep["is_estimate"], rep["p_bad"], rep["is_rel_se"], rep["naive_samples_same_se"]
         )
     ]
+    better = sum(naive > IS_SAMPLES for naive in rep["naive_samples_same_se"])
+    n = len(rep["naive_samples_same_se"])
+    verdict = (
+        f" Importance sampling with q beats plain sampling of p (fewer samples for the same error) in {better} of "
+        f"{n} seed(s)"
+        + ("." if better == n else "; elsewhere q, trained to find low rewards under the policy it trained "
+           "beside, is a worse proposal for the final policy's P(bad) than p itself.")
+    )  # fmt: skip
     return (
         f"The final proposal as an importance-sampling estimator of the final policy's P(bad) from {IS_SAMPLES:,} "
         "samples of q (one draw; the relative standard error is exact, as is the number of samples of p that "
-        "plain Monte Carlo would need for it): " + "; ".join(parts) + "."
+        "plain Monte Carlo would need for it): " + "; ".join(parts) + "." + verdict
     )
 
 
