@@ -165,6 +165,11 @@ def test_importance_sentence_says_when_q_is_worse_than_plain_sampling():
     }
     text = importance_sentence(rep, [1, 2])
     assert "seed 2: 1.2e-5 vs exact 1.5e-5 (relative SE 28; plain sampling of p: ~85 samples)" in text
-    assert "beats plain sampling of p (fewer samples for the same error) in 1 of 2 seed(s); elsewhere" in text
+    assert (
+        "beats plain sampling of p (fewer samples for the same error) in 1 of 2 seed(s); in the others q"
+        in text
+    )
     rep["naive_samples_same_se"] = [1.0e5, 1.0e6]
     assert importance_sentence(rep, [1, 2]).endswith("in 2 of 2 seed(s).")
+    rep["naive_samples_same_se"] = [85.0, 85.0]
+    assert "in 0 of 2 seed(s); in every seed q" in importance_sentence(rep, [1, 2])

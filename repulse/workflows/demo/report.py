@@ -648,8 +648,8 @@ def importance_sentence(rep: dict[str, Any], seeds: list[int]) -> str:
     verdict = (
         f" Importance sampling with q beats plain sampling of p (fewer samples for the same error) in {better} of "
         f"{n} seed(s)"
-        + ("." if better == n else "; elsewhere q, trained to find low rewards under the policy it trained "
-           "beside, is a worse proposal for the final policy's P(bad) than p itself.")
+        + ("." if better == n else f"; {'in the others' if better else 'in every seed'} q, trained to find low "
+           "rewards under the policy it trained beside, is a worse proposal for the final policy's P(bad) than p itself.")
     )  # fmt: skip
     return (
         f"The final proposal as an importance-sampling estimator of the final policy's P(bad) from {IS_SAMPLES:,} "
