@@ -53,12 +53,11 @@ def toy_rm(toy, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def demo_lm_rm(toy, tmp_path_factory):
-    """The demo's pretrained toy LM and toy reward model (its quick settings), built once."""
-    from repulse.trainers import rm, sft
-    from repulse.workflows.demo import _rm_config, _sft_config
+def demo_lm_rm(tmp_path_factory):
+    """The demo's pretrained toy LM and reward model (its quick world: word-level tokenizer, GPT-2
+    of hidden size 64, the bad words rare after "This man is a"), built once; ``world.json``
+    beside them records η."""
+    from repulse.workflows.demo.world import WorldSpec, build_world
 
-    out = tmp_path_factory.mktemp("demo_lm_rm")
-    sft.run(_sft_config(toy, out, quick=True))
-    rm.run(_rm_config(toy, out / "lm", out, quick=True))
-    return out / "lm", out / "rm"
+    world = build_world(tmp_path_factory.mktemp("demo_lm_rm"), WorldSpec.quick(), log=lambda _msg: None)
+    return world.lm, world.rm

@@ -35,7 +35,10 @@ __all__ = [
     "enumerate_sequences",
     "exact_expectation",
     "exact_prob_bad",
+    "kl_regularized_optimum",
     "next_token_logprobs",
+    "reward_tail",
+    "score_enumeration",
 ]
 
 TokenIds = Sequence[int] | torch.Tensor
@@ -369,3 +372,92 @@ def exact_prob_bad(
             prefix_lp = torch.cat(next_lp)
     log_p = float(torch.logsumexp(torch.cat(terms), dim=0)) if terms else -math.inf
     return log_p if log else math.exp(log_p)
+
+
+# --------------------------------------------------------------------------- reward events
+
+
+def score_enumeration(
+    enum: EnumeratedResponses, score_fn: Callable[[list[tuple[int, ...]]], Any], batch_size: int = 1024
+) -> torch.Tensor:
+    """The reward of every enumerated response, float64, in ``enum``'s order.
+
+    ``score_fn`` maps a list of responses (token ids, EOS included if emitted) to one reward each;
+    it is called on batches of ``batch_size``.  The reward model is fixed, so a table computed
+    once serves every policy whose enumeration has the same responses (same vocabulary, EOS and
+    length; see :func:`enumerate_sequences`).
+    """
+    out = []
+    for start in range(0, len(enum.sequences), batch_size):
+        chunk = enum.sequences[start : start + batch_size]
+        values = torch.as_tensor(score_fn(chunk), dtype=torch.float64).reshape(-1)
+        if values.numel() != len(chunk):
+            raise ValueError(f"score_fn returned {values.numel()} rewards for {len(chunk)} responses")
+        out.append(values)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def reward_tail(
+    log_probs: torch.Tensor,
+    rewards: torch.Tensor,
+    eta: float,
+    *,
+    ref_log_probs: torch.Tensor | None = None,
+    indicators: dict[str, torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """Exact statistics of a distribution over an enumerated response set, given every reward.
+
+    With p_i = exp(log_probs[i]) and r_i = rewards[i] (the same order):
+
+    * ``log_p_bad`` = log Σ_{i: r_i < η} p_i (log-sum-exp, so a tiny mass keeps its digits;
+      -inf if no response is below η) and ``p_bad`` = its exp;
+    * ``avg_reward`` = Σ_i p_i r_i;
+    * ``entropy`` = −Σ_i p_i log p_i (nats);
+    * ``kl`` = Σ_i p_i (log p_i − log p_ref,i) when ``ref_log_probs`` is given (nats);
+    * ``share_<name>`` = Σ_i p_i · 1[indicators[name]_i] for each boolean mask.
+
+    Terms with p_i = 0 contribute 0 (0·log 0 = 0).  Sums run in float64.
+    """
+    lp = torch.as_tensor(log_probs, dtype=torch.float64).reshape(-1)
+    r = torch.as_tensor(rewards, dtype=torch.float64).reshape(-1)
+    if lp.shape != r.shape:
+        raise ValueError(f"log_probs has {lp.numel()} entries, rewards {r.numel()}")
+    p = lp.exp()
+    finite = p > 0
+    bad = r < eta
+    log_p_bad = float(torch.logsumexp(lp[bad], dim=0)) if bool(bad.any()) else -math.inf
+    out = {
+        "log_p_bad": log_p_bad,
+        "p_bad": math.exp(log_p_bad),
+        "avg_reward": float((p * r).sum()),
+        "entropy": float(-(p[finite] * lp[finite]).sum()),
+    }
+    if ref_log_probs is not None:
+        ref = torch.as_tensor(ref_log_probs, dtype=torch.float64).reshape(-1)
+        if ref.shape != lp.shape:
+            raise ValueError(f"ref_log_probs has {ref.numel()} entries, log_probs {lp.numel()}")
+        out["kl"] = float((p[finite] * (lp[finite] - ref[finite])).sum())
+    for name, mask in (indicators or {}).items():
+        m = torch.as_tensor(mask, dtype=torch.bool).reshape(-1)
+        if m.shape != lp.shape:
+            raise ValueError(f"indicator {name!r} has {m.numel()} entries, log_probs {lp.numel()}")
+        out[f"share_{name}"] = float(p[m].sum())
+    return out
+
+
+def kl_regularized_optimum(
+    ref_log_probs: torch.Tensor, rewards: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
+    """log p*, the maximiser of E_p[r] − λ·KL(p ‖ p_ref) over distributions on the enumerated set.
+
+        p*(s) = p_ref(s)·exp(r(s)/λ) / Σ_s' p_ref(s')·exp(r(s')/λ),   λ = ``kl_coef`` > 0.
+
+    (The Gibbs variational principle; spec §1.4's RL objective with the KL in the reward.)  It is
+    the best any method optimising that objective can reach, a reference point for the toy.
+    """
+    if kl_coef <= 0:
+        raise ValueError("kl_coef must be > 0 (with λ = 0 the optimum puts all mass on the best responses)")
+    logits = torch.as_tensor(ref_log_probs, dtype=torch.float64) + torch.as_tensor(
+        rewards, dtype=torch.float64
+    ) / float(kl_coef)
+    return logits - torch.logsumexp(logits, dim=0)

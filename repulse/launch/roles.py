@@ -10,7 +10,7 @@ a contiguous part of the rows. ``Comm`` is the identity: nothing is left to redu
 Rollouts come either from the policy's own actors (each samples its shard with the hf engine that
 shares its module; an update only moves the version) or from ``--vllm.num_engines`` engine actors
 that hold copies of the weights (the policy's and, for RePULSe, the proposal's) and receive them
-after every update over a torch.distributed group of their own (``repulse.launch.weights``).
+after every update over a torch.distributed group of their own (``repulse.rl.weight_sync``).
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from repulse.config.sections import RLConfig
-from repulse.launch.weights import WeightReceiver, WeightSender
 from repulse.rl.rollout import HFRolloutEngine, Samples, SamplingParams
+from repulse.rl.weight_sync import GroupWeightReceiver, GroupWeightSender, SyncOptions
 from repulse.run.finite import FiniteGuard
 from repulse.run.rng import rng_state, seed_everything, set_rng_state
 from repulse.trainers.rl import local_roles
@@ -51,8 +51,8 @@ class RoleWorker:
         self.shard_seed = shard_seed  # reseed here once built (actors that sample), or None
         self.role: Any = None
         self.engines: dict[str, HFRolloutEngine] = {}
-        self.senders: dict[str, WeightSender] = {}
-        self.receivers: dict[str, WeightReceiver] = {}
+        self.senders: dict[str, GroupWeightSender] = {}
+        self.receivers: dict[str, GroupWeightReceiver] = {}
         self.device = torch.device("cpu")
 
     # ------------------------------------------------------------------ set-up
@@ -197,20 +197,35 @@ class RoleWorker:
     def open_sender(self, which: str, address: str, size: int, backend: str) -> None:
         """Rank 0 of a trained actor role: the sending end of its engines' weight group."""
         if self.rank == 0:
-            self.senders[which] = WeightSender(address, size, backend, self.cfg.launch.timeout_s, which)
+            self.senders[which] = GroupWeightSender(
+                address, size, self._sync_options(), _sync_device(backend), backend, name=which
+            )
 
     def push(self, which: str, version: int) -> int:
         """Every rank gathers (sharded engines); rank 0 sends. Returns the bytes sent."""
         state = self.rollout_weights()
-        return self.senders[which].push(state, version) if self.rank == 0 else 0
+        return self.senders[which].push(state, version).bytes if self.rank == 0 else 0
 
     def open_receiver(self, which: str, address: str, rank: int, size: int, backend: str) -> None:
-        self.receivers[which] = WeightReceiver(
-            self.engines[which], address, rank, size, backend, self.cfg.launch.timeout_s, which
+        self.receivers[which] = GroupWeightReceiver(
+            self.engines[which],
+            address,
+            rank,
+            size,
+            self._sync_options(),
+            _sync_device(backend),
+            backend,
+            which,
         )
 
     def receive(self, which: str) -> int:
-        return self.receivers[which].receive()
+        version = self.receivers[which].receive()
+        assert version is not None, "the sender closed the weight group while the run was going on"
+        return version
+
+    def _sync_options(self) -> SyncOptions:
+        """Buckets from ``--vllm.sync_bucket_mb``; every collective bounded by ``--launch.timeout_s``."""
+        return SyncOptions(bucket_mb=self.cfg.vllm.sync_bucket_mb, timeout_s=self.cfg.launch.timeout_s)
 
     def sleep(self, level: int = 1) -> None:
         for engine in self.engines.values():
@@ -219,3 +234,10 @@ class RoleWorker:
     def wake_up(self, tags: list[str] | None = None) -> None:
         for engine in self.engines.values():
             engine.wake_up(tags)
+
+
+def _sync_device(backend: str) -> torch.device:
+    """NCCL moves CUDA tensors, gloo CPU ones (``--vllm.sync_backend``; gloo wherever CUDA is absent)."""
+    if backend == "nccl" and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

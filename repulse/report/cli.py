@@ -3,6 +3,9 @@
     repulse plot curves   --runs DIR [DIR ...] --metric p_bad --out figs/p_bad
     repulse plot frontier --runs DIR [DIR ...] --x avg_reward --y p_bad --out figs/frontier --log-y
 
+A frontier point is a setting's statistic over its seeds: the mean, or on a log axis the
+geometric mean (the mean of log y, exponentiated), with a t or bootstrap interval over seeds.
+
 ``--runs`` takes run directories or any parents of them (they are found by walking, see
 :mod:`repulse.report.runs`).  ``--out`` is a path stem: ``.png`` and ``.pdf`` are written.
 """
@@ -52,7 +55,27 @@ def _parser() -> _Parser:
     f.add_argument("--minimize-x", action="store_true", help="lower x is better (default: higher)")
     f.add_argument("--maximize-y", action="store_true", help="higher y is better (default: lower), e.g. CVaR")
     f.add_argument("--ci", type=float, default=0.95, help="interval coverage (default 0.95)")
-    f.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples over seeds (default 10000)")
+    for axis in ("x", "y"):
+        f.add_argument(
+            f"--{axis}-stat",
+            choices=("auto", "mean", "geomean"),
+            default="auto",
+            help=f"statistic over seeds for {axis}: mean, geomean (exp of the mean log), or auto "
+            f"(default: geomean on a log axis, else mean)",
+        )
+    f.add_argument(
+        "--interval",
+        choices=("bootstrap", "t"),
+        default="bootstrap",
+        help="interval over seeds: bootstrap (percentile, seeded; default) or t (t-interval of the "
+        "mean, of log values for geomean)",
+    )
+    f.add_argument(
+        "--n-boot",
+        type=int,
+        default=10000,
+        help="bootstrap resamples over seeds (default 10000; --interval bootstrap)",
+    )
     f.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     return p
 
@@ -74,19 +97,23 @@ def plot_main(argv: list[str] | None = None) -> int:
     else:
         if args.n_boot < 1:
             raise UserError(f"--n-boot {args.n_boot}: must be at least 1.")
-        from repulse.report.frontier import frontier_points
-        from repulse.report.plots import plot_frontier
+        from repulse.report.plots import frontier_figure
 
         x, y = resolve_metric(groups, args.x), resolve_metric(groups, args.y)
-        points = frontier_points(groups, x, y, ci=args.ci, n_boot=args.n_boot, seed=args.seed)
-        paths = plot_frontier(
-            points,
+        _, paths = frontier_figure(
+            groups,
             x,
             y,
             args.out,
             log_y=args.log_y,
             maximize_x=not args.minimize_x,
             minimize_y=not args.maximize_y,
+            ci=args.ci,
+            n_boot=args.n_boot,
+            seed=args.seed,
+            x_stat="mean" if args.x_stat == "auto" else args.x_stat,
+            y_stat=("geomean" if args.log_y else "mean") if args.y_stat == "auto" else args.y_stat,
+            interval=args.interval,
         )
     for path in paths:
         print(path)

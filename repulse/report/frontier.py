@@ -17,10 +17,13 @@ from typing import Any
 import numpy as np
 
 from repulse.errors import UserError, warn_once
-from repulse.evaluation.tail_stats import bootstrap_ci
+from repulse.evaluation.tail_stats import bootstrap_ci, t_interval
 from repulse.report.runs import Run, run_value
 
-__all__ = ["FrontierPoint", "frontier_points", "non_dominated"]
+__all__ = ["STATS", "INTERVALS", "FrontierPoint", "aggregate", "frontier_points", "non_dominated"]
+
+STATS = ("mean", "geomean")
+INTERVALS = ("bootstrap", "t")
 
 
 def non_dominated(
@@ -72,13 +75,57 @@ class FrontierPoint:
         return (self.x, self.y, self.x_ci, self.y_ci, self.label)[i]
 
 
-def _aggregate(
-    values: list[float], intervals: list[tuple[float, float] | None], ci: float, n_boot: int, seed: int
+def aggregate(
+    values: Sequence[float],
+    stat: str = "mean",
+    interval: str = "bootstrap",
+    ci: float = 0.95,
+    n_boot: int = 10000,
+    seed: int = 0,
 ) -> tuple[float, tuple[float, float] | None]:
-    mean = float(np.mean(values))
-    if len(values) >= 2:
-        return mean, bootstrap_ci(values, np.mean, n_boot=n_boot, ci=ci, seed=seed)
-    return mean, intervals[0]  # one seed: the run's own (within-run) interval, if it has one
+    """One setting's value over its seeds, and its ``ci`` interval (None with fewer than 2 seeds).
+
+    ``stat``: ``mean`` (x̄) or ``geomean`` (exp of the mean of log x: the centre of the seeds on a
+    log axis, what a probability that spans orders of magnitude calls for; every value must be
+    > 0).  ``interval``: ``t`` = the t-interval of the mean (of log x for ``geomean``, then
+    exponentiated: spec §4.1's toy CIs), or ``bootstrap`` = seeded percentile bootstrap of the
+    same statistic over seeds (spec §4.1's Sec. 4.3 CIs).
+    """
+    if stat not in STATS:
+        raise ValueError(f"stat must be one of {STATS}, got {stat!r}")
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
+    x = np.asarray(values, dtype=np.float64)
+    if stat == "geomean":
+        if np.any(~(x > 0)):
+            raise UserError(f"a geometric mean needs values > 0; got {sorted(x.tolist())[:3]} ...")
+        x = np.log(x)
+    centre = float(np.mean(x))
+    if x.size < 2:
+        band = None
+    elif interval == "t":
+        _, low, high = t_interval(x, ci)
+        band = (low, high)
+    else:
+        band = bootstrap_ci(x, np.mean, n_boot=n_boot, ci=ci, seed=seed)
+    if stat == "geomean":
+        return math.exp(centre), None if band is None else (math.exp(band[0]), math.exp(band[1]))
+    return centre, None if band is None else (float(band[0]), float(band[1]))
+
+
+def _aggregate(
+    values: list[float],
+    intervals: list[tuple[float, float] | None],
+    stat: str,
+    interval: str,
+    ci: float,
+    n_boot: int,
+    seed: int,
+) -> tuple[float, tuple[float, float] | None]:
+    centre, band = aggregate(values, stat, interval, ci, n_boot, seed)
+    if len(values) < 2:
+        return centre, intervals[0]  # one seed: the run's own (within-run) interval, if it has one
+    return centre, band
 
 
 def frontier_points(
@@ -89,14 +136,18 @@ def frontier_points(
     ci: float = 0.95,
     n_boot: int = 10000,
     seed: int = 0,
+    x_stat: str = "mean",
+    y_stat: str = "mean",
+    interval: str = "bootstrap",
 ) -> dict[str, list[FrontierPoint]]:
     """{method: [one FrontierPoint per setting]} from loaded runs (see :func:`load_runs`).
 
     Per run, x and y are its final values (:func:`repulse.report.runs.run_value`).  Per
-    setting, the point is the mean over seeds and the intervals are seeded percentile bootstrap
-    CIs over seeds (spec §4.1: 95 %; the reference used 5,000 unseeded resamples); a setting with
-    one seed keeps the run's own interval from ``tail_summary.json`` (or none).  Runs lacking x or
-    y are skipped with a warning; if no run has both, a UserError is raised.
+    setting, the point is ``x_stat`` / ``y_stat`` over seeds (:func:`aggregate`: mean or
+    geometric mean) with ``interval`` CIs over seeds (seeded percentile bootstrap, or t; spec
+    §4.1: 95 %; the reference used 5,000 unseeded resamples); a setting with one seed keeps the
+    run's own interval from ``tail_summary.json`` (or none).  Runs lacking x or y are skipped
+    with a warning; if no run has both, a UserError is raised.
     """
     out: dict[str, list[FrontierPoint]] = {}
     skipped: list[str] = []
@@ -118,8 +169,8 @@ def frontier_points(
                 yi.append(vy[1])
             if not xs:
                 continue
-            mx, cx = _aggregate(xs, xi, ci, n_boot, seed)
-            my, cy = _aggregate(ys, yi, ci, n_boot, seed)
+            mx, cx = _aggregate(xs, xi, x_stat, interval, ci, n_boot, seed)
+            my, cy = _aggregate(ys, yi, y_stat, interval, ci, n_boot, seed)
             points.append(FrontierPoint(mx, my, cx, cy, members[0].setting_label, len(xs)))
         if points:
             out[method] = points

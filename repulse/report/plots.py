@@ -6,6 +6,7 @@ through ``pyplot``: no global backend switch, no display needed, no figure left 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,10 +16,10 @@ import numpy as np
 
 from repulse.errors import warn_once
 from repulse.evaluation.tail_stats import t_interval
-from repulse.report.frontier import non_dominated
+from repulse.report.frontier import FrontierPoint, frontier_points, non_dominated
 from repulse.report.runs import Run, curves_from_runs, load_runs
 
-__all__ = ["aggregate_curve", "load_runs", "plot_curves", "plot_frontier"]
+__all__ = ["aggregate_curve", "frontier_figure", "load_runs", "plot_curves", "plot_frontier"]
 
 _STYLES = ["-", "--", "-.", ":"]
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -201,3 +202,66 @@ def plot_frontier(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, out_path_stem)
+
+
+def _axis_label(metric: str, stat: str, interval: str, ci: float, n_seeds: set[int]) -> str:
+    seeds = f"{min(n_seeds)}-{max(n_seeds)}" if len(n_seeds) > 1 else str(next(iter(n_seeds), 0))
+    name = "geometric mean" if stat == "geomean" else "mean"
+    return f"{metric} ({name} over {seeds} seeds, {ci:.0%} {interval} CI)"
+
+
+def frontier_figure(
+    groups: Mapping[str, Sequence[Run]],
+    x: str,
+    y: str,
+    out_path_stem: str | Path,
+    *,
+    log_y: bool = False,
+    maximize_x: bool = True,
+    minimize_y: bool = True,
+    ci: float = 0.95,
+    n_boot: int = 10000,
+    seed: int = 0,
+    x_stat: str = "mean",
+    y_stat: str = "mean",
+    interval: str = "bootstrap",
+    title: str | None = None,
+) -> tuple[dict[str, list[FrontierPoint]], list[Path]]:
+    """The frontier of loaded runs (:func:`~repulse.report.frontier.frontier_points`), drawn by
+    :func:`plot_frontier` with axis labels that name the statistic and interval: what
+    ``repulse plot frontier`` draws.  The points are also written as ``<stem>.json`` (the numbers
+    the figure shows, and how they were aggregated).  Returns (points, [png, pdf, json])."""
+    points = frontier_points(
+        dict(groups), x, y, ci=ci, n_boot=n_boot, seed=seed, x_stat=x_stat, y_stat=y_stat, interval=interval
+    )
+    seeds = {p.n_seeds for pts in points.values() for p in pts}
+    paths = plot_frontier(
+        points,
+        _axis_label(x, x_stat, interval, ci, seeds),
+        _axis_label(y, y_stat, interval, ci, seeds),
+        out_path_stem,
+        log_y=log_y,
+        maximize_x=maximize_x,
+        minimize_y=minimize_y,
+        title=title
+        or f"{y} vs {x} ({'higher' if maximize_x else 'lower'} x, {'lower' if minimize_y else 'higher'} y is better)",
+    )
+    record = {
+        "x": x,
+        "y": y,
+        "x_stat": x_stat,
+        "y_stat": y_stat,
+        "interval": interval,
+        "ci": ci,
+        "points": {
+            method: [
+                {"label": p.label, "x": p.x, "y": p.y, "x_ci": p.x_ci, "y_ci": p.y_ci, "n_seeds": p.n_seeds}
+                for p in pts
+            ]
+            for method, pts in points.items()
+        },
+    }
+    stem = paths[0].with_suffix("")
+    paths.append(stem.with_name(stem.name + ".json"))
+    paths[-1].write_text(json.dumps(record, indent=1))
+    return points, paths

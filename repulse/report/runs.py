@@ -3,7 +3,9 @@
 A *run directory* is any directory holding ``config.yaml`` (the resolved config every command
 writes) and ``metrics.jsonl`` (one JSON object per logged step, with ``step``) and/or
 ``tail_summary.json`` (the output of :func:`repulse.evaluation.tail_stats.summarise` for the
-run's held-out samples).  Runs are discovered by walking the given paths - there are no file
+run's held-out samples) and/or ``exact_summary.json`` (exact statistics of the final policy,
+written by ``repulse demo``: ``p_bad``, ``avg_reward``, ``nondegenerate``, ...; its numbers
+count as final values, like a tail summary's).  Runs are discovered by walking the given paths - there are no file
 lists or name patterns to keep in sync (spec §6.15: the reference plots located results by
 long hard-coded name strings, which went stale).
 
@@ -57,6 +59,7 @@ __all__ = [
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "tail_summary.json"
+EXACT_FILE = "exact_summary.json"
 GCG_FILE = "gcg_summary.json"
 _ASR = re.compile(r"^attack_success@(?:eta=)?([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$")
 
@@ -78,6 +81,7 @@ class Run:
     summary: dict[str, Any] | None = None  # tail_summary.json, as written
     setting_label: str = ""  # the keys that distinguish this setting within its method
     gcg: dict[str, Any] | None = None  # gcg_summary.json, as written
+    exact: dict[str, Any] | None = None  # exact_summary.json, as written
 
     @property
     def summary_values(self) -> dict[str, Any]:
@@ -85,6 +89,10 @@ class Run:
         success at the thresholds its file names (``attack_success@eta=X``; any other X is computed
         on demand by :func:`run_value`); {} without either."""
         out = summary_metrics(self.summary) if self.summary else {}
+        if self.exact:
+            for key, value in self.exact.items():
+                if _is_number(value):
+                    out.setdefault(key, value)
         if self.gcg:
             etas = [float(e) for e in self.gcg.get("eta") or [] if _is_number(e)]
             for eta in etas:
@@ -148,9 +156,9 @@ def _read_summary(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the tail summary ({exc}).") from None
+        raise UserError(f"{path}: cannot read the summary ({exc}).") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path}: the tail summary must be a JSON object.")
+        raise UserError(f"{path}: the summary must be a JSON object.")
     return data
 
 
@@ -280,12 +288,17 @@ def _discover(paths: Iterable[str | Path]) -> list[Path]:
             root = root.parent
         for dirpath, dirnames, filenames in os.walk(root):
             names = set(filenames)
-            if CONFIG_FILE in names and names & {METRICS_FILE, SUMMARY_FILE, GCG_FILE}:
+            if CONFIG_FILE in names and names & {METRICS_FILE, SUMMARY_FILE, GCG_FILE, EXACT_FILE}:
                 found[Path(dirpath).resolve()] = None
                 dirnames[:] = []  # a run's sub-directories (checkpoints, exports) are not runs
             else:
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
     return list(found)
+
+
+def _short(value: Any) -> str:
+    """A label's value: floats to 4 significant digits (``lr=0.0003333``, ``beta=10``)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _label_settings(runs: list[Run]) -> list[Run]:
@@ -301,7 +314,7 @@ def _label_settings(runs: list[Run]) -> list[Run]:
     if len(set(short.values())) < len(short):
         short = {k: k for k in varying}
     labels = {
-        s: ", ".join(f"{short[k]}={items.get(k)}" for k in varying if k in items) or "default"
+        s: ", ".join(f"{short[k]}={_short(items.get(k))}" for k in varying if k in items) or "default"
         for s, items in settings.items()
     }
     return [replace(r, setting_label=labels[r.setting]) for r in runs]
@@ -329,8 +342,9 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> dict[str, list[Run]]:
         records = _read_metrics(d / METRICS_FILE) if (d / METRICS_FILE).exists() else []
         summary = _read_summary(d / SUMMARY_FILE) if (d / SUMMARY_FILE).exists() else None
         gcg = _read_gcg(d / GCG_FILE) if (d / GCG_FILE).exists() else None
+        exact = _read_summary(d / EXACT_FILE) if (d / EXACT_FILE).exists() else None
         setting = json.dumps(_setting_items(cfg), sort_keys=True, default=str)
-        run = Run(d, _method_of(cfg), _seed_of(cfg), setting, cfg, records, summary, gcg=gcg)
+        run = Run(d, _method_of(cfg), _seed_of(cfg), setting, cfg, records, summary, gcg=gcg, exact=exact)
         groups.setdefault(run.method, []).append(run)
     out: dict[str, list[Run]] = {}
     for method in sorted(groups):

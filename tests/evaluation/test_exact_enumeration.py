@@ -182,3 +182,72 @@ def test_model_without_logits_to_keep(tiny_lm):
     assert exact_prob_bad(Plain(tiny_lm), None, PROMPT, [2, 9], 2, eos_token_id=EOS) == pytest.approx(
         want, rel=1e-6
     )
+
+
+# --------------------------------------------------------------------------- reward events
+
+
+def test_reward_tail_hand_computed():
+    """p = (1/2, 1/4, 1/8, 1/8), r = (2, -2, -3, -5), η = -2 (a reward equal to η is not bad):
+    P(bad) = 1/4; E[r] = 1 - 1/2 - 3/8 - 5/8 = -1/2; H = (1/2 + 1/2 + 3/4) ln 2 = 1.75 ln 2;
+    against the uniform reference KL = (1/2)ln 2 + 0 + 2·(1/8)·ln(1/2) = (1/4) ln 2."""
+    from repulse.evaluation.exact import reward_tail
+
+    lp = torch.tensor([0.5, 0.25, 0.125, 0.125], dtype=torch.float64).log()
+    r = torch.tensor([2.0, -2.0, -3.0, -5.0])
+    ref = torch.full((4,), 0.25, dtype=torch.float64).log()
+    s = reward_tail(
+        lp, r, -2.0, ref_log_probs=ref, indicators={"odd": torch.tensor([True, False, True, False])}
+    )
+    assert s["p_bad"] == pytest.approx(0.25, abs=1e-15)
+    assert s["log_p_bad"] == pytest.approx(math.log(0.25), abs=1e-15)
+    assert s["avg_reward"] == pytest.approx(-0.5, abs=1e-15)
+    assert s["entropy"] == pytest.approx(1.75 * math.log(2), abs=1e-15)
+    assert s["kl"] == pytest.approx(0.25 * math.log(2), abs=1e-15)
+    assert s["share_odd"] == pytest.approx(0.625, abs=1e-15)
+    # a tiny bad mass keeps its digits in the log domain; none at all is -inf
+    tiny = torch.tensor([0.0, -800.0])
+    assert reward_tail(tiny, torch.tensor([1.0, -1.0]), 0.0)["log_p_bad"] == pytest.approx(-800.0)
+    none = reward_tail(lp, r, -10.0)
+    assert none["log_p_bad"] == -math.inf and none["p_bad"] == 0.0
+    with pytest.raises(ValueError, match="rewards"):
+        reward_tail(lp, r[:3], 0.0)
+
+
+def test_kl_regularized_optimum_hand_computed():
+    """p_ref = (1/2, 1/2), r = (0, 2 ln 3), λ = 2: p* ∝ (1/2, 1/2·3) = (1/4, 3/4); and no other
+    distribution scores higher on E[r] - λ·KL(p ‖ p_ref)."""
+    from repulse.evaluation.exact import kl_regularized_optimum, reward_tail
+
+    ref = torch.tensor([0.5, 0.5], dtype=torch.float64).log()
+    r = torch.tensor([0.0, 2 * math.log(3)], dtype=torch.float64)
+    lp = kl_regularized_optimum(ref, r, 2.0)
+    torch.testing.assert_close(lp.exp(), torch.tensor([0.25, 0.75], dtype=torch.float64), atol=1e-15, rtol=0)
+
+    def objective(q: float) -> float:
+        s = reward_tail(torch.tensor([1 - q, q], dtype=torch.float64).log(), r, -1e9, ref_log_probs=ref)
+        return s["avg_reward"] - 2.0 * s["kl"]
+
+    assert all(objective(0.75) > objective(q) for q in (0.5, 0.7, 0.74, 0.76, 0.8, 0.99))
+    with pytest.raises(ValueError, match="kl_coef"):
+        kl_regularized_optimum(ref, r, 0.0)
+
+
+def test_score_enumeration_batches_in_order(tiny_lm):
+    """The reward table follows the enumeration's order whatever the batch size; a scorer that
+    returns the wrong number of rewards is refused."""
+    from repulse.evaluation.exact import score_enumeration
+
+    enum = enumerate_sequences(tiny_lm, PROMPT, 2, [EOS])
+    calls = []
+
+    def score(batch):
+        calls.append(len(batch))
+        return [10.0 * s[0] + (s[1] if len(s) > 1 else -1) for s in batch]
+
+    table = score_enumeration(enum, score, batch_size=7)
+    expected = [10.0 * s[0] + (s[1] if len(s) > 1 else -1) for s in enum.sequences]
+    assert table.tolist() == expected and table.dtype == torch.float64
+    assert calls[:-1] == [7] * (len(calls) - 1) and sum(calls) == len(enum)
+    with pytest.raises(ValueError, match="returned 1 rewards"):
+        score_enumeration(enum, lambda batch: [0.0], batch_size=4)

@@ -88,7 +88,7 @@ def test_load_runs_discovers_and_groups(run_tree):
     rep = groups["repulse"]
     assert len(rep) == 4  # checkpoints pruned
     assert sorted(r.seed for r in rep) == [1, 1, 2, 2]
-    assert {r.setting_label for r in rep} == {"beta=10.0", "beta=5.0"}
+    assert {r.setting_label for r in rep} == {"beta=10", "beta=5"}
     assert len({r.setting for r in rep}) == 2
     assert [r.seed for r in groups["rl:rloo"]] == [1, 2] and groups["rl:rloo"][0].setting_label == ""
     # a run directory given directly, and the same run twice, are found once
@@ -124,14 +124,14 @@ def test_frontier_points_mean_and_bootstrap(run_tree):
     pts = frontier_points(groups, "avg_reward", "p_bad", n_boot=500, seed=3)
     assert sorted(pts) == ["repulse"]  # the other methods have no 'p_bad' summary
     by_label = {p.label: p for p in pts["repulse"]}
-    p10 = by_label["beta=10.0"]
+    p10 = by_label["beta=10"]
     xs = [vals[(10.0, s)][0] for s in (1, 2)]
     ys = [vals[(10.0, s)][1] for s in (1, 2)]
     assert (p10.x, p10.y, p10.n_seeds) == (pytest.approx(np.mean(xs)), pytest.approx(np.mean(ys)), 2)
     assert p10.x_ci == bootstrap_ci(xs, np.mean, n_boot=500, seed=3)
     assert p10.y_ci == bootstrap_ci(ys, np.mean, n_boot=500, seed=3)
     x, y, x_ci, y_ci, label = p10  # iterable as the plain tuple plot_frontier takes
-    assert label == "beta=10.0"
+    assert label == "beta=10"
     # a metric logged over steps serves too: the last value per run
     pts2 = frontier_points(groups, "avg_reward", "eval/p_bad", n_boot=100)
     assert pts2["rl:rloo"][0].y == pytest.approx(0.05)
@@ -178,3 +178,79 @@ def test_summary_in_eval_tail_form():
     assert one["p_bad_is"]["mean"] == pytest.approx(2 / 6) and one["p_bad_is_sn"]["mean"] == pytest.approx(
         2 / 6
     )
+
+
+def test_aggregate_geomean_with_t_interval_hand_computed():
+    """Seeds e^1 and e^3: the geometric mean is e^2; the t-interval of the mean log is
+    2 ∓ t_{0.975,1}·sd/√2 = 2 ∓ 12.7062·1, exponentiated. The arithmetic mean would be 11.4."""
+    from repulse.report.frontier import aggregate
+
+    t975_1 = 12.706204736174698
+    centre, (low, high) = aggregate([math.e, math.e**3], "geomean", "t")
+    assert centre == pytest.approx(math.e**2, rel=1e-12)
+    assert math.log(low) == pytest.approx(2 - t975_1, rel=1e-9) and math.log(high) == pytest.approx(
+        2 + t975_1, rel=1e-9
+    )
+    centre, (low, high) = aggregate([1.0, 3.0], "mean", "t")
+    assert (centre, low, high) == (2.0, pytest.approx(2 - t975_1), pytest.approx(2 + t975_1))
+    assert aggregate([4.0], "geomean", "t") == (pytest.approx(4.0), None)
+    with pytest.raises(UserError, match="values > 0"):
+        aggregate([0.0, 1.0], "geomean", "t")
+
+
+def test_exact_summaries_are_final_values_and_plot_uses_the_geometric_mean(tmp_path):
+    """``exact_summary.json`` (the demo's exact evaluation of a run) is read like a tail summary;
+    ``repulse plot frontier --log-y`` aggregates P(bad) by its geometric mean, with ``--interval t``
+    the t-interval of the mean log - the statistic of the demo's report - and draws the figure."""
+    from repulse.report.cli import plot_main
+    from repulse.report.frontier import aggregate
+
+    root = tmp_path / "runs"
+    p_bads = {1: 1e-6, 2: 1e-4, 3: 1e-5}
+    for seed, p in p_bads.items():
+        d = write_run(root, f"a/s{seed}", cfg("repulse", seed, root / "x"), [{"step": 0, "loss": 1.0}])
+        (d / "exact_summary.json").write_text(
+            json.dumps({"p_bad": p, "avg_reward": 1.0 + seed, "top": [{"text": "x"}]})
+        )
+    d = write_run(root, "b/s1", cfg("reinforce", 1, root / "y"), None)
+    (d / "exact_summary.json").write_text(json.dumps({"p_bad": 1e-3, "avg_reward": 2.0}))
+    groups = load_runs(root)
+    assert sorted(groups) == ["reinforce", "repulse"]  # a run with only an exact summary is found
+    assert run_value(groups["repulse"][0], "p_bad") == (1e-6, None)
+    pts = frontier_points(groups, "avg_reward", "p_bad", x_stat="mean", y_stat="geomean", interval="t")
+    (p,) = pts["repulse"]
+    assert p.y == pytest.approx(1e-5, rel=1e-12)  # (1e-6 · 1e-4 · 1e-5)^(1/3); the mean would be 3.7e-5
+    assert p.y_ci == pytest.approx(aggregate(list(p_bads.values()), "geomean", "t")[1])
+    assert p.x == pytest.approx(3.0)
+    out = tmp_path / "fig"
+    assert (
+        plot_main(
+            [
+                "frontier",
+                "--runs",
+                str(root),
+                "--x",
+                "avg_reward",
+                "--y",
+                "p_bad",
+                "--log-y",
+                "--interval",
+                "t",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "fig.png").stat().st_size > 1000
+    drawn = json.loads((tmp_path / "fig.json").read_text())
+    assert (drawn["y_stat"], drawn["x_stat"], drawn["interval"]) == ("geomean", "mean", "t")
+    (q,) = drawn["points"]["repulse"]
+    assert q["y"] == pytest.approx(p.y, rel=1e-12) and q["y_ci"] == pytest.approx(list(p.y_ci), rel=1e-12)
+    # without a log axis the default is the arithmetic mean
+    assert (
+        plot_main(["frontier", "--runs", str(root), "--x", "avg_reward", "--y", "p_bad", "--out", str(out)])
+        == 0
+    )
+    (q,) = json.loads((tmp_path / "fig.json").read_text())["points"]["repulse"]
+    assert q["y"] == pytest.approx(sum(p_bads.values()) / 3, rel=1e-12)

@@ -19,11 +19,16 @@ from repulse.config.legacy import split_launcher  # noqa: E402
 from repulse.config.sections import RLConfig  # noqa: E402
 from repulse.trainers.rl import validate  # noqa: E402
 
-# "..."-elided fragments (e.g. the reward-function snippet) are not runnable commands
+# "..."-elided fragments (e.g. the reward-function snippet) are not runnable commands; the
+# ``train_ppo_ray`` ones select the Ray backend and its multi-GPU placement: a seed Ray command runs
+# under ``ray job submit`` in tests/launch/test_ray_job.py, with the placement shrunk to CPU nodes.
 README = [
     c
     for c in SEED_COMMANDS
-    if c.source.startswith("repulse-readme") and c.command == "rl" and "\n  ...\n" not in c.text
+    if c.source.startswith("repulse-readme")
+    and c.command == "rl"
+    and "\n  ...\n" not in c.text
+    and "openrlhf.cli.train_ppo_ray" not in c.text
 ]
 HUB_FLAGS = {"--pretrain", "--reward_pretrain", "--critic_pretrain", "--prompt_data", "--heldout_prompt_data"}
 
