@@ -17,8 +17,8 @@ the fast test below, and so does a listing that no README command matches. The l
 commands are still parsed (``--dry-run``), so a misspelt flag in them fails too.
 
 Cost: every command starts Python, torch and transformers afresh, as a user's would. On the
-shared 2-core machine (load average about 11 from other jobs) the run took 11 minutes, 4.6
-minutes of it CPU time of the commands; most of it is start-up, which flags cannot bound.
+shared 2-core machine (load averages 7-13 from other jobs) a run took 11-13 minutes, 4.5-6 minutes
+of it CPU time of the commands; most of it is start-up, which flags cannot bound.
 """
 
 from __future__ import annotations
