@@ -347,6 +347,53 @@ def translate_argv(argv: list[str], command: str) -> tuple[list[str], list[str]]
     return new, notes
 
 
+# Seed flags that exist because OpenRLHF trains with DeepSpeed (flat and 0.10.2 ``--ds.*`` names).
+DEEPSPEED_SEED_FLAGS: tuple[str, ...] = (
+    "zero_stage",
+    "adam_offload",
+    "overlap_comm",
+    "zpg",
+    "grad_accum_dtype",
+)
+OFFLINE_COMMANDS: tuple[str, ...] = ("sft", "rm", "prm", "dpo", "kto", "kd")
+
+
+def seed_engine_backend(argv: list[str], command: str) -> tuple[str | None, list[str]]:
+    """The engine a seed command meant: ``("deepspeed", notes)``, or ``(None, notes)``.
+
+    OpenRLHF trains with DeepSpeed, so ``--zero_stage 3`` (or ``--adam_offload``,
+    ``--overlap_comm``, ``--zpg``, ``--grad_accum_dtype``, or their ``--ds.*`` forms) asks for
+    ZeRO. Run on our default single-process engine such a command would train unsharded and,
+    for a large model, run out of memory without saying why; so an offline command carrying
+    any of them selects ``--engine.backend deepspeed`` unless ``--engine.backend`` is given.
+    Our own dotted ``--engine.*`` names select nothing (the engine is then the user's choice
+    and unused fields are warned about, see ``repulse.config.engine_fields``). ``repulse rl``
+    keeps its engine and says so in a note.
+    """
+    if command not in (*OFFLINE_COMMANDS, "rl"):
+        return None, []
+    names = [f.name for f in _group(argv) if f.name is not None]
+    if "engine.backend" in names:
+        return None, []
+    given = [
+        n
+        for n in names
+        if n in DEEPSPEED_SEED_FLAGS or (n.startswith("ds.") and n[3:] in DEEPSPEED_SEED_FLAGS)
+    ]
+    if not given:
+        return None, []
+    listed = ", ".join(f"--{n}" for n in dict.fromkeys(given))
+    if command == "rl":
+        return None, [
+            f"{listed}: OpenRLHF ran this with DeepSpeed; repulse rl trains on --engine.backend local unless "
+            "you add --engine.backend deepspeed or fsdp (DeepSpeed-only settings are then reported as unused)."
+        ]
+    return "deepspeed", [
+        f"{listed}: OpenRLHF trains with DeepSpeed, so this command runs on --engine.backend deepspeed "
+        "(add --engine.backend fsdp or local to choose another engine)."
+    ]
+
+
 def table_destinations(name: str, command: str) -> Dest | None:
     """Where the table sends ``--name`` for ``command`` (``"a.b=v"`` for a constant), or None.
 
