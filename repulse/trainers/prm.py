@@ -70,8 +70,9 @@ def step_logits(model: torch.nn.Module, batch: dict, reward_ids: torch.Tensor) -
 class PRMMethod:
     """Cross-entropy over the reward tokens at the step placeholders; units = labelled steps."""
 
-    def __init__(self, engine: Any, reward_token_ids: list[int]):
+    def __init__(self, engine: Any, reward_token_ids: list[int], aux: Any = None):
         self.engine = engine
+        self.aux = aux  # RouterAuxLoss of an MoE model (--model.aux_loss_coef), or None
         self.reward_ids = torch.tensor(reward_token_ids, dtype=torch.long, device=engine.device)
 
     def units(self, batch: dict) -> float:
@@ -86,7 +87,11 @@ class PRMMethod:
         logits = step_logits(self.engine.module, batch, self.reward_ids)
         per_step, correct = prm_loss(logits, batch["step_labels"][batch["step_mask"]])
         n = self.units(batch)
-        return MicroResult(per_step.sum(), {"acc": (float(correct.sum()), n), "steps": (n, 1.0)})
+        loss_sum, stats = per_step.sum(), {"acc": (float(correct.sum()), n), "steps": (n, 1.0)}
+        if self.aux is not None:
+            loss_sum, aux_stats = self.aux.add(loss_sum, n)
+            stats.update(aux_stats)
+        return MicroResult(loss_sum, stats)
 
 
 def main(argv: list[str]) -> int:
@@ -100,6 +105,7 @@ def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.process import ProcessRewardDataset
     from repulse.models.loading import load_causal_lm, load_tokenizer
+    from repulse.models.moe import router_aux_loss
     from repulse.trainers.common import build_trained_engine, fit_spec, start_run, token_collate
     from repulse.trainers.fit import fit
 
@@ -125,9 +131,10 @@ def run(cfg: OfflineConfig) -> int:
         load_in_4bit=cfg.model.load_in_4bit,
         device=run_.device,
     )
+    aux = router_aux_loss(model, cfg.model.aux_loss_coef, "--model.aux_loss_coef", path)
     spec = fit_spec(cfg, run_, train_set, eval_set, collate, "prm")
     engine = build_trained_engine(cfg, run_, model, spec)
-    fit(engine, PRMMethod(engine, train_set.reward_token_ids), spec)
+    fit(engine, PRMMethod(engine, train_set.reward_token_ids, aux), spec)
     engine.export_hf(run_.output_dir, tokenizer)
     if run_.rank == 0:
         print(f"[repulse] saved the process reward model to {run_.output_dir}", flush=True)

@@ -79,8 +79,9 @@ def tied_token_values(
 class RewardModelMethod:
     """Pairwise reward-model loss on a preference-collated micro-batch; units = pairs."""
 
-    def __init__(self, engine: Any, loss_type: str, margin: bool, loss_dtype: torch.dtype):
+    def __init__(self, engine: Any, loss_type: str, margin: bool, loss_dtype: torch.dtype, aux: Any = None):
         self.engine = engine
+        self.aux = aux  # RouterAuxLoss of an MoE reward model (--model.aux_loss_coef), or None
         self.loss_type = loss_type
         self.margin = margin
         self.loss_dtype = loss_dtype
@@ -119,7 +120,11 @@ class RewardModelMethod:
         fn = pairwise_sigmoid_loss if self.loss_type == "sigmoid" else pairwise_logexp_loss
         per_pair = fn(chosen, rejected, margin)
         stats = {k: (float(v) * b, b) for k, v in rm_metrics(chosen, rejected).items()}
-        return MicroResult(per_pair.sum(), stats)
+        loss_sum = per_pair.sum()
+        if self.aux is not None:
+            loss_sum, aux_stats = self.aux.add(loss_sum, b)
+            stats.update(aux_stats)
+        return MicroResult(loss_sum, stats)
 
 
 @torch.no_grad()
@@ -161,6 +166,7 @@ def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.preference import PreferenceDataset
     from repulse.models.loading import load_scalar_model, load_tokenizer, resolve_dtype, set_reward_stats
+    from repulse.models.moe import router_aux_loss
     from repulse.trainers.common import build_trained_engine, fit_spec, start_run
     from repulse.trainers.fit import fit
 
@@ -189,6 +195,7 @@ def run(cfg: OfflineConfig) -> int:
         load_in_4bit=cfg.model.load_in_4bit,
         device=run_.device,
     )
+    aux = router_aux_loss(model, cfg.model.aux_loss_coef, "--model.aux_loss_coef", path)
     spec = fit_spec(cfg, run_, train_set, eval_set, collate, "rm")
     engine = build_trained_engine(cfg, run_, model, spec)
     loss_dtype = (
@@ -196,7 +203,7 @@ def run(cfg: OfflineConfig) -> int:
         if cfg.model.compute_fp32_loss_enable
         else resolve_dtype(cfg.engine.param_dtype, run_.device)
     )
-    method = RewardModelMethod(engine, cfg.model.loss_type, cfg.model.margin_loss_enable, loss_dtype)
+    method = RewardModelMethod(engine, cfg.model.loss_type, cfg.model.margin_loss_enable, loss_dtype, aux)
     fit(engine, method, spec)
     mean, std = reward_stats(engine, method, train_set, collate, cfg.train.micro_batch_size)
     set_reward_stats(engine.unwrapped(), mean, std)

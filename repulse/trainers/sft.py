@@ -28,8 +28,9 @@ def validate(cfg: OfflineConfig) -> None:
 class SFTMethod:
     """Token-level NLL on the response (or every token in pretrain mode)."""
 
-    def __init__(self, engine: Any):
+    def __init__(self, engine: Any, aux: Any = None):
         self.engine = engine
+        self.aux = aux  # RouterAuxLoss of an MoE model (--model.aux_loss_coef), or None
 
     def units(self, batch: dict) -> float:
         return float(batch["loss_mask"][:, 1:].sum())
@@ -44,7 +45,11 @@ class SFTMethod:
         )
         mask = batch["loss_mask"][:, 1:].to(logp.dtype)
         loss_sum, n_tokens, _ = sft_loss(logp, mask)
-        return MicroResult(loss_sum, {"nll_tokens": (float(n_tokens), 1.0)})
+        stats = {"nll_tokens": (float(n_tokens), 1.0)}
+        if self.aux is not None:
+            loss_sum, aux_stats = self.aux.add(loss_sum, float(n_tokens))
+            stats.update(aux_stats)
+        return MicroResult(loss_sum, stats)
 
 
 def main(argv: list[str]) -> int:
@@ -58,6 +63,7 @@ def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.sft import SFTDataset
     from repulse.models.loading import load_causal_lm, load_tokenizer
+    from repulse.models.moe import router_aux_loss
     from repulse.trainers.common import (
         build_trained_engine,
         fit_spec,
@@ -98,9 +104,10 @@ def run(cfg: OfflineConfig) -> int:
         load_in_4bit=cfg.model.load_in_4bit,
         device=run_.device,
     )
+    aux = router_aux_loss(model, cfg.model.aux_loss_coef, "--model.aux_loss_coef", path)
     spec = fit_spec(cfg, run_, train_set, eval_set, collate, "sft")
     engine = build_trained_engine(cfg, run_, model, spec)
-    fit(engine, SFTMethod(engine), spec)
+    fit(engine, SFTMethod(engine, aux), spec)
     engine.export_hf(run_.output_dir, tokenizer)
     if run_.rank == 0:
         print(f"[repulse] saved the fine-tuned model to {run_.output_dir}", flush=True)
