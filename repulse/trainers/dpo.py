@@ -262,7 +262,12 @@ def run(cfg: OfflineConfig) -> int:
     validate(cfg)
     path = cfg.model.model_name_or_path
     run_ = start_run(cfg)
-    tokenizer = load_tokenizer(path, chat_template=cfg.data.tokenizer_chat_template, padding_side="right")
+    tokenizer = load_tokenizer(
+        path,
+        chat_template=cfg.data.tokenizer_chat_template,
+        use_fast=not cfg.data.disable_fast_tokenizer,
+        padding_side="right",
+    )
     train_set, eval_set = train_eval_sets(cfg, lambda rows: PreferenceDataset(rows, tokenizer, cfg.data))
     collate = pair_collate(cfg, tokenizer.pad_token_id)
     model = load_causal_lm(

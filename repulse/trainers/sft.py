@@ -77,7 +77,12 @@ def run(cfg: OfflineConfig) -> int:
     path = require(cfg.model.model_name_or_path, "--model.model_name_or_path", "the model to fine-tune")
     require(cfg.data.dataset, "--data.dataset", "the training data")
     run_ = start_run(cfg)
-    tokenizer = load_tokenizer(path, chat_template=cfg.data.tokenizer_chat_template, padding_side="right")
+    tokenizer = load_tokenizer(
+        path,
+        chat_template=cfg.data.tokenizer_chat_template,
+        use_fast=not cfg.data.disable_fast_tokenizer,
+        padding_side="right",
+    )
     rows = load_split(
         cfg.data.dataset,
         cfg.data.dataset_split,
