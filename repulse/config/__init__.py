@@ -64,6 +64,7 @@ def parse_config(
         warn_once(note, note)
     cfg = build(root_cls, yaml_files, split_flags(rest))
     refuse_unused_model_fields(cfg, command)
+    refuse_unused_data_fields(cfg, command)
     warn_no_effect(cfg)
     if command in TRAINING_COMMANDS:
         check_engine_fields(cfg.engine)
@@ -125,6 +126,23 @@ def refuse_unused_model_fields(cfg: Any, command: str) -> None:
             raise UserError(
                 f"--model.{name} is read by {users} only; repulse {command} would ignore it "
                 f"(given {getattr(model, name)!r}). Remove it, or run {users}."
+            )
+
+
+def refuse_unused_data_fields(cfg: Any, command: str) -> None:
+    """A ``--data.*`` flag only some commands read, given to another, is an error, not a silent no-op."""
+    from repulse.config.sections import DATA_FIELDS_USED_BY, DataSection
+
+    data = getattr(cfg, "data", None)
+    if not isinstance(data, DataSection):
+        return
+    default = DataSection()
+    for name, commands in DATA_FIELDS_USED_BY.items():
+        if command not in commands and getattr(data, name) != getattr(default, name):
+            users = ", ".join(f"repulse {c}" for c in commands)
+            raise UserError(
+                f"--data.{name} is read by {users} only; repulse {command} would ignore it "
+                f"(given {getattr(data, name)!r}). Remove it."
             )
 
 

@@ -161,11 +161,23 @@ class DataSection:
     multiturn: bool = _h(False, "SFT: loss on every assistant turn (needs apply_chat_template)")
     max_len: int = _h(2048, "max tokens per sample (prompt + response)")
     max_samples: int = _h(100_000_000, "cap on samples read per dataset")
-    disable_fast_tokenizer: bool = _h(False, "use the slow tokenizer")
-    dataloader_num_workers: int = _h(0, "dataloader workers")
+    disable_fast_tokenizer: bool = _h(
+        False, "load the slow (pure-Python) tokenizer; refused when the model's has only a fast form"
+    )
+    dataloader_num_workers: int = _h(
+        0, "worker processes that collate the next steps' micro-batches while the model trains (0: inline)"
+    )
     prompt_dataset: str | None = _h(None, "RL: prompt data")
     prompt_probs: str | None = _h(None, "RL: mixing probabilities of prompt data")
     prompt_split: str = _h("train", "RL: split of the prompt data")
+
+
+# The commands that read each of these ``data.*`` fields; set away from its default for any other
+# command it is refused (it would be silently ignored there).
+DATA_FIELDS_USED_BY: dict[str, tuple[str, ...]] = {
+    "disable_fast_tokenizer": ("sft", "rm", "prm", "dpo", "kto", "kd"),
+    "dataloader_num_workers": ("sft", "rm", "prm", "dpo", "kto", "kd"),
+}
 
 
 @dataclass

@@ -98,6 +98,7 @@ def fit_spec(cfg: Any, run: Run, train_set, eval_set, collate, name: str) -> Fit
         eval_set=eval_set,
         progress=cfg.logger.progress_bar,
         name=name,
+        num_workers=cfg.data.dataloader_num_workers,
     )
 
 

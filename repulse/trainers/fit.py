@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import torch
 
 from repulse.data.collate import MicroBatcher
+from repulse.data.loader import step_batches
 from repulse.errors import UserError
 from repulse.trainers.checkpoint import Checkpoints
 from repulse.trainers.outputs import MetricsLog, Progress
@@ -150,6 +151,7 @@ class FitSpec:
     eval_set: Sequence[Any] | None = None
     progress: bool = True
     name: str = "train"
+    num_workers: int = 0  # processes collating the next steps' micro-batches (--data.dataloader_num_workers)
 
 
 def total_steps(spec: FitSpec, world: int) -> int:
@@ -209,14 +211,13 @@ def fit(
     engine.train()
     if spec.eval_set is not None and start == 0:
         log.log(0, evaluate(engine, method, spec), prefix="eval_")
+    steps = range(start, n_total)
+    batches = step_batches(spec.train_set, spec.collate, batcher, steps, spec.num_workers)
     try:
-        for step in range(start, n_total):
+        for step in steps:
             epoch, in_epoch = divmod(step, steps_per_epoch)
             t0 = time.perf_counter()
-            mbs = [
-                spec.collate([spec.train_set[i] for i in idxs])
-                for idxs in batcher.step_indices(epoch, in_epoch)
-            ]
+            mbs = next(batches)
             tokens = sum(batch_tokens(mb) for mb in mbs)
             stats = run_micro_batches(engine, method, mbs, train=True)
             stats.update(engine.step())
@@ -239,6 +240,7 @@ def fit(
             if spec.save_steps > 0 and done % spec.save_steps == 0 and done < n_total:
                 ckpts.save(done, engines, {"epoch": epoch})
     finally:
+        batches.close()
         bar.close()
         log.close()
     return last
