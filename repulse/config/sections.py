@@ -215,7 +215,9 @@ class EvalSection:
 
 @dataclass
 class WandbSection:
-    key: str | None = _h(None, "wandb API key (enables wandb)")
+    key: str | None = _h(
+        None, "enables wandb: an API key, or True for the account wandb is logged into (`wandb login`)"
+    )
     org: str | None = _h(None, "wandb entity")
     group: str | None = _h(None, "wandb group")
     project: str = _h("repulse", "wandb project")
