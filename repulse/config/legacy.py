@@ -50,6 +50,7 @@ MODULE_TO_COMMAND: dict[str, str] = {
     "train_ppo_ray": "rl",
     "serve_rm": "serve-rm",
     "evaluate_gcg_sz": "gcg",  # the RePULSe fork's GCG evaluation
+    "lora_combiner": "lora-merge",  # flags already the seed's (repulse.models.merge_cli)
 }
 
 _OLD_PROMPT_MAX_LEN = 1024

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,6 +38,7 @@ __all__ = [
     "FrozenModel",
     "OptimSpec",
     "build_engine",
+    "export_model",
     "parameter_bytes",
     "prepare_frozen",
     "resolve_dtype",
@@ -102,6 +104,34 @@ def build_engine(
     if cfg.backend != "local" or engine.world_size > 1:
         report_parameter_memory(engine, cfg)
     return engine
+
+
+def export_model(engine: Engine, directory: Path, tokenizer: Any | None = None) -> None:
+    """Write a run's final model into ``directory`` (collective: call on every rank).
+
+    A plain HF directory (``engine.export_hf``), or for a LoRA run the adapter in PEFT format,
+    as OpenRLHF's ``save_model`` writes it (``adapter_config.json``,
+    ``adapter_model.safetensors``, the base config and the tokenizer; see
+    :func:`repulse.engine._common.export_peft_adapter`), ready for ``repulse lora-merge``.
+    """
+    from repulse.engine import dist as rdist
+    from repulse.engine._common import export_peft_adapter, is_peft
+
+    model = engine.unwrapped()
+    if not is_peft(model):
+        engine.export_hf(directory, tokenizer)
+        return
+    state = engine.full_state_dict()
+    if rdist.is_main():
+        export_peft_adapter(
+            model, Path(directory), state, tokenizer, dtype=getattr(engine, "compute_dtype", None)
+        )
+        print(
+            f"[repulse] LoRA run: saved the adapter (PEFT format) to {directory}; fold it into the base model "
+            f"with repulse lora-merge --model_path BASE --lora_path {directory} --output_path OUT",
+            flush=True,
+        )
+    rdist.barrier()
 
 
 def parameter_bytes(module: nn.Module) -> tuple[int, int]:

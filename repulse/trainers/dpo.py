@@ -254,6 +254,7 @@ def main(argv: list[str]) -> int:
 def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.preference import PreferenceDataset
+    from repulse.engine import export_model
     from repulse.models.loading import load_causal_lm, load_tokenizer
     from repulse.models.moe import router_aux_loss
     from repulse.trainers.common import build_trained_engine, fit_spec, start_run
@@ -287,7 +288,7 @@ def run(cfg: OfflineConfig) -> int:
     m = cfg.model
     method = DPOMethod(engine, ref, m.beta, m.label_smoothing, m.ipo_enable, m.nll_loss_coef, aux)
     fit(engine, method, spec)
-    engine.export_hf(run_.output_dir, tokenizer)
+    export_model(engine, run_.output_dir, tokenizer)
     if run_.rank == 0:
         print(f"[repulse] saved the DPO policy to {run_.output_dir}", flush=True)
     return 0

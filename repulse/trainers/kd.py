@@ -99,6 +99,7 @@ def main(argv: list[str]) -> int:
 def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.sft import SFTDataset
+    from repulse.engine import export_model
     from repulse.models.loading import load_causal_lm, load_tokenizer
     from repulse.models.moe import router_aux_loss
     from repulse.trainers.common import build_trained_engine, fit_spec, start_run, token_collate
@@ -130,7 +131,7 @@ def run(cfg: OfflineConfig) -> int:
     spec = fit_spec(cfg, run_, train_set, eval_set, collate, "kd")
     engine = build_trained_engine(cfg, run_, model, spec)
     fit(engine, KDMethod(engine, teacher, cfg.model.kd_coef, aux), spec)
-    engine.export_hf(run_.output_dir, tokenizer)
+    export_model(engine, run_.output_dir, tokenizer)
     if run_.rank == 0:
         print(f"[repulse] saved the distilled student to {run_.output_dir}", flush=True)
     return 0

@@ -140,6 +140,7 @@ def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.collate import kto_collate
     from repulse.data.unpaired import UnpairedDataset
+    from repulse.engine import export_model
     from repulse.models.loading import load_causal_lm, load_tokenizer
     from repulse.models.moe import router_aux_loss
     from repulse.trainers.common import build_trained_engine, fit_spec, start_run
@@ -177,7 +178,7 @@ def run(cfg: OfflineConfig) -> int:
     engine = build_trained_engine(cfg, run_, model, spec)
     m = cfg.model
     fit(engine, KTOMethod(engine, ref, m.beta, m.desirable_weight, m.undesirable_weight, aux), spec)
-    engine.export_hf(run_.output_dir, tokenizer)
+    export_model(engine, run_.output_dir, tokenizer)
     if run_.rank == 0:
         print(f"[repulse] saved the KTO policy to {run_.output_dir}", flush=True)
     return 0

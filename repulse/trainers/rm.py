@@ -165,6 +165,7 @@ def main(argv: list[str]) -> int:
 def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.preference import PreferenceDataset
+    from repulse.engine import export_model
     from repulse.models.loading import load_scalar_model, load_tokenizer, resolve_dtype, set_reward_stats
     from repulse.models.moe import router_aux_loss
     from repulse.trainers.common import build_trained_engine, fit_spec, start_run
@@ -212,7 +213,7 @@ def run(cfg: OfflineConfig) -> int:
     fit(engine, method, spec)
     mean, std = reward_stats(engine, method, train_set, collate, cfg.train.micro_batch_size)
     set_reward_stats(engine.unwrapped(), mean, std)
-    engine.export_hf(run_.output_dir, tokenizer)
+    export_model(engine, run_.output_dir, tokenizer)
     if run_.rank == 0:
         print(
             f"[repulse] saved the reward model to {run_.output_dir} "

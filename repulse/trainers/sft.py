@@ -62,6 +62,7 @@ def main(argv: list[str]) -> int:
 def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.sft import SFTDataset
+    from repulse.engine import export_model
     from repulse.models.loading import load_causal_lm, load_tokenizer
     from repulse.models.moe import router_aux_loss
     from repulse.trainers.common import (
@@ -113,7 +114,7 @@ def run(cfg: OfflineConfig) -> int:
     spec = fit_spec(cfg, run_, train_set, eval_set, collate, "sft")
     engine = build_trained_engine(cfg, run_, model, spec)
     fit(engine, SFTMethod(engine, aux), spec)
-    engine.export_hf(run_.output_dir, tokenizer)
+    export_model(engine, run_.output_dir, tokenizer)
     if run_.rank == 0:
         print(f"[repulse] saved the fine-tuned model to {run_.output_dir}", flush=True)
     return 0
