@@ -26,7 +26,7 @@ import harness  # noqa: E402
 
 # Frames that mark "inside the training loop" on each side.
 LOOP_ROOTS = {
-    "repulse": ("fit (repulse/trainers/fit.py", "run (repulse/trainers/rl_loop.py"),
+    "repulse": ("fit (repulse/trainers/fit.py", "run (repulse/trainers/rl/loop.py"),
     "trl": ("_inner_training_loop (transformers/trainer.py",),
 }
 

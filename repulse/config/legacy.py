@@ -22,8 +22,8 @@ was a bare switch that becomes ``--a.b v`` (``--bf16`` -> ``--engine.param_dtype
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from repulse.config.legacy_argv import _Ctx, _Flag, _group, _Out, flip_sign  # noqa: F401  flip_sign: public
+from repulse.config.legacy_fork import fork_rule
 from repulse.config.legacy_tables import (  # noqa: F401  _RL, _TRAIN_COMMON, RULE_FLAGS: read by tests
     _RL,
     _TRAIN_COMMON,
@@ -55,113 +55,6 @@ MODULE_TO_COMMAND: dict[str, str] = {
 
 _OLD_PROMPT_MAX_LEN = 1024
 _OLD_GENERATE_MAX_LEN = 1024
-
-
-# --------------------------------------------------------------------------- parsing argv
-
-
-@dataclass
-class _Flag:
-    """One ``--name [values...]`` group of argv, or a stray token (name None)."""
-
-    name: str | None
-    values: list[str]
-    raw: list[str]
-    eq: bool = False  # written as --name=value
-
-
-def _is_flag(tok: str) -> bool:
-    """Same rule as the parser: ``--x``; negative numbers (``-10``) and ``-`` are values."""
-    return tok.startswith("--") and len(tok) > 2
-
-
-def _group(argv: list[str]) -> list[_Flag]:
-    out: list[_Flag] = []
-    for tok in argv:
-        if _is_flag(tok):
-            name, eq, value = tok[2:].partition("=")
-            if "." not in name:
-                name = name.replace("-", "_")
-            out.append(_Flag(name, [value] if eq else [], [tok], bool(eq)))
-        elif out and out[-1].name is not None:
-            out[-1].values.append(tok)
-            out[-1].raw.append(tok)
-        else:
-            out.append(_Flag(None, [tok], [tok]))
-    return out
-
-
-@dataclass
-class _Ctx:
-    """Read-only view of the legacy argv for the value-dependent rules."""
-
-    flags: list[_Flag]
-    fork: bool = False
-
-    def has(self, *names: str) -> bool:
-        return any(f.name in names for f in self.flags)
-
-    def get(self, *names: str) -> list[str] | None:
-        """Values of the last occurrence of any of ``names`` (``[]`` for a bare switch), else None."""
-        found = None
-        for f in self.flags:
-            if f.name in names:
-                found = f.values
-        return found
-
-    def one(self, *names: str) -> str | None:
-        vals = self.get(*names)
-        if vals is None or not vals:
-            return None
-        if len(vals) != 1:
-            raise UserError(f"--{names[0]} takes one value, got {' '.join(vals)!r}.")
-        return vals[0]
-
-    def integer(self, name: str, default: int) -> int:
-        val = self.one(name)
-        if val is None:
-            return default
-        try:
-            return int(float(val))
-        except ValueError:
-            raise UserError(f"--{name} expects an integer, got {val!r}.") from None
-
-
-@dataclass
-class _Out:
-    """What the rules produce: flags in our names, consumed legacy names, notes, ignored flags."""
-
-    emitted: list[tuple[str, list[str]]] = field(default_factory=list)
-    consumed: set[str] = field(default_factory=set)
-    notes: list[str] = field(default_factory=list)
-    ignored: dict[str, str] = field(default_factory=dict)
-
-    def emit(self, dest: str, *values: str) -> None:
-        self.emitted.append((dest, list(values)))
-
-    def ignore(self, name: str, reason: str) -> None:
-        self.consumed.add(name)
-        self.ignored.setdefault(name, reason)
-
-
-# --------------------------------------------------------------------------- value rules
-
-
-def flip_sign(value: str) -> str:
-    """Negate a number written as text, keeping its spelling (``-10`` -> ``10``, ``0.1`` -> ``-0.1``).
-
-    The fork writes the target's inverse temperature and the transform's exponent as
-    negative numbers (β_c < 0); repulse uses the paper's positive β, so both flip.
-    """
-    try:
-        number = float(value)
-    except ValueError:
-        raise UserError(f"expected a number, got {value!r}.") from None
-    if number == 0:
-        return value.lstrip("+-")
-    if value.startswith("-"):
-        return value[1:]
-    return "-" + value.lstrip("+")
 
 
 def _lengths_rule(ctx: _Ctx, out: _Out) -> None:
@@ -280,8 +173,42 @@ def _gcg_rule(ctx: _Ctx, out: _Out) -> None:
         )
 
 
+_ROLLOUT_IS_FLAGS = (
+    "enable_vllm_is_correction", "vllm_is_correction_type", "vllm_is_truncated_threshold", "use_icepop",
+    "algo.advantage.is_correction_enable", "algo.advantage.is_correction_type",
+    "algo.advantage.is_correction_threshold",
+)  # fmt: skip
+
+
+def _rollout_is_rule(ctx: _Ctx, out: _Out) -> None:
+    """OpenRLHF's vLLM importance-sampling correction: an on/off switch, a type and a threshold
+    pair (flat names, the 0.10.2 ``--algo.advantage.is_correction_*`` names, and ``--use_icepop``
+    of <=0.9.4) become one ``--algo.rollout_is.mode`` (none when the switch is off) and the band
+    ``--algo.rollout_is.low/high``."""
+    if not ctx.has(*_ROLLOUT_IS_FLAGS):
+        return
+    out.consumed |= set(_ROLLOUT_IS_FLAGS)
+    on = ctx.has("enable_vllm_is_correction", "algo.advantage.is_correction_enable", "use_icepop")
+    kind = ctx.one("vllm_is_correction_type", "algo.advantage.is_correction_type")
+    if ctx.has("use_icepop"):
+        kind = "icepop"
+    if on:
+        out.emit("algo.rollout_is.mode", kind or "tis")
+    band = ctx.get("vllm_is_truncated_threshold", "algo.advantage.is_correction_threshold")
+    if band is not None:
+        if len(band) != 2:
+            raise UserError(
+                f"--vllm_is_truncated_threshold takes two numbers (low high), got {' '.join(band)!r}."
+            )
+        out.emit("algo.rollout_is.low", band[0])
+        out.emit("algo.rollout_is.high", band[1])
+
+
 # command -> rules applied before the table, in order
-_RULES = {"rl": (_lengths_rule, _reward_format_rule), "gcg": (_reward_format_rule, _gcg_rule)}
+_RULES = {
+    "rl": (_lengths_rule, _reward_format_rule, _rollout_is_rule),
+    "gcg": (_reward_format_rule, _gcg_rule),
+}
 
 
 # --------------------------------------------------------------------------- public API
@@ -306,8 +233,6 @@ def translate_argv(argv: list[str], command: str) -> tuple[list[str], list[str]]
     for rule in _RULES.get(command, ()):
         rule(ctx, out)
     if ctx.fork:
-        from repulse.config.legacy_fork import fork_rule
-
         fork_rule(ctx, out)
     elif command == "rl":
         _critic_from_reward_rule(ctx, out)

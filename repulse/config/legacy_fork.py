@@ -9,7 +9,7 @@ with a note for everything derived. The table-driven renames and the shared mach
 
 from __future__ import annotations
 
-from repulse.config.legacy import _Ctx, _Out, flip_sign
+from repulse.config.legacy_argv import _Ctx, _Out, flip_sign
 from repulse.config.sections import CkptSection, DataSection, RolloutSection
 from repulse.errors import UserError
 

@@ -210,10 +210,6 @@ _RL = _Table(
         "vllm_gpu_memory_utilization": ("vllm.gpu_memory_utilization",),
         "enable_prefix_caching": ("vllm.enable_prefix_caching",),
         "enforce_eager": ("vllm.enforce_eager",),
-        "enable_vllm_is_correction": ("algo.advantage.is_correction_enable",),
-        "vllm_is_truncated_threshold": ("algo.advantage.is_correction_threshold",),
-        "vllm_is_correction_type": ("algo.advantage.is_correction_type",),
-        "use_icepop": ("algo.advantage.is_correction_enable", "algo.advantage.is_correction_type=icepop"),
         # rollout
         "rollout_batch_size": ("rollout.batch_size",),
         "micro_rollout_batch_size": ("rollout.micro_batch_size",),
@@ -492,6 +488,7 @@ FORK_FLAGS: frozenset[str] = frozenset(
 RULE_FLAGS: frozenset[str] = frozenset(
     {
         "prompt_max_len", "generate_max_len",
+        "enable_vllm_is_correction", "vllm_is_correction_type", "vllm_is_truncated_threshold", "use_icepop",
         # the fork's mode switches and the flags whose meaning they change
         "do_harmlessness_training", "harmlessness_training_loss_type", "use_base_as_proposal",
         "reward_transform", "actor_loss_type", "reinforce_baseline_type", "parameterization", "rm_type",

@@ -287,7 +287,11 @@ class RewardSection:
     stop_properly_penalty_coef: float | None = _h(None, "penalty for responses cut at max_new_tokens")
     offload: bool = _h(False, "keep reward models on CPU")
     max_len: int = _h(2048, "RM input cap: truncates the prompt side, never the answer")
-    input_format: str = _h("concat", "how an RM reads a sample: concat (prompt+response text) | pair | chat")
+    input_format: str = _h(
+        "auto",
+        "how an RM reads a sample: auto (the format a repulse-trained RM records; else concat) | "
+        "concat (prompt+response text) | pair | chat",
+    )
     cap: float | None = _h(None, "upper cap on the reward")
     chosen_label: int | None = _h(None, "score a classifier by this label's logit (e.g. non-toxic)")
     timeout_s: float = _h(60.0, "HTTP reward timeout per request")
@@ -316,9 +320,18 @@ class AdvantageSection:
     gamma: float = _h(1.0, "discount")
     lambd: float = _h(1.0, "GAE lambda")
     no_std_norm: bool = _h(False, "centre advantages without dividing by the std")
-    is_correction_enable: bool = _h(False, "vLLM importance-sampling correction")
-    is_correction_threshold: list[float] = _hf(lambda: [0.5, 5.0], "IS correction thresholds")
-    is_correction_type: str = _h("tis", "tis | icepop | seq-mask-tis")
+
+
+@dataclass
+class RolloutISSection:
+    mode: str = _h(
+        "none",
+        "correct the policy loss for a rollout engine whose log-probs differ from the trainer's "
+        "(w = π_old/π_rollout per token): none | tis (clamp w to [low, high]) | icepop (drop tokens "
+        "with w outside) | seq-mask-tis (drop sequences whose geometric-mean w is outside)",
+    )
+    low: float = _h(0.5, "lower end of the importance-weight band")
+    high: float = _h(5.0, "upper end of the importance-weight band (the TIS cap)")
 
 
 @dataclass
@@ -334,6 +347,7 @@ class KLSection:
 class AlgoSection:
     advantage: AdvantageSection = _hf(AdvantageSection, "advantage estimation")
     kl: KLSection = _hf(KLSection, "KL penalty / loss")
+    rollout_is: RolloutISSection = _hf(RolloutISSection, "rollout importance-sampling correction")
     dynamic_filtering_enable: bool = _h(False, "drop groups whose mean reward is outside the range")
     dynamic_filtering_range: list[float] = _hf(lambda: [0.0, 1.0], "kept mean-reward range")
     max_epochs: int = _h(1, "update epochs per rollout batch")

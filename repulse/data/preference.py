@@ -162,3 +162,104 @@ class PreferenceDataset(TokenDataset):
             n = min(common_prefix_len(c, r), len(c) - 1, len(r) - 1)
             out.append((c[:n], c[n:], r[:n], r[n:]))
         return out
+
+
+# --------------------------------------------------------------------------- the reward-model input format
+
+REWARD_FORMAT_VERSION = 1
+REWARD_FORMAT_KINDS = ("prompt_response", "chat", "text")
+
+
+def reward_format(cfg: DataSection, tokenizer: Any) -> dict[str, Any]:
+    """How a reward model trained on these pairs saw its inputs, for scoring it the same way later.
+
+    Saved in the model's config (``repulse_reward_format``) by ``repulse rm``: a reward model
+    scored in another format than it was trained on gives other numbers (a missing eos alone
+    can flip the sign of the score). ``kind``:
+
+    - ``prompt_response`` (``--data.prompt_key``, plain text): the tokenizer's leading
+      special tokens, the prompt through ``input_template`` (None: as is), the response,
+      each tokenised separately;
+    - ``chat`` (``--data.apply_chat_template``): ``chat_template`` over [user, assistant];
+    - ``text`` (neither): the whole text, tokenised as one piece after the leading specials.
+
+    ``eos``: an eos is appended unless the sequence already ends with eos or another special
+    token (the only convention of this version; recorded so that a reader never guesses).
+    """
+    if cfg.apply_chat_template:
+        kind = "chat"
+    elif cfg.prompt_key is not None:
+        kind = "prompt_response"
+    else:
+        kind = "text"
+    return {
+        "version": REWARD_FORMAT_VERSION,
+        "kind": kind,
+        "input_template": check_input_template(cfg.input_template) if kind == "prompt_response" else None,
+        "chat_template": getattr(tokenizer, "chat_template", None) if kind == "chat" else None,
+        "eos": True,
+    }
+
+
+def check_reward_format(fmt: Any, where: str) -> dict[str, Any]:
+    """``fmt`` as read from a model config, or a UserError naming ``where`` if this version cannot score it."""
+    if (
+        not isinstance(fmt, dict)
+        or fmt.get("version") != REWARD_FORMAT_VERSION
+        or fmt.get("kind") not in REWARD_FORMAT_KINDS
+        or fmt.get("eos") is not True
+    ):
+        raise UserError(
+            f"{where}: its config records a reward input format this version of repulse does not know "
+            f"(repulse_reward_format = {str(fmt)[:200]}); score it with the repulse version that trained it."
+        )
+    return fmt
+
+
+def describe_reward_format(fmt: dict[str, Any]) -> str:
+    """One phrase for messages: what the reward model was trained on."""
+    if fmt["kind"] == "chat":
+        return "chat-template conversations ending with eos"
+    if fmt["kind"] == "prompt_response":
+        template = fmt.get("input_template")
+        return f"prompt{f' in the template {template!r}' if template else ''} + response + eos"
+    return "whole texts + eos"
+
+
+def encode_reward_inputs(
+    tokenizer: Any, fmt: dict[str, Any], prompts: list[Any], responses: list[str], rendered: bool
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt-side ids, answer ids) of each pair, as a reward model trained in ``fmt`` saw them.
+
+    ``rendered=False``: ``prompts`` are the raw questions, rendered here with the recorded
+    template (exactly as :class:`PreferenceDataset` did in training). ``rendered=True``: they
+    are already rendered text (a client that sends only the full text), taken as they are.
+    ``text`` formats tokenise prompt + response as one text, as training did; their split
+    point is then where the response's own tokens would start (only truncation uses it).
+    """
+    specials = special_ids(tokenizer)
+    eos = eos_id(tokenizer)
+
+    def with_eos(ids: list[int]) -> list[int]:
+        return ids if ends_with_special(tokenizer, ids, specials) else ids + [eos]
+
+    if fmt["kind"] == "text" or rendered:
+        prefix = [] if fmt["kind"] == "chat" else special_prefix(tokenizer)
+        if fmt["kind"] == "text":
+            full = encode_many(tokenizer, [str(p) + r for p, r in zip(prompts, responses)])
+            answers = encode_many(tokenizer, list(responses))
+            out = []
+            for ids, ans in zip(full, answers):
+                plain = prefix + list(ids)
+                ids = with_eos(plain)
+                cut = max(len(prefix), len(plain) - len(ans))
+                out.append((ids[:cut], ids[cut:]))
+            return out
+        p_ids = encode_many(tokenizer, [str(p) for p in prompts])
+        r_ids = encode_many(tokenizer, list(responses))
+        return [(prefix + list(p), with_eos(list(r))) for p, r in zip(p_ids, r_ids)]
+    chat = fmt["kind"] == "chat"
+    pr = PromptResponse(tokenizer, fmt.get("input_template"), chat)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        pr.add(p, r, f"reward input {i}")
+    return pr.encode()

@@ -18,7 +18,7 @@ objective is the mean negative log-likelihood of the target tokens after it. One
    K > 0). The suffix with the lowest loss over all steps (the initial one included) is returned.
 
 Everything random draws from one ``torch.Generator`` seeded by the caller, on the CPU, so a
-run is reproducible. Pure algorithm: no files, no config parsing (see ``gcg_cli``).
+run is reproducible. Pure algorithm: no files, no config parsing (see ``repulse.workflows.gcg``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ rotary models (Llama, Qwen, ...) agree with it up to float rounding, while absol
 models (GPT-2) only agree with us, which is the padding-invariant answer.
 
 Reward normalisation statistics live in the model config (``repulse_reward_mean`` /
-``repulse_reward_std``), so they travel with the saved model and survive transformers
+``repulse_reward_std``), and so does the input format a reward model was trained on
+(``repulse_reward_format``), so they travel with the saved model and survive transformers
 round trips.
 """
 
@@ -41,6 +42,7 @@ from repulse.models.positions import (
 HEAD_NAME = "score"
 MEAN_KEY = "repulse_reward_mean"
 STD_KEY = "repulse_reward_std"
+FORMAT_KEY = "repulse_reward_format"
 
 
 def head_name(model: nn.Module) -> str:
@@ -183,6 +185,20 @@ def get_reward_stats(config: Any) -> tuple[float, float]:
     if mean is None or std is None:
         return 0.0, 1.0
     return float(mean), float(std)
+
+
+def set_reward_format(model: nn.Module | Any, fmt: dict[str, Any]) -> None:
+    """Store the reward model's input format (``repulse.data.preference.reward_format``) in its config."""
+    config = _hf_config(model) if isinstance(model, nn.Module) else model
+    setattr(config, FORMAT_KEY, dict(fmt))
+
+
+def get_reward_format(config: Any) -> dict[str, Any] | None:
+    """The input format stored by ``set_reward_format``; None for a model trained elsewhere."""
+    if isinstance(config, nn.Module):
+        config = _hf_config(config)
+    fmt = config.get(FORMAT_KEY) if isinstance(config, dict) else getattr(config, FORMAT_KEY, None)
+    return fmt
 
 
 # --------------------------------------------------------------------------- legacy heads

@@ -155,7 +155,7 @@ def _read_summary(path: Path) -> dict[str, Any]:
 
 
 def _read_gcg(path: Path) -> dict[str, Any]:
-    from repulse.evaluation.gcg_cli import read_summary
+    from repulse.workflows.gcg import read_summary
 
     return read_summary(path)
 
@@ -167,7 +167,7 @@ def _asr_name(eta: float) -> str:
 def gcg_value(gcg: dict[str, Any], eta: float) -> dict[str, Any]:
     """Attack success rate at ``eta`` from a GCG summary's saved rewards: ``{"mean", "low", "high",
     "successes", "n_targets"}`` (a target succeeds if some sample has reward < eta)."""
-    from repulse.evaluation.gcg_cli import attack_success, rewards_of
+    from repulse.workflows.gcg import attack_success, rewards_of
 
     block = attack_success(rewards_of(gcg), eta)
     return {k: block[k] for k in ("mean", "low", "high", "successes", "n_targets")}

@@ -1,9 +1,16 @@
 """``repulse serve-rm``: a reward model behind ``POST /get_reward``.
 
-Request ``{"query": [text, ...]}`` (optionally ``"prompts"``, ``"labels"``); answer
-``{"rewards": [...], "scores": [...]}``. Requests are scored in micro-batches of
-``--batch_size``; a malformed request gets HTTP 400 with a one-line reason (clients do not
-retry it), a failure while scoring HTTP 500 (clients retry it).
+Request ``{"query": [text, ...]}`` (optionally ``"prompts"``, ``"labels"``, and
+``"questions"`` / ``"responses"``, which ``repulse rl`` sends); answer ``{"rewards": [...],
+"scores": [...]}``. Requests are scored in micro-batches of ``--batch_size``; a malformed
+request gets HTTP 400 with a one-line reason (clients do not retry it), a failure while
+scoring HTTP 500 (clients retry it).
+
+A reward model trained by ``repulse rm`` is scored in the format it was trained on (its
+config records it): with ``questions`` and ``responses`` the prompt template (or chat
+template) is applied to the raw questions exactly as in training; with ``prompts`` alone
+they are taken as already rendered (each query is its prompt followed by the response);
+with ``query`` alone each text is scored whole. Either way eos is appended as in training.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ class RewardScorer:
             path,
             torch.device(device),
             max_len=max_len,
-            input_format="concat",
+            input_format="auto",
             chosen_label=None,
             offload=False,
             micro_batch_size=batch_size,
@@ -37,15 +44,40 @@ class RewardScorer:
         self.normalize = normalize
         self.lock = threading.Lock()
 
-    def score(self, queries: list[str]) -> list[float]:
-        batch = self._input(
-            queries=queries, prompts=[""] * len(queries), responses=queries, labels=[None] * len(queries)
-        )
+    def score(
+        self,
+        queries: list[str],
+        prompts: list[str] | None = None,
+        questions: list[str] | None = None,
+        responses: list[str] | None = None,
+    ) -> list[float]:
+        batch = self.reward_input(queries, prompts, questions, responses)
         with self.lock:
             r = self.source(batch)
         if self.normalize:
             r = (r - self.source.mean) / self.source.std
         return [float(x) for x in r]
+
+    def reward_input(
+        self,
+        queries: list[str],
+        prompts: list[str] | None,
+        questions: list[str] | None,
+        responses: list[str] | None,
+    ):
+        """The request as a ``RewardInput``; see the module docstring for what each field adds."""
+        n = len(queries)
+        if responses is None:
+            prompts = prompts if prompts is not None else [""] * n
+            # the response is what follows the prompt in the query; a query that does not start
+            # with its prompt is scored whole
+            pairs = [(p, q[len(p) :]) if q.startswith(p) else ("", q) for p, q in zip(prompts, queries)]
+            prompts, responses = [p for p, _ in pairs], [r for _, r in pairs]
+        elif prompts is None:
+            prompts = [q[: len(q) - len(r)] if q.endswith(r) else "" for q, r in zip(queries, responses)]
+        return self._input(
+            queries=queries, prompts=prompts, responses=responses, labels=[None] * n, questions=questions
+        )
 
 
 def make_server(scorer: RewardScorer, host: str, port: int) -> ThreadingHTTPServer:
@@ -75,10 +107,20 @@ def make_server(scorer: RewardScorer, host: str, port: int) -> ThreadingHTTPServ
                 queries = body["query"]
                 if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
                     raise ValueError("'query' must be a list of strings")
+                extra = {}
+                for key in ("prompts", "questions", "responses"):
+                    value = body.get(key)
+                    if value is not None and (
+                        not isinstance(value, list)
+                        or len(value) != len(queries)
+                        or not all(isinstance(v, str) for v in value)
+                    ):
+                        raise ValueError(f"'{key}' must be a list of strings, one per query")
+                    extra[key] = value
             except (ValueError, KeyError, TypeError) as exc:  # TypeError: a body that is not an object
                 return self._send(400, {"error": f"bad request: {type(exc).__name__}: {exc}"})
             try:
-                rewards = scorer.score(queries)
+                rewards = scorer.score(queries, **extra)
             except Exception as exc:  # answer it (HTTP 500, retried by the client) instead of dropping it
                 return self._send(500, {"error": f"scoring failed: {type(exc).__name__}: {exc}"})
             self._send(200, {"rewards": rewards, "scores": rewards, "extra_logs": {}})

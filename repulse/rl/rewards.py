@@ -3,6 +3,11 @@
 Every source maps (queries, prompts, responses, labels) to one float per sample, where
 ``queries`` are the full decoded texts (prompt + response), as OpenRLHF sends them.
 Several sources combine with ``--reward.reduction`` (sum by default).
+
+A reward model trained by ``repulse rm`` records the input format it was trained on in its
+config (``repulse_reward_format``); under ``--reward.input_format auto`` (the default) it is
+scored in exactly that format, and a model without one (trained elsewhere) is scored as
+``concat`` text with its tokenizer's own special tokens.
 """
 
 from __future__ import annotations
@@ -19,7 +24,14 @@ from typing import Any, Protocol
 
 import torch
 
-from repulse.errors import UserError
+from repulse.data.preference import (
+    check_reward_format,
+    describe_reward_format,
+    encode_reward_inputs,
+)
+from repulse.errors import UserError, warn_once
+
+INPUT_FORMATS = ("auto", "concat", "pair", "chat")
 
 
 @dataclass
@@ -28,7 +40,9 @@ class RewardInput:
     prompts: list[str]  # the policy's rendered prompts (input or chat template applied)
     responses: list[str]
     labels: list[Any]
-    questions: list[str] | None = None  # the raw user questions (no template); default: prompts
+    # The raw user questions (no template). None: the prompts are all there is, already rendered
+    # (a reward model's own template is then not applied to them again).
+    questions: list[str] | None = None
 
 
 class RewardSource(Protocol):
@@ -37,15 +51,54 @@ class RewardSource(Protocol):
     def __call__(self, batch: RewardInput) -> torch.Tensor: ...
 
 
+# --------------------------------------------------------------------------- fitting inputs
+
+
+def fit_to_length(head: list[int], answer: list[int], limit: int, keep_head: int) -> tuple[list[int], bool]:
+    """``head + answer`` cut to at most ``limit`` tokens: (ids, whether anything was cut).
+
+    The prompt side goes first: the first ``keep_head`` tokens of ``head`` (BOS, the
+    template's opening specials) stay, then as much of the end of ``head`` as fits before the
+    whole ``answer``. Only an answer that alone exceeds the room loses its start (the score is
+    read at the last token, so its end is what must stay).
+    """
+    if len(head) + len(answer) <= limit:
+        return head + answer, False
+    keep = min(keep_head, len(head), limit)
+    room = limit - keep - len(answer)
+    if room >= 0:
+        return head[:keep] + head[len(head) - room :] + answer, True
+    return head[:keep] + answer[len(answer) - (limit - keep) :], True
+
+
+def _leading_specials(tokenizer: Any, ids: list[int]) -> int:
+    specials = {int(i) for i in getattr(tokenizer, "all_special_ids", [])}
+    n = 0
+    while n < len(ids) and ids[n] in specials:
+        n += 1
+    return n
+
+
+# --------------------------------------------------------------------------- reward models
+
+
 class RewardModelSource:
     """A frozen sequence-scalar model with its own tokenizer.
 
     The policy's text is decoded and re-encoded with the RM's tokenizer. ``input_format``:
-    ``concat`` scores the text prompt+response (the policy's rendered prompt); ``pair``
-    encodes (question, response) as a text pair (e.g. a DeBERTa RM's [CLS] q [SEP] a [SEP]);
-    ``chat`` renders [user: question, assistant: response] with the RM's own chat template.
-    The question is the raw user text, without the policy's template. ``max_len`` truncates the prompt side only; ``chosen_label`` picks one
-    logit of a classifier (e.g. a toxicity model's "non-toxic" class).
+
+    - ``auto``: the format recorded by ``repulse rm`` in the model's config (its prompt
+      template or chat template over the raw question, the response, eos appended - exactly
+      the sequences it was trained on); ``concat`` for a model that records none;
+    - ``concat``: the text prompt+response (the policy's rendered prompt), with the special
+      tokens the RM's tokenizer adds;
+    - ``pair``: (question, response) as a text pair (e.g. a DeBERTa RM's [CLS] q [SEP] a [SEP]);
+    - ``chat``: [user: question, assistant: response] in the RM's own chat template.
+
+    The question is the raw user text, without the policy's template. ``max_len`` cuts the
+    prompt side only (:func:`fit_to_length`). ``chosen_label`` picks one logit of a classifier (e.g. a toxicity
+    model's "non-toxic" class). The score is the head at the last real token (the attention
+    mask decides, not the pad id), as ``repulse rm`` computed it in training.
     """
 
     def __init__(
@@ -62,9 +115,13 @@ class RewardModelSource:
         from transformers import AutoModelForSequenceClassification
 
         from repulse.models.loading import load_tokenizer
+        from repulse.models.scalar import HEAD_NAME, get_reward_format
 
-        if input_format not in {"concat", "pair", "chat"}:
-            raise UserError(f"--reward.input_format must be concat, pair or chat, got {input_format!r}.")
+        if input_format not in INPUT_FORMATS:
+            raise UserError(
+                f"--reward.input_format must be one of {', '.join(INPUT_FORMATS)}, got {input_format!r}."
+            )
+        self.path = path
         self.name = Path(path).name or path
         self.tokenizer = load_tokenizer(path, padding_side="right")
         try:
@@ -76,33 +133,86 @@ class RewardModelSource:
         self.model.eval().requires_grad_(False)
         self.device, self.offload = device, offload
         self.model.to("cpu" if offload else device)
-        self.max_len, self.input_format, self.chosen_label = max_len, input_format, chosen_label
-        self.micro = micro_batch_size
         cfg = self.model.config
+        recorded = get_reward_format(cfg)
+        where = f"--reward.model_name_or_path {path}"
+        self.trained_format = check_reward_format(recorded, where) if recorded is not None else None
+        if input_format == "auto":
+            input_format = "trained" if self.trained_format else "concat"
+        elif self.trained_format is not None:
+            warn_once(
+                f"reward_format:{path}:{input_format}",
+                f"--reward.input_format {input_format}: {path} was trained by repulse rm on "
+                f"{describe_reward_format(self.trained_format)}; it is scored as {input_format}, as asked, "
+                "which is not its training format (--reward.input_format auto scores that).",
+            )
+        if input_format == "trained" and self.trained_format.get("chat_template"):
+            self.tokenizer.chat_template = self.trained_format["chat_template"]
+        self.input_format = input_format
+        self.max_len = max_len
+        num_labels = int(getattr(cfg, "num_labels", 1) or 1)
+        if chosen_label is not None and not 0 <= chosen_label < num_labels:
+            raise UserError(
+                f"--reward.chosen_label {chosen_label}: the reward model has "
+                f"{'a single output' if num_labels == 1 else f'{num_labels} outputs (0..{num_labels - 1})'}."
+            )
+        self.chosen_label = chosen_label
+        self.micro = micro_batch_size
+        self.mask_pooled = isinstance(getattr(self.model, HEAD_NAME, None), torch.nn.Module)
         self.mean = float(getattr(cfg, "repulse_reward_mean", 0.0) or 0.0)
         self.std = float(getattr(cfg, "repulse_reward_std", 1.0) or 1.0)
 
-    def _encode_one(self, prompt: str, response: str) -> list[int]:
+    def _pieces(self, first: str, response: str) -> tuple[list[int], list[int], int]:
+        """(prompt-side ids, answer ids, leading ids to keep) in an external model's format."""
         tok = self.tokenizer
         if self.input_format == "chat":
-            msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+            msgs = [{"role": "user", "content": first}, {"role": "assistant", "content": response}]
             ids = tok.apply_chat_template(msgs, tokenize=True)
             ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)  # a BatchEncoding in transformers 5
             if len(ids) >= 2 and tok.bos_token_id is not None and ids[0] == ids[1] == tok.bos_token_id:
                 ids = ids[1:]
             answer_len = len(tok(response, add_special_tokens=False)["input_ids"]) + 2
         elif self.input_format == "pair":
-            ids = tok(prompt, response)["input_ids"]
+            ids = tok(first, response)["input_ids"]
             answer_len = len(tok(response, add_special_tokens=False)["input_ids"]) + 1
         else:
-            ids = tok(prompt + response)["input_ids"]
+            ids = tok(first + response)["input_ids"]
             answer_len = len(tok(response, add_special_tokens=False)["input_ids"]) + 1
-        if len(ids) > self.max_len:
-            # cut the prompt side (from the left), never the answer
-            keep_answer = min(answer_len, self.max_len)
-            head = self.max_len - keep_answer
-            ids = ids[:1] + ids[len(ids) - (self.max_len - 1) :] if head > 0 else ids[-self.max_len :]
-        return ids
+        cut = max(0, len(ids) - answer_len)
+        return list(ids[:cut]), list(ids[cut:]), 1
+
+    def encode(self, batch: RewardInput) -> list[list[int]]:
+        """The token ids the model scores for each sample, cut to ``max_len``."""
+        if self.input_format == "trained":
+            kind = self.trained_format["kind"]
+            rendered = kind == "text" or batch.questions is None
+            firsts = batch.prompts if rendered else batch.questions
+            pairs = encode_reward_inputs(
+                self.tokenizer, self.trained_format, firsts, batch.responses, rendered
+            )
+            pieces = [(h, a, _leading_specials(self.tokenizer, h)) for h, a in pairs]
+        else:
+            firsts = batch.prompts if self.input_format == "concat" else (batch.questions or batch.prompts)
+            pieces = [self._pieces(f, r) for f, r in zip(firsts, batch.responses)]
+        out = []
+        filler = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        for head, answer, keep in pieces:
+            ids, _ = fit_to_length(head, answer, self.max_len, keep)
+            out.append(ids or [filler])  # an empty text still gets a (meaningless but finite) score
+        return out
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``[B, num_labels]``: the head at each row's last attended token."""
+        if self.mask_pooled:
+            from repulse.models.positions import last_token_index
+            from repulse.models.scalar import token_values
+
+            values = token_values(self.model, ids, mask)
+            if values.dim() == 2:
+                values = values.unsqueeze(-1)
+            last = last_token_index(mask).to(values.device)
+            return values[torch.arange(values.shape[0], device=values.device), last]
+        return self.model(input_ids=ids, attention_mask=mask).logits.float()
 
     @torch.no_grad()
     def __call__(self, batch: RewardInput) -> torch.Tensor:
@@ -110,28 +220,24 @@ class RewardModelSource:
             self.model.to(self.device)
         scores = []
         pad = self.tokenizer.pad_token_id
-        firsts = batch.prompts if self.input_format == "concat" else (batch.questions or batch.prompts)
-        for s in range(0, len(batch.prompts), self.micro):
-            encoded = [
-                self._encode_one(p, r)
-                for p, r in zip(firsts[s : s + self.micro], batch.responses[s : s + self.micro])
-            ]
+        encoded_all = self.encode(batch)
+        col = self.chosen_label if self.chosen_label is not None else 0
+        for s in range(0, len(encoded_all), self.micro):
+            encoded = encoded_all[s : s + self.micro]
             width = max(len(e) for e in encoded)
             ids = torch.full((len(encoded), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
             for i, e in enumerate(encoded):
                 ids[i, : len(e)] = torch.tensor(e)
                 mask[i, : len(e)] = 1
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            col = self.chosen_label if self.chosen_label is not None else 0
-            if logits.shape[-1] == 1 and self.chosen_label:
-                raise UserError(
-                    f"--reward.chosen_label {self.chosen_label}: the reward model has a single output."
-                )
+            logits = self._forward(ids.to(self.device), mask.to(self.device))
             scores.append(logits[:, col].float().cpu())
         if self.offload:
             self.model.to("cpu")
-        return torch.cat(scores)
+        return torch.cat(scores) if scores else torch.zeros(0)
+
+
+# --------------------------------------------------------------------------- a Python reward function
 
 
 class PythonRewardSource:
@@ -227,7 +333,12 @@ def post_json(url: str, payload: dict, timeout: float, retries: int) -> dict:
 
 
 class HTTPRewardSource:
-    """One or several reward servers; each batch is split into equal shards, one per server."""
+    """One or several reward servers; each batch is split into equal shards, one per server.
+
+    A request carries ``query`` (full texts), ``prompts`` and ``labels`` (the documented
+    protocol), plus ``questions`` and ``responses``, from which ``repulse serve-rm`` rebuilds
+    its reward model's training format exactly (other servers ignore them).
+    """
 
     def __init__(self, urls: list[str], timeout: float, retries: int):
         self.urls = [
@@ -251,7 +362,10 @@ class HTTPRewardSource:
                 "query": batch.queries[lo:hi],
                 "prompts": batch.prompts[lo:hi],
                 "labels": batch.labels[lo:hi],
+                "responses": batch.responses[lo:hi],
             }
+            if batch.questions is not None:
+                payload["questions"] = batch.questions[lo:hi]
             out = post_json(self.urls[i], payload, self.timeout, self.retries)
             rewards = out.get("rewards", out.get("scores"))
             if rewards is None or len(rewards) != hi - lo:
@@ -261,6 +375,9 @@ class HTTPRewardSource:
         with ThreadPoolExecutor(max_workers=k) as pool:
             parts = list(pool.map(call, range(k)))
         return torch.tensor([r for part in parts for r in part], dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------- building
 
 
 def build_reward_sources(reward_cfg: Any, device: torch.device, micro_batch_size: int) -> list[RewardSource]:

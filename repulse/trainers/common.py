@@ -1,50 +1,16 @@
-"""Set-up shared by the offline trainers: process group, seed, outputs, model, engine, data."""
+"""Set-up shared by the offline trainers: batch layout, data splits, the fit spec, the engine."""
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from repulse.config import write_resolved
 from repulse.config.schema import to_dict
 from repulse.errors import UserError
+from repulse.run.start import Run
 from repulse.trainers.fit import FitSpec, check_batching, total_steps
-from repulse.trainers.outputs import prepare_output_dir
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-@dataclass
-class Run:
-    rank: int
-    world_size: int
-    device: torch.device
-    output_dir: Path
-
-
-def start_run(cfg: Any) -> Run:
-    """Process group, seed, a writable output dir and the resolved config, before any heavy work."""
-    from repulse.engine.dist import barrier, init_distributed
-
-    rank, world, _local, device = init_distributed()
-    seed_everything(cfg.train.seed, cfg.train.full_determinism_enable)
-    out = Path(cfg.ckpt.output_dir)
-    if rank == 0:
-        prepare_output_dir(out)
-        write_resolved(cfg, out)
-    barrier()
-    return Run(rank, world, device, out)
 
 
 def token_collate(cfg: Any, pad_id: int | None):

@@ -25,8 +25,9 @@ import torch
 from repulse.data.collate import MicroBatcher
 from repulse.data.loader import step_batches
 from repulse.errors import UserError
-from repulse.trainers.checkpoint import Checkpoints
-from repulse.trainers.outputs import MetricsLog, Progress
+from repulse.run.checkpoints import Checkpoints
+from repulse.run.metrics import MetricsLog
+from repulse.run.progress import Progress
 
 
 @dataclass

@@ -102,7 +102,8 @@ def run(cfg: OfflineConfig) -> int:
     from repulse.engine import export_model
     from repulse.models.loading import load_causal_lm, load_tokenizer
     from repulse.models.moe import router_aux_loss
-    from repulse.trainers.common import build_trained_engine, fit_spec, start_run, token_collate
+    from repulse.run.start import start_run
+    from repulse.trainers.common import build_trained_engine, fit_spec, token_collate
     from repulse.trainers.fit import fit
 
     validate(cfg)

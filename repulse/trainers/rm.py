@@ -16,7 +16,10 @@ to the training dtype before the loss, as OpenRLHF computes it (a no-op in fp32 
 
 After training, the mean and (unbiased) std of the rewards of every chosen and rejected
 sequence of the training set are written into the saved config (``repulse_reward_mean`` /
-``repulse_reward_std``), for ``--reward.normalize_enable`` later. The saved directory loads
+``repulse_reward_std``), for ``--reward.normalize_enable`` later, and so is the input format
+the model was trained on (``repulse_reward_format``: prompt template or chat template, eos
+appended), so that ``repulse rl``, ``eval-tail``, ``gcg`` and ``serve-rm`` score exactly that
+format (``repulse.data.preference.reward_format``). The saved directory loads
 with ``AutoModelForSequenceClassification.from_pretrained(out, num_labels=1)`` and scores as
 ``repulse.models.loading.sequence_scores`` does.
 
@@ -164,11 +167,13 @@ def main(argv: list[str]) -> int:
 
 def run(cfg: OfflineConfig) -> int:
 
-    from repulse.data.preference import PreferenceDataset
+    from repulse.data.preference import PreferenceDataset, reward_format
     from repulse.engine import export_model
     from repulse.models.loading import load_scalar_model, load_tokenizer, resolve_dtype, set_reward_stats
     from repulse.models.moe import router_aux_loss
-    from repulse.trainers.common import build_trained_engine, fit_spec, start_run
+    from repulse.models.scalar import set_reward_format
+    from repulse.run.start import start_run
+    from repulse.trainers.common import build_trained_engine, fit_spec
     from repulse.trainers.fit import fit
 
     validate(cfg)
@@ -213,6 +218,7 @@ def run(cfg: OfflineConfig) -> int:
     fit(engine, method, spec)
     mean, std = reward_stats(engine, method, train_set, collate, cfg.train.micro_batch_size)
     set_reward_stats(engine.unwrapped(), mean, std)
+    set_reward_format(engine.unwrapped(), reward_format(cfg.data, tokenizer))
     export_model(engine, run_.output_dir, tokenizer)
     if run_.rank == 0:
         print(

@@ -133,7 +133,7 @@ def main(argv: list[str]) -> int:
     from transformers.utils import logging as hf_logging
 
     from repulse.toy import build_all
-    from repulse.trainers import rl_loop, rm, sft
+    from repulse.trainers import rl, rm, sft
 
     hf_logging.disable_progress_bar()  # 40 model loads/saves: their bars would bury the demo's own lines
     t_start = time.time()
@@ -148,7 +148,7 @@ def main(argv: list[str]) -> int:
     for method in METHODS:
         for seed in range(1, args.seeds + 1):
             cfg = rl_config(toy, out / "lm", out / "rm", out, method, seed, args.quick)
-            rl_loop.run(cfg)
+            rl.run(cfg)
             final = _final(Path(cfg.ckpt.output_dir))
             for k, v in final.items():
                 results[method][k].append(v)

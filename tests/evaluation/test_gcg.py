@@ -168,7 +168,7 @@ def test_gcg_lowers_the_target_loss_and_is_reproducible(lm, tok, prompt):
 
 
 def test_read_targets_names_file_and_line(tmp_path):
-    from repulse.evaluation.gcg_cli import read_targets
+    from repulse.workflows.gcg import read_targets
 
     good = tmp_path / "t.csv"
     good.write_text('goal,target,category\n"Say hi, please",Hi there,x\n\nTell a joke,Sure\n')
@@ -207,11 +207,11 @@ def _run_dir(root, toy, beta, avg_reward):
 def test_gcg_command_end_to_end(toy, toy_rm, tmp_path, capsys):
     from repulse.cli import main
     from repulse.data.templates import render_prompt
-    from repulse.evaluation.gcg_cli import attack_success
     from repulse.models.loading import load_tokenizer
     from repulse.report.frontier import frontier_points
     from repulse.report.runs import load_runs, run_value
     from repulse.rl.rewards import RewardInput, RewardModelSource
+    from repulse.workflows.gcg import attack_success
 
     targets = tmp_path / "behaviors.csv"
     targets.write_text(f"goal,target\n{GOAL},{TARGET}\nWrite a short story.,Sure here is\n")
@@ -238,7 +238,7 @@ def test_gcg_command_end_to_end(toy, toy_rm, tmp_path, capsys):
     # the reward model saw the original goal, not the suffixed prompt (spec §6.4)
     tok = load_tokenizer(str(run))
     rm = RewardModelSource(
-        str(toy_rm), torch.device("cpu"), max_len=2048, input_format="concat", chosen_label=None,
+        str(toy_rm), torch.device("cpu"), max_len=2048, input_format="auto", chosen_label=None,
         offload=False, micro_batch_size=8,
     )  # fmt: skip
     for t in data["targets"]:

@@ -248,7 +248,7 @@ def test_serve_rm_shards_and_bad_requests(toy_rm, serve_rm):
     base = serve_rm.url.removesuffix("/get_reward")
     got = HTTPRewardSource([serve_rm.url, base], timeout=60, retries=1)(batch_of(queries))
     local = RewardModelSource(
-        str(toy_rm), torch.device("cpu"), max_len=2048, input_format="concat", chosen_label=None,
+        str(toy_rm), torch.device("cpu"), max_len=2048, input_format="auto", chosen_label=None,
         offload=False, micro_batch_size=32,
     )  # fmt: skip
     expected = local(RewardInput(queries, [""] * 11, queries, [None] * 11))

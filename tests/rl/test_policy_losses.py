@@ -179,7 +179,7 @@ def test_actor_objective_adds_kl_loss_and_subtracts_entropy_bonus(monkeypatch):
     #   t0: −1 + .1 ln 2 − .01 ln 2 = −.9376168
     #   t1:  2 + .1 ln 2 − .01 ln 3 = 2.0583286
     #   sum = 1 + .2 ln 2 − .01 ln 6 = 1.1207118
-    from repulse.trainers import rl_updates
+    from repulse.trainers.rl import updates as rl_updates
 
     logp = torch.full((1, 3), math.log(0.5))
     ent = T([[math.log(2.0), math.log(3.0), 9.0]])
@@ -191,8 +191,7 @@ def test_actor_objective_adds_kl_loss_and_subtracts_entropy_bonus(monkeypatch):
         advantages=T([[1.0, -2.0, 5.0]]),
         ref_logprobs=torch.full((1, 3), math.log(0.25)),
     )
-    upd = rl_updates.PolicyUpdate(
-        engine=SimpleNamespace(module=None),
+    upd = rl_updates.PolicyLoss(
         eps_low=0.2,
         eps_high=0.2,
         dual_clip=None,
@@ -201,9 +200,109 @@ def test_actor_objective_adds_kl_loss_and_subtracts_entropy_bonus(monkeypatch):
         kl_estimator="k1",
         entropy_coef=0.01,
     )
-    out = upd.loss(exp)
+    out = upd.loss(None, exp)
     assert float(out.loss_sum) == approx(1 + 0.2 * math.log(2) - 0.01 * math.log(6))
     assert out.stats["policy_loss"] == approx((1.0, 2.0))  # (−1 + 2, 2 tokens)
     assert out.stats["kl_loss"] == approx((2 * math.log(2), 2.0))
     assert out.stats["entropy"] == approx((math.log(6), 2.0))
     assert out.stats["clip_frac"] == approx((0.0, 2.0))
+
+
+# ----------------------------------------------------------------------------- GSPO and the rollout IS correction
+
+
+def test_gspo_sequence_ratio_and_clipped_loss_by_hand():
+    # log π − log π_old = (0.2, 0.4) on the two action tokens → mean 0.3 → s = e^0.3 = 1.3498588
+    # A = 1: surr1 = 1.34986, surr2 = clip(s, 0.8, 1.2) = 1.2 → ℓ = −1.2 per token (clipped)
+    # A = −1 (second row, same ratio): surr1 = −1.34986, surr2 = −1.2 → ℓ = 1.34986 (unclipped)
+    from repulse.losses.policy import gspo_policy_loss, gspo_sequence_ratio
+
+    old = torch.zeros(2, 3)
+    logp = T([[0.2, 0.4, 7.0], [0.2, 0.4, -3.0]])  # the third position is padding
+    mask = T([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    s = gspo_sequence_ratio(logp, old, mask)
+    assert s[:, :2].flatten().tolist() == approx([math.exp(0.3)] * 4)
+    assert s[:, 2].tolist() == [0.0, 0.0]
+    adv = T([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]])
+    loss, m = gspo_policy_loss(logp, old, adv, mask, 0.2, 0.2)
+    assert (loss * mask)[0, :2].tolist() == approx([-1.2, -1.2])
+    assert (loss * mask)[1, :2].tolist() == approx([math.exp(0.3)] * 2)
+    assert float(m["clip_frac"]) == approx(0.5)
+    # a token-level PPO ratio would differ per token (e^0.2, e^0.4): GSPO's does not
+    from repulse.losses.policy import ppo_policy_loss
+
+    ppo, _ = ppo_policy_loss(logp, old, adv, mask, 0.2, 0.2)
+    assert (ppo * mask)[1, :2].tolist() == approx([math.exp(0.2), math.exp(0.4)])
+
+
+def test_gspo_policy_loss_aggregates_per_sequence():
+    # two sequences of 2 and 1 tokens, ρ ≡ 1, A = (1, 3 | 2): per-token ℓ = −A
+    # GSPO: Σ_i mean_t ℓ = −(1 + 3)/2 − 2 = −4 over 2 units (sequences); PPO: Σ ℓ = −6 over 3 tokens
+    from repulse.trainers.rl import updates as rl_updates
+
+    logp = torch.zeros(2, 2)
+    mask = T([[1.0, 1.0], [1.0, 0.0]])
+    exp = SimpleNamespace(
+        samples=SimpleNamespace(logprobs=None), action_mask=mask, old_logprobs=logp.clone(),
+        advantages=T([[1.0, 3.0], [2.0, 0.0]]), ref_logprobs=None,
+    )  # fmt: skip
+    args = dict(
+        eps_low=0.2, eps_high=0.2, dual_clip=None, temperature=1.0, kl_loss_coef=0.0, kl_estimator="k1"
+    )
+    import pytest
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(rl_updates, "action_logprobs", lambda *a, **k: (logp.clone(), torch.zeros(2, 2)))
+    try:
+        gspo = rl_updates.PolicyLoss(**args, entropy_coef=None, loss_type="gspo")
+        ppo = rl_updates.PolicyLoss(**args, entropy_coef=None)
+        assert float(gspo.loss(None, exp).loss_sum) == approx(-4.0) and gspo.units(exp) == 2.0
+        assert float(ppo.loss(None, exp).loss_sum) == approx(-6.0) and ppo.units(exp) == 3.0
+    finally:
+        mp.undo()
+
+
+def test_rollout_is_weights_by_hand():
+    # π_old = (.5, .4, .1), π_roll = (.25, .8, .5) → w = (2, .5, .2); band [0.5, 5]
+    #   tis:    clamp → (2, .5, .5)        icepop: drop outside → (2, .5, 0)
+    #   seq-mask-tis: geometric mean (2·.5·.2)^(1/3) = .5848 ∈ band → w kept unclamped (2, .5, .2);
+    #                 with the band [0.6, 5] the whole sequence is dropped
+    from repulse.losses.policy import rollout_is_weights
+
+    old = torch.log(T([[0.5, 0.4, 0.1]]))
+    roll = torch.log(T([[0.25, 0.8, 0.5]]))
+    mask = torch.ones(1, 3)
+    w, m = rollout_is_weights(old, roll, mask, "tis", 0.5, 5.0)
+    assert w.flatten().tolist() == approx([2.0, 0.5, 0.5])
+    assert float(m["rollout_kl"]) == approx(-(math.log(2) + math.log(0.5) + math.log(0.2)) / 3)
+    w, m = rollout_is_weights(old, roll, mask, "icepop", 0.5, 5.0)
+    assert w.flatten().tolist() == approx([2.0, 0.5, 0.0])
+    assert float(m["rollout_is_dropped"]) == approx(1 / 3)
+    w, _ = rollout_is_weights(old, roll, mask, "seq-mask-tis", 0.5, 5.0)
+    assert w.flatten().tolist() == approx([2.0, 0.5, 0.2])
+    w, _ = rollout_is_weights(old, roll, mask, "seq-mask-tis", 0.6, 5.0)
+    assert w.flatten().tolist() == approx([0.0, 0.0, 0.0])
+
+
+def test_policy_loss_multiplies_by_the_rollout_is_weights():
+    # ρ ≡ 1, A = (1, 1): ℓ^pg = (−1, −1); π_old/π_roll = (2, 8) with TIS band [0.5, 5] → ω = (2, 5)
+    # → Σ ω ℓ = −7; without the correction −2
+    from repulse.trainers.rl import updates as rl_updates
+
+    logp = torch.log(T([[0.5, 0.8]]))
+    exp = SimpleNamespace(
+        samples=SimpleNamespace(logprobs=torch.log(T([[0.25, 0.1]]))), action_mask=torch.ones(1, 2),
+        old_logprobs=logp.clone(), advantages=torch.ones(1, 2), ref_logprobs=None,
+    )  # fmt: skip
+    import pytest
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(rl_updates, "action_logprobs", lambda *a, **k: (logp.clone(), torch.zeros(1, 2)))
+    try:
+        args = dict(eps_low=0.2, eps_high=0.2, dual_clip=None, temperature=1.0, kl_loss_coef=0.0)
+        on = rl_updates.PolicyLoss(**args, kl_estimator="k1", entropy_coef=None, rollout_is=("tis", 0.5, 5.0))
+        off = rl_updates.PolicyLoss(**args, kl_estimator="k1", entropy_coef=None)
+        assert float(on.loss(None, exp).loss_sum) == approx(-7.0)
+        assert float(off.loss(None, exp).loss_sum) == approx(-2.0)
+    finally:
+        mp.undo()

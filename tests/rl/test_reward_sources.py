@@ -100,8 +100,9 @@ def test_max_len_cuts_the_prompt_side_never_the_answer(rm_dirs, fmt):
     tok = AutoTokenizer.from_pretrained(rm_dirs["one"])
     src = _source(rm_dirs["one"], fmt, max_len=16)
     long_question = " ".join(["why is the sky blue and not green"] * 8)
-    full = _source(rm_dirs["one"], fmt)._encode_one(long_question, RESPONSE)
-    ids = src._encode_one(long_question, RESPONSE)
+    one = RewardInput([long_question + RESPONSE], [long_question], [RESPONSE], [None], [long_question])
+    (full,) = _source(rm_dirs["one"], fmt).encode(one)
+    (ids,) = src.encode(one)
     answer = tok(RESPONSE, add_special_tokens=False)["input_ids"]
     assert len(full) > 16 and len(ids) == 16
     assert ids[0] == full[0]  # the first token (BOS / the template's start) is kept

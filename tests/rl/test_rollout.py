@@ -75,8 +75,8 @@ def test_sample_next_by_hand():
     # top-p 0.6: mass before each token is (0, .5, .8); keep those below .6 -> tokens 0 and 1
     tok, lp = sample_next(logits, 1.0, 0.6, 0)
     assert set(tok.tolist()) == {0, 1}
-    # the log-prob is the untruncated one: the training forward's distribution
-    torch.testing.assert_close(lp, torch.log(torch.tensor([0.5, 0.3, 0.2]))[tok])
+    # the log-density is the one that drew the token: renormalised over the kept set {.5, .3}
+    torch.testing.assert_close(lp, torch.log(torch.tensor([0.5 / 0.8, 0.3 / 0.8, 1.0]))[tok])
     tok, _ = sample_next(logits, 1.0, 0.45, 0)  # below the first token's mass: only it
     assert set(tok.tolist()) == {0}
     tok, lp = sample_next(logits[:2], 0.0, 1.0, 0)  # greedy
@@ -84,6 +84,19 @@ def test_sample_next_by_hand():
     # temperature 2 flattens: log p = log softmax(logits / 2)
     tok, lp = sample_next(logits[:1], 2.0, 1.0, 0)
     assert lp.item() == pytest.approx(torch.log_softmax(logits[0] / 2, -1)[tok.item()].item())
+
+
+def test_sampler_density_at_temperature_with_top_k_by_hand():
+    """T = 0.5 squares the probabilities: (.5, .3, .2) -> (.25, .09, .04) / .38; top-k 2 keeps the
+    first two, renormalised: (.25, .09) / .34. The density that drew a token is that, not π(a)."""
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]])).repeat(2000, 1)
+    torch.manual_seed(0)
+    tok, lp = sample_next(logits, 0.5, 1.0, 2)
+    assert set(tok.tolist()) == {0, 1}
+    expected = torch.log(torch.tensor([0.25 / 0.34, 0.09 / 0.34, 1.0]))[tok]
+    torch.testing.assert_close(lp, expected)
+    freq = float((tok == 0).float().mean())
+    assert freq == pytest.approx(0.25 / 0.34, abs=0.03)
 
 
 def test_top_k_one_is_greedy(toy):

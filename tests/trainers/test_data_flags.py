@@ -101,7 +101,8 @@ def test_worker_processes_collate_the_batches(toy, tmp_path):
     from repulse.engine import build_engine
     from repulse.engine.spec import optim_spec_from
     from repulse.models.loading import load_causal_lm, load_tokenizer
-    from repulse.trainers.common import fit_spec, load_split, start_run
+    from repulse.run.start import start_run
+    from repulse.trainers.common import fit_spec, load_split
     from repulse.trainers.fit import fit
     from repulse.trainers.sft import SFTMethod
 

@@ -31,7 +31,8 @@ def test_the_merged_adapter_reproduces_the_trained_model(toy, tmp_path):
     from repulse.data.sft import SFTDataset
     from repulse.engine import export_model
     from repulse.models.loading import load_causal_lm, load_tokenizer
-    from repulse.trainers.common import build_trained_engine, fit_spec, load_split, start_run, token_collate
+    from repulse.run.start import start_run
+    from repulse.trainers.common import build_trained_engine, fit_spec, load_split, token_collate
     from repulse.trainers.fit import fit
     from repulse.trainers.sft import SFTMethod
 

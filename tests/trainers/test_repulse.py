@@ -23,13 +23,13 @@ def _metrics(path: Path) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["reinforce", "reward_transform", "p_proposal", "repulse"])
 def test_every_method_runs_and_logs_exact_p_bad(toy, demo_lm_rm, tmp_path, method):
-    from repulse.trainers import rl_loop
+    from repulse.trainers.rl import run as run_rl
     from repulse.workflows.demo import rl_config
 
     lm, rm = demo_lm_rm
     cfg = rl_config(toy, lm, rm, tmp_path, method, seed=1, quick=True)
     cfg.repulse.fit_steps, cfg.train.num_episodes = 1, 3
-    rl_loop.run(cfg)
+    run_rl(cfg)
     run_dir = Path(cfg.ckpt.output_dir)
     rows = _metrics(run_dir)
     exact = [r for r in rows if "p_bad_exact" in r]
@@ -49,7 +49,7 @@ def test_every_method_runs_and_logs_exact_p_bad(toy, demo_lm_rm, tmp_path, metho
 @pytest.mark.slow
 def test_a_threshold_outside_the_rewards_seen_warns(toy, demo_lm_rm, tmp_path, monkeypatch, capsys):
     import repulse.errors
-    from repulse.trainers import rl_loop
+    from repulse.trainers.rl import run as run_rl
     from repulse.workflows.demo import rl_config
 
     monkeypatch.setattr(repulse.errors, "_warned", set())
@@ -57,7 +57,7 @@ def test_a_threshold_outside_the_rewards_seen_warns(toy, demo_lm_rm, tmp_path, m
     cfg = rl_config(toy, lm, rm, tmp_path, "reinforce", seed=1, quick=True)
     cfg.repulse.fit_steps, cfg.train.num_episodes, cfg.repulse.analytic_bad_word_calc = 1, 2, False
     cfg.repulse.bad_threshold = -1e6
-    rl_loop.run(cfg)
+    run_rl(cfg)
     err = capsys.readouterr().err
     assert "--repulse.bad_threshold -1e+06 is outside the range of rewards seen" in err
     assert "were 0 throughout" in err
@@ -203,7 +203,7 @@ def _token_logprobs(model, s):
 
 
 def test_joint_step_gradients_are_the_documented_losses(toy):
-    """One RePULSe joint step through ``RepulseUpdate`` and ``run_micro_batches``: p's gradient is
+    """One RePULSe joint step through the method's two losses and ``run_micro_batches``: p's gradient is
     ∇[L_r + α·L_u] and q's is ∇L_q, each recomputed here from the formulas of spec §1.3-1.4 with
     plain torch (token-mean log-likelihoods; RLOO baseline; w = softmax per prompt of
     Σ log p(s') − β·r − Σ log q_old(s'), masked sums; π weights of the tokens strictly before t).
@@ -215,11 +215,13 @@ def test_joint_step_gradients_are_the_documented_losses(toy):
     from repulse.config.sections import AdamSection, EngineSection, MuonSection, OptimSection
     from repulse.engine import build_engine
     from repulse.engine.spec import optim_spec_from
+    from repulse.losses.repulse import neg_training_weights
     from repulse.models.loading import load_causal_lm
     from repulse.rl.experience import Experience, batched_logprobs
     from repulse.rl.rollout import hf_generate
     from repulse.trainers.fit import run_micro_batches
-    from repulse.trainers.rl_updates import RepulseBatch, RepulseUpdate
+    from repulse.trainers.rl.local_roles import _Bound
+    from repulse.trainers.rl.updates import PolicyRepulseLoss, ProposalCTLLoss, RepulseBatch
 
     torch.manual_seed(0)
     n, alpha, beta = 3, 0.7, 2.0
@@ -253,10 +255,16 @@ def test_joint_step_gradients_are_the_documented_losses(toy):
     p_exp = Experience(sp, batched_logprobs(p_ref, sp, 16), returns=returns)
     q_old = batched_logprobs(q_ref, sq, 16)
     q_exp = Experience(sq, q_old, rewards=r_q)
-    method = RepulseUpdate(
-        engines["p"], engines["q"], train_p=True, alpha=alpha, beta=beta, weights="importance"
+    # what the method computes once per step: p's log-probs of q's samples and the L_u weights
+    mq_ = sq.action_mask.float()
+    q_exp.info["logp_p"] = batched_logprobs(p_ref, sq, 16)
+    q_exp.info["w_u"] = neg_training_weights(
+        (q_exp.info["logp_p"] * mq_).sum(-1), (q_old * mq_).sum(-1), r_q, beta, n
     )
-    run_micro_batches(engines, method, [RepulseBatch(p_exp, q_exp, n)], train=True)
+    ctl = _Bound(ProposalCTLLoss(beta, 1.0, n), engines["q"].module)
+    run_micro_batches(engines["q"], ctl, [q_exp], train=True)
+    p_loss = _Bound(PolicyRepulseLoss(alpha), engines["p"].module)
+    run_micro_batches(engines["p"], p_loss, [RepulseBatch(p_exp, q_exp, n)], train=True)
 
     # the references, from the formulas
     def tmean(x, m):
@@ -296,7 +304,7 @@ def test_update_order_and_extra_proposal_steps(toy, demo_lm_rm, tmp_path):
     import torch
     from same_update import weights
 
-    from repulse.trainers import rl_loop
+    from repulse.trainers.rl import run as run_rl
     from repulse.workflows.demo import rl_config
 
     lm, rm = demo_lm_rm
@@ -306,7 +314,7 @@ def test_update_order_and_extra_proposal_steps(toy, demo_lm_rm, tmp_path):
         cfg.repulse.fit_steps, cfg.train.num_episodes, cfg.repulse.analytic_bad_word_calc = 1, 1, False
         for k, v in over.items():
             setattr(cfg.repulse, k, v)
-        rl_loop.run(cfg)
+        run_rl(cfg)
         out = Path(cfg.ckpt.output_dir)
         return [r for r in _metrics(out) if "reward" in r], weights(out), weights(out / "proposal")
 

@@ -65,7 +65,7 @@ def test_the_readme_has_every_method():
 
 @pytest.mark.slow
 def test_each_readme_command_runs_three_steps(toy, demo_lm_rm, tmp_path):
-    from repulse.trainers import rl_loop
+    from repulse.trainers.rl import run as run_rl
 
     lm, rm = demo_lm_rm
     # the toy and Setting 1 commands read the key 'prompt'; Setting 2 reads chat messages
@@ -75,7 +75,7 @@ def test_each_readme_command_runs_three_steps(toy, demo_lm_rm, tmp_path):
     for c in README:
         out = tmp_path / "runs" / c.name
         cfg = parse_config("rl", RLConfig, _toy_argv(c.text, lm, rm, prompts, out), validate)
-        rl_loop.run(cfg)
+        run_rl(cfg)
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
         assert [r["step"] for r in rows if "reward" in r] == [1, 2, 3], c.name
         assert (out / "config.json").is_file(), c.name
@@ -88,7 +88,7 @@ def test_every_repulse_recipe_runs(toy, demo_lm_rm, tmp_path, monkeypatch):
     step each."""
     import shutil
 
-    from repulse.trainers import rl_loop
+    from repulse.trainers.rl import run as run_rl
 
     lm, rm = demo_lm_rm
     monkeypatch.chdir(tmp_path)
@@ -108,5 +108,5 @@ def test_every_repulse_recipe_runs(toy, demo_lm_rm, tmp_path, monkeypatch):
             "--ckpt.output_dir",
             str(out),
         ]
-        rl_loop.run(parse_config("rl", RLConfig, argv, validate))
+        run_rl(parse_config("rl", RLConfig, argv, validate))
         assert (out / "config.json").is_file(), recipe.name

@@ -69,11 +69,10 @@ def rl_cfg(toy, out: Path, **over) -> RLConfig:
 
 def run_rl(cfg: RLConfig) -> list[dict]:
     """Run in this process; the per-step rows of metrics.jsonl."""
-    from repulse.trainers import rl_loop
-    from repulse.trainers.rl import validate
+    from repulse.trainers.rl import run, validate
 
     validate(cfg)
-    assert rl_loop.run(cfg) == 0
+    assert run(cfg) == 0
     return steps(Path(cfg.ckpt.output_dir))
 
 
@@ -148,27 +147,34 @@ def test_overlong_penalty_is_relative_to_the_token_budget(toy, tmp_path, monkeyp
     batch width 3, giving −1 and −0.75); with L_max 4 they get −0.75 and −0.5 (exact)."""
     from repulse.data.prompts import PromptDataset
     from repulse.data.sources import load_rows
+    from repulse.models.loading import load_tokenizer
     from repulse.rl.rollout import Samples, left_pad
-    from repulse.trainers import rl_loop, rl_ppo
+    from repulse.trainers.rl.local_roles import build_roles
+    from repulse.trainers.rl.methods.ppo import PPOFamily
 
-    def fake_sample(engine, roles, cfg, prompt_ids, n, temperature):
-        pad, eos = roles.tokenizer.pad_token_id, roles.tokenizer.eos_token_id
-        ids, mask = left_pad(prompt_ids, pad)
-        response = torch.tensor([[10, 11, eos], [12, eos, pad]])
-        action = torch.tensor([[1, 1, 1], [1, 1, 0]])
-        seq, attn = torch.cat([ids, response], 1), torch.cat([mask, action], 1)
-        return Samples(seq, attn, action, ids.shape[1], torch.arange(2), torch.zeros(2, dtype=torch.bool))
+    class TwoFixedResponses:
+        """A rollout engine that answers [10, 11, EOS] and [12, EOS]: lengths 3 and 2."""
 
-    monkeypatch.setattr(rl_ppo, "sample", fake_sample)
+        weight_version = 0
+
+        def generate(self, prompt_ids, n, sampling):
+            ids, mask = left_pad(prompt_ids, pad)
+            response = torch.tensor([[10, 11, eos], [12, eos, pad]])
+            action = torch.tensor([[1, 1, 1], [1, 1, 0]])
+            seq, attn = torch.cat([ids, response], 1), torch.cat([mask, action], 1)
+            return Samples(seq, attn, action, ids.shape[1], torch.arange(2), torch.zeros(2, dtype=torch.bool))
+
     for budget, penalty in ((8, [0.0, 0.0]), (4, [-0.75, -0.5])):
         over = dict(algo__advantage__estimator="reinforce", rollout__n_samples_per_prompt=1)
         over.update(rollout__max_new_tokens=budget, reward__overlong_buffer_len=4.0)
         cfg = rl_cfg(toy, tmp_path / str(budget), **over)
-        roles = rl_loop.build_roles(cfg, torch.device("cpu"), 1, 1, 1)
-        items = PromptDataset(
-            load_rows(str(toy.prompts), "train", 2, "--data.prompt_dataset"), roles.tokenizer, cfg.data
-        )
-        exp = rl_ppo.make_experience(cfg, roles, list(items), {})
+        tok = load_tokenizer(str(toy.llama), padding_side="left")
+        pad, eos = tok.pad_token_id, tok.eos_token_id
+        roles = build_roles(cfg, set(), torch.device("cpu"), 1, 1, tok)
+        roles.policy.rollout = TwoFixedResponses()
+        items = PromptDataset(load_rows(str(toy.prompts), "train", 2, "--data.prompt_dataset"), tok, cfg.data)
+        method = PPOFamily(cfg, roles, accum=1, updates=1)
+        exp = method.experience(method.rollout(list(items)), {})
         assert exp.rewards.tolist() == pytest.approx(
             (exp.raw_rewards + torch.tensor(penalty)).tolist(), abs=1e-6
         )
@@ -298,7 +304,7 @@ def test_reward_server_scores_equal_the_in_process_model_and_rl_trains_on_them(t
     samples = [json.loads(line) for line in dump.read_text().splitlines()]
     assert len(samples) >= 3 * 32 // 2  # deduplicated (prompt, response) pairs of 96 samples
     local = RewardModelSource(
-        str(toy_rm), torch.device("cpu"), max_len=2048, input_format="concat", chosen_label=None,
+        str(toy_rm), torch.device("cpu"), max_len=2048, input_format="auto", chosen_label=None,
         offload=False, micro_batch_size=32,
     )  # fmt: skip
     prompts, responses = [s["prompt"] for s in samples], [s["response"] for s in samples]

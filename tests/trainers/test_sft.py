@@ -457,7 +457,7 @@ def test_resume_drops_metrics_past_the_checkpoint_and_torn_lines(tmp_path):
     """``MetricsLog`` on resume from step 3 keeps steps 0..3 of metrics.jsonl and drops later
     steps and a line cut short by a kill (no newline, not JSON), so appending continues cleanly."""
     from repulse.config.sections import LoggerSection
-    from repulse.trainers.outputs import MetricsLog
+    from repulse.run.metrics import MetricsLog
 
     path = tmp_path / "metrics.jsonl"
     lines = [json.dumps({"step": s, "loss": 1.0}) for s in range(0, 6)]

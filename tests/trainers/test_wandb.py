@@ -14,7 +14,7 @@ import pytest
 from test_rm import ROOT, assert_clean_error
 
 from repulse.errors import UserError
-from repulse.trainers.outputs import wandb_api_key
+from repulse.run.metrics import wandb_api_key
 
 pytest.importorskip("wandb", reason="wandb is an optional extra (pip install 'repulse[wandb]')")
 
@@ -110,7 +110,7 @@ def test_true_without_a_logged_in_account_says_what_to_do(toy, tmp_path):
 def test_without_wandb_installed_one_line_names_the_extra(tmp_path, monkeypatch):
     """wandb is installed here; hiding it from the import system is what a machine without it sees."""
     from repulse.config.sections import LoggerSection
-    from repulse.trainers.outputs import MetricsLog
+    from repulse.run.metrics import MetricsLog
 
     monkeypatch.setitem(sys.modules, "wandb", None)
     logger = LoggerSection()

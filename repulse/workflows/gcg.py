@@ -200,8 +200,8 @@ def attack_and_score(cfg: GcgConfig) -> int:
     from repulse.evaluation.gcg import build_attack_prompt, disallowed_token_ids, run_gcg, target_logprob
     from repulse.models.loading import load_causal_lm, load_tokenizer
     from repulse.rl.rewards import RewardInput, build_reward_sources, combine
-    from repulse.trainers.common import seed_everything
-    from repulse.trainers.outputs import prepare_output_dir
+    from repulse.run.dirs import prepare_output_dir
+    from repulse.run.rng import seed_everything
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("repulse gcg runs in one process: start it without torchrun/deepspeed.")

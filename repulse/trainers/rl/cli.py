@@ -1,10 +1,8 @@
-"""``repulse rl``: the single-controller RL loop (PPO family and RePULSe).
+"""``repulse rl``: parse and check the command line; impossible combinations fail here, naming the flag.
 
-Per step: prompts → rollout → reward sources → experience (old/ref log-probs, values,
-KL, rewards, advantages) → updates → (weights are shared with the hf rollout backend,
-so there is nothing to sync). ``--repulse.method`` picks PPO-family RL (``rl``: the
-``--algo.advantage.estimator`` alone), or one of the RePULSe-paper methods that add a
-second sampler and extra losses on the same roles (see ``repulse.trainers.rl_methods``).
+``--repulse.method`` picks PPO-family RL (``rl``: the ``--algo.advantage.estimator`` alone) or
+one of the RePULSe-paper methods (see ``repulse.trainers.rl.methods``); the loop is in
+``repulse.trainers.rl.loop``.
 """
 
 from __future__ import annotations
@@ -73,6 +71,36 @@ def validate(cfg: RLConfig) -> None:
             f"--repulse.q_updates_per_step must be at least 1 (proposal updates per policy update), "
             f"got {rp.q_updates_per_step}."
         )
+    if r.backend not in {"hf", "vllm"}:
+        raise UserError(f"--rollout.backend must be hf or vllm, got {r.backend!r}.")
+    if cfg.actor.policy_loss_type not in {"ppo", "gspo"}:
+        raise UserError(f"--actor.policy_loss_type must be ppo or gspo, got {cfg.actor.policy_loss_type!r}.")
+    if cfg.actor.policy_loss_type == "gspo" and rp.method != "rl":
+        raise UserError(
+            f"--actor.policy_loss_type gspo is a PPO-family loss; --repulse.method {rp.method} trains p with "
+            "REINFORCE (remove the flag, or use --repulse.method rl)."
+        )
+    ris = a.rollout_is
+    if ris.mode not in {"none", "tis", "icepop", "seq-mask-tis"}:
+        raise UserError(
+            f"--algo.rollout_is.mode must be none, tis, icepop or seq-mask-tis, got {ris.mode!r}."
+        )
+    if ris.mode != "none" and not 0 <= ris.low < ris.high:
+        raise UserError(
+            f"--algo.rollout_is.low {ris.low} / --algo.rollout_is.high {ris.high}: need 0 <= low < high."
+        )
+    if ris.mode != "none" and rp.method != "rl":
+        raise UserError(
+            f"--algo.rollout_is.mode corrects the PPO-family policy loss; --repulse.method {rp.method} "
+            "does not read it (its importance weights already use the density that drew each sample)."
+        )
+    if rp.method in {"repulse", "p_proposal"} and (r.top_k > 0 or r.top_p < 1.0):
+        raise UserError(
+            f"--repulse.method {rp.method} with --rollout.top_k {r.top_k} / --rollout.top_p {r.top_p}: "
+            "truncated sampling gives the proposal no mass on part of σ's support, so the importance "
+            "weights of L_u and CTL would be biased. Sample without truncation (temperature is fine: "
+            "the weights use the density that drew each sample)."
+        )
     if a.dynamic_filtering_enable:
         if len(a.dynamic_filtering_range) != 2:
             raise UserError(
@@ -94,6 +122,6 @@ def main(argv: list[str]) -> int:
     cfg = parse_config("rl", RLConfig, argv, validate)
     if cfg is None:
         return 0
-    from repulse.trainers.rl_loop import run
+    from repulse.trainers.rl.loop import run
 
     return run(cfg)

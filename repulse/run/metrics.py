@@ -1,4 +1,4 @@
-"""Where a run's numbers go: metrics.jsonl (always), TensorBoard, wandb, the console.
+"""Where a run's numbers go: metrics.jsonl (always), TensorBoard, wandb.
 
 Only rank 0 writes. ``metrics.jsonl`` holds one JSON object per logged step; on
 resume, lines past the checkpoint's step are dropped so that no step is repeated.
@@ -8,27 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from repulse.errors import UserError
-
-
-def prepare_output_dir(path: str | Path, flag: str = "--ckpt.output_dir") -> Path:
-    """Create the output directory and prove it is writable, before any work is done."""
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write_test_{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(
-            f"{flag} {path}: the output directory is not writable ({exc.strerror or exc})."
-        ) from None
-    return out
 
 
 def _clean(value: Any) -> Any:
@@ -137,34 +121,3 @@ class MetricsLog:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
-
-
-class Progress:
-    """A rich progress bar showing loss, lr and tokens/s (rank 0, when a terminal or asked)."""
-
-    def __init__(self, total: int, start: int, enabled: bool, description: str):
-        self._bar = None
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            transient=False,
-        )
-        self._task = self._bar.add_task(description, total=total, completed=start, info="")
-        self._bar.start()
-
-    def update(self, step: int, info: dict[str, float]) -> None:
-        if self._bar is None:
-            return
-        text = "  ".join(f"{k} {v:.4g}" for k, v in info.items())
-        self._bar.update(self._task, completed=step, info=text)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()

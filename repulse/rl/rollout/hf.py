@@ -1,97 +1,21 @@
-"""Rollout backends: turn prompts into sampled responses with token-level boundaries.
+"""The ``hf`` rollout backend: our KV-cached sampler over an HF causal LM, in this process.
 
-Prompt/response boundaries are kept as token indices (left-padded prompts of width
-``prompt_len`` followed by the response), never found again by splitting strings.
+One prefill per prompt, shared by its n samples; one token per step for every row; per-token
+log-densities of the distribution that drew each token. ``HFRolloutEngine`` wraps it behind the
+``RolloutEngine`` protocol, either sharing the trainer's module (colocated: the weights are
+always current, an update only moves the version) or holding a copy that receives weights.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 
 import torch
 
 from repulse.errors import UserError
-
-
-@dataclass
-class Samples:
-    """A batch of generated sequences.
-
-    ``sequences`` = [left-padded prompt | response (right-padded)], shape [B, P + T].
-    ``attention_mask`` covers real prompt and response tokens; ``action_mask`` [B, T]
-    marks the response tokens that are actions (up to and including EOS).
-    ``prompt_index`` maps each row to its prompt (rows of one prompt are consecutive).
-    """
-
-    sequences: torch.Tensor
-    attention_mask: torch.Tensor
-    action_mask: torch.Tensor
-    prompt_len: int
-    prompt_index: torch.Tensor
-    truncated: torch.Tensor  # [B] bool: hit max_new_tokens without EOS
-    logprobs: torch.Tensor | None = None  # [B, T] the sampler's per-token log-probs (0 off actions)
-
-    @property
-    def response(self) -> torch.Tensor:
-        return self.sequences[:, self.prompt_len :]
-
-    @property
-    def response_length(self) -> torch.Tensor:
-        return self.action_mask.sum(-1)
-
-    def to(self, device) -> Samples:
-        lp = self.logprobs.to(device) if self.logprobs is not None else None
-        return Samples(
-            self.sequences.to(device),
-            self.attention_mask.to(device),
-            self.action_mask.to(device),
-            self.prompt_len,
-            self.prompt_index.to(device),
-            self.truncated.to(device),
-            lp,
-        )
-
-    def select(self, rows: torch.Tensor | list[int]) -> Samples:
-        rows = torch.as_tensor(rows, dtype=torch.long, device=self.sequences.device)
-        return Samples(
-            self.sequences[rows],
-            self.attention_mask[rows],
-            self.action_mask[rows],
-            self.prompt_len,
-            self.prompt_index[rows],
-            self.truncated[rows],
-            self.logprobs[rows.to(self.logprobs.device)] if self.logprobs is not None else None,
-        )
-
-
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        if p:
-            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p) :] = 1
-    return ids, mask
-
-
-def response_mask(
-    response: torch.Tensor, eos_id: int | None, pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask of action tokens: everything up to and including the first EOS.
-
-    Returns (mask [B, T], truncated [B]) where truncated means no EOS was produced.
-    """
-    if eos_id is None:
-        mask = torch.ones_like(response, dtype=torch.long)
-        return mask, torch.ones(response.shape[0], dtype=torch.bool, device=response.device)
-    is_eos = response == eos_id
-    # position of first EOS (T if none); positions <= first EOS are actions
-    t = torch.arange(response.shape[1], device=response.device).expand_as(response)
-    first = torch.where(is_eos, t, torch.full_like(t, response.shape[1])).min(-1).values
-    mask = (t <= first.unsqueeze(-1)).long()
-    return mask, first >= response.shape[1]
+from repulse.rl.rollout.base import SamplingParams
+from repulse.rl.rollout.samples import Samples, left_pad, response_mask
 
 
 def _synced() -> bool:
@@ -106,12 +30,15 @@ def _synced() -> bool:
 def sample_next(
     logits: torch.Tensor, temperature: float, top_p: float, top_k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row from ``logits`` [B, V]; return (token [B], its log-prob [B]).
+    """Draw one token per row from ``logits`` [B, V]; return (token [B], its log-density [B]).
 
-    The log-prob is that of the token under softmax(logits / temperature), the distribution the
-    training forward evaluates (top-k / top-p only restrict which tokens can be drawn).
-    ``temperature == 0``: greedy, log-prob under softmax(logits). ``top_k`` 0 = off, ``top_p``
-    1 = off; ties in top-p keep every token at the cut-off probability's cumulative mass.
+    The log-density is that of the distribution the token was drawn from:
+    log q(a) = log softmax(logits / T)[a] − log Σ_{b kept} softmax(logits / T)[b], where the kept
+    set is what top-k (``top_k`` > 0) and top-p (``top_p`` < 1) leave; without truncation it is
+    log softmax(logits / T)[a], the training forward's value at temperature T. Importance weights
+    of these samples need exactly this density (a proposal drawn at T = 0.7 with top-k is not
+    softmax(logits)). ``temperature == 0``: greedy, log softmax(logits)[a] (the raw policy's
+    value). Ties in top-p keep every token whose preceding mass is below ``top_p``.
     """
     logits = logits.float()
     if temperature <= 0:
@@ -129,8 +56,10 @@ def sample_next(
         drop_sorted = before >= top_p  # keep the smallest prefix whose mass reaches top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         masked = masked.masked_fill(drop, -math.inf)
-    tok = torch.multinomial(torch.softmax(masked, -1), 1).squeeze(-1)
-    return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+    if masked is not logp:
+        masked = torch.log_softmax(masked, -1)  # renormalise over the kept tokens
+    tok = torch.multinomial(masked.exp(), 1).squeeze(-1)
+    return tok, masked.gather(-1, tok[:, None]).squeeze(-1)
 
 
 @torch.no_grad()
@@ -217,7 +146,7 @@ def hf_generate(
     Rows of one prompt are consecutive, which the group estimators (RLOO, GRPO, CTL) rely on;
     each prompt is prefilled once for its n samples. ``micro_batch_size`` bounds the rows of
     one decoding batch (whole prompt groups, at least one). ``temperature == 0`` means greedy.
-    ``Samples.logprobs`` are the sampler's per-token log-probs (see ``sample_next``).
+    ``Samples.logprobs`` are the sampler's per-token log-densities (see ``sample_next``).
     """
     if max_new_tokens <= 0:
         raise UserError(
@@ -259,3 +188,91 @@ def hf_generate(
     return Samples(
         sequences, attention, action_mask, ids.shape[1], prompt_index, truncated, logprobs * action_mask
     )
+
+
+class HFRolloutEngine:
+    """``RolloutEngine`` over our sampler.
+
+    ``model`` is a callable returning the module to sample from at call time (the trainer's
+    engine may re-wrap it), so a colocated engine shares the trained weights: after an update
+    there is nothing to copy and ``end_update`` only records the version. With ``copy=True``
+    (a separate engine, e.g. on another Ray actor) the engine owns its module and ``load``
+    copies tensors into it by name; ``name_map`` renames incoming names first.
+    """
+
+    def __init__(
+        self,
+        model: Callable[[], torch.nn.Module],
+        *,
+        eos_id: int | None,
+        pad_id: int,
+        micro_batch_size: int,
+        device: torch.device,
+        owns_weights: bool = False,
+    ):
+        self._model = model
+        self.eos_id, self.pad_id = eos_id, pad_id
+        self.micro_batch_size, self.device = micro_batch_size, device
+        self.owns_weights = owns_weights
+        self.weight_version = 0
+        self._updating = False
+        self._loaded: set[str] = set()
+
+    def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams) -> Samples:
+        if sampling.repetition_penalty != 1.0:
+            raise UserError("the hf rollout backend has no repetition penalty; use --rollout.backend vllm.")
+        seeded = sampling.seed is not None
+        with torch.random.fork_rng(devices=[], enabled=seeded):
+            if seeded:
+                torch.manual_seed(sampling.seed)
+            s = hf_generate(
+                self._model(),
+                prompt_ids,
+                n_samples=n,
+                max_new_tokens=sampling.max_new_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
+                eos_id=self.eos_id,
+                pad_id=self.pad_id,
+                micro_batch_size=self.micro_batch_size,
+                device=self.device,
+            )
+        s.versions = torch.full((s.sequences.shape[0],), self.weight_version, dtype=torch.long)
+        return s
+
+    def sleep(self, level: int = 1) -> None:
+        """Nothing to free: the sampler keeps no cache between calls."""
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Nothing was freed by ``sleep``."""
+
+    def begin_update(self) -> None:
+        self._updating = True
+        self._loaded = set()
+
+    @torch.no_grad()
+    def load(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        if not self._updating:
+            raise RuntimeError("load() outside begin_update() / end_update()")
+        if not self.owns_weights:
+            for _ in named_tensors:  # shared weights: already current
+                pass
+            return
+        params = dict(self._model().named_parameters())
+        params.update(dict(self._model().named_buffers()))
+        for name, tensor in named_tensors:
+            if name not in params:
+                raise KeyError(f"the rollout model has no tensor named {name!r}")
+            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+            self._loaded.add(name)
+
+    def end_update(self, version: int) -> None:
+        if self.owns_weights:
+            missing = {n for n, _ in self._model().named_parameters()} - self._loaded
+            if missing:
+                raise RuntimeError(
+                    f"weight update incomplete: {len(missing)} tensors not sent, e.g. {sorted(missing)[:3]}"
+                )
+        self._updating = False
+        self.weight_version = version

@@ -60,15 +60,16 @@ def _gather(rows: list[dict]) -> list[dict]:
 def sample_and_summarise(cfg: EvalTailConfig) -> int:
     from repulse.config import write_resolved
     from repulse.data.prompts import PromptDataset
+    from repulse.data.sources import load_mixture
     from repulse.engine.dist import init_distributed
     from repulse.losses.kl import KL_ESTIMATORS
     from repulse.models.loading import load_causal_lm, load_tokenizer
     from repulse.rl.experience import batched_logprobs
     from repulse.rl.rewards import build_reward_sources, combine
     from repulse.rl.rollout import hf_generate
-    from repulse.trainers.common import load_split, seed_everything
-    from repulse.trainers.outputs import prepare_output_dir
-    from repulse.trainers.rl_loop import Roles, reward_input
+    from repulse.rl.scoring import reward_input
+    from repulse.run.dirs import prepare_output_dir
+    from repulse.run.rng import seed_everything
 
     rank, world, _, device = init_distributed()
     seed_everything(cfg.train.seed)
@@ -92,16 +93,15 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
     sampler = lm(t.proposal) if t.proposal else policy
     ref = lm(cfg.ref.model_name_or_path) if cfg.ref.model_name_or_path else None
     rewards = build_reward_sources(cfg.reward, device, cfg.rollout.micro_batch_size)
-    roles = Roles(tok, policy, ref, None, None, rewards, None, None)
     # one random stream per rank: with a shared one, ranks would draw the same samples
     torch.manual_seed(cfg.train.seed + 1_000_003 * rank)
-    rows_in = load_split(
+    rows_in = load_mixture(
         cfg.data.prompt_dataset,
-        cfg.data.prompt_split,
-        cfg.data.max_samples,
         None,
-        cfg.train.seed,
-        "--data.prompt_dataset",
+        split=cfg.data.prompt_split,
+        max_samples=cfg.data.max_samples,
+        seed=cfg.train.seed,
+        flag="--data.prompt_dataset",
     )
     prompts = PromptDataset(rows_in, tok, cfg.data)
     # Every rank must make the same number of generate calls (they synchronise with each
@@ -141,7 +141,7 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
                 if ref is not None
                 else torch.zeros(mask.shape[0], device=device)
             )
-            batch = reward_input(roles, samples, items)
+            batch = reward_input(tok, samples, items)
             reward = combine([src(batch).float() for src in rewards], cfg.reward.reduction)
             for i in range(n_real):
                 row = {
