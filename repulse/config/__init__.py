@@ -147,15 +147,24 @@ def refuse_unused_data_fields(cfg: Any, command: str) -> None:
 
 
 def warn_no_effect(cfg: Any, prefix: str = "") -> None:
-    """One warning per flag that is accepted for compatibility but does nothing, when it is set."""
+    """One warning per flag that is accepted but does nothing, when it is set: compatibility-only
+    fields (``no_effect`` metadata) and fields whose feature is still being built
+    (``repulse.config.pending.PENDING``)."""
     import dataclasses
+
+    from repulse.config.pending import PENDING
 
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
+        path = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
-            warn_no_effect(value, f"{prefix}{f.name}.")
+            warn_no_effect(value, f"{path}.")
         elif f.metadata.get("no_effect") and value not in (None, 0, False) and value != f.default:
-            flag = f"--{prefix}{f.name}"
             warn_once(
-                f"no_effect:{flag}", f"{flag} {value!r} has no effect in this version: {f.metadata['help']}."
+                f"no_effect:--{path}",
+                f"--{path} {value!r} has no effect in this version: {f.metadata['help']}.",
+            )
+        elif path in PENDING and value != f.default:
+            warn_once(
+                f"pending:--{path}", f"--{path} {value!r} has no effect in this version yet: {PENDING[path]}."
             )

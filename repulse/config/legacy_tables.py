@@ -15,10 +15,10 @@ Dest = tuple[str, ...]
 
 # Reasons for accepted-and-ignored flags; the ignore note groups flags by these strings.
 _RESEARCH = "research-only in the RePULSe fork: diagnostics, ablations and dead code (spec §6)"
-_PLACEMENT = "GPU placement / memory knob of OpenRLHF's Ray+DeepSpeed launcher; no effect on results here"
+_PLACEMENT = "GPU placement / memory knob of OpenRLHF's Ray+DeepSpeed launcher; no effect in this version yet"
 _LAUNCHER = "set by the launcher (torchrun/deepspeed), not needed"
 _DEAD = "dead flag in OpenRLHF itself (removed feature)"
-_ASYNC = "asynchronous rollout pipelining is not implemented: training runs synchronously (on-policy)"
+_ASYNC = "asynchronous rollout pipelining is not in this version yet: training runs synchronously (on-policy)"
 _HEAD = "reward models load with AutoModelForSequenceClassification, which finds its own head"
 
 
