@@ -64,8 +64,9 @@ def parse_config(
         warn_once(note, note)
     cfg = build(root_cls, yaml_files, split_flags(rest))
     refuse_unused_model_fields(cfg, command)
-    refuse_unused_data_fields(cfg, command)
+    refuse_unused_fields(cfg, command)
     warn_no_effect(cfg)
+    warn_pending_in(cfg, command)
     if command in TRAINING_COMMANDS:
         check_engine_fields(cfg.engine)
     if validate is not None:
@@ -129,20 +130,36 @@ def refuse_unused_model_fields(cfg: Any, command: str) -> None:
             )
 
 
-def refuse_unused_data_fields(cfg: Any, command: str) -> None:
-    """A ``--data.*`` flag only some commands read, given to another, is an error, not a silent no-op."""
-    from repulse.config.sections import DATA_FIELDS_USED_BY, DataSection
+def refuse_unused_fields(cfg: Any, command: str) -> None:
+    """A shared-section flag only some commands read (``FIELDS_USED_BY``), given to another, is an
+    error, not a silent no-op."""
+    from repulse.config.schema import get_path
+    from repulse.config.sections import FIELDS_USED_BY
 
-    data = getattr(cfg, "data", None)
-    if not isinstance(data, DataSection):
-        return
-    default = DataSection()
-    for name, commands in DATA_FIELDS_USED_BY.items():
-        if command not in commands and getattr(data, name) != getattr(default, name):
+    for path, commands in FIELDS_USED_BY.items():
+        section, _, name = path.partition(".")
+        if command in commands or not hasattr(cfg, section):
+            continue
+        value, default = get_path(cfg, path), getattr(type(getattr(cfg, section))(), name)
+        if value != default:
             users = ", ".join(f"repulse {c}" for c in commands)
             raise UserError(
-                f"--data.{name} is read by {users} only; repulse {command} would ignore it "
-                f"(given {getattr(data, name)!r}). Remove it."
+                f"--{path} is read by {users} only; repulse {command} would ignore it (given {value!r}). Remove it."
+            )
+
+
+def warn_pending_in(cfg: Any, command: str) -> None:
+    """One warning per field ``command`` does not honour yet (``PENDING_IN``), when it is set."""
+    from repulse.config.pending import PENDING_IN
+    from repulse.config.schema import get_path, leaves
+
+    table = leaves(type(cfg))
+    for path, reason in PENDING_IN.get(command, {}).items():
+        if path in table and get_path(cfg, path) != table[path].default:
+            flag = f"--{path}"
+            warn_once(
+                f"pending:{command}:{flag}",
+                f"{flag} {get_path(cfg, path)!r} has no effect in this version yet: {reason}.",
             )
 
 

@@ -5,7 +5,8 @@ A seed command may carry Ray placement (``--actor_num_nodes 2``) or vLLM setting
 They are accepted, so the command runs, and ``repulse.config.warn_no_effect`` warns once per
 field set away from its default, naming the flag and saying what happens instead. This table
 is the only marking: when a feature lands, delete its lines here (the field in
-``repulse.config.sections`` stays as it is).
+``repulse.config.sections`` stays as it is). ``PENDING_IN`` does the same for a field that some
+commands already honour and one does not yet.
 """
 
 from __future__ import annotations
@@ -29,3 +30,10 @@ PENDING: dict[str, str] = {
     "vllm.sync_backend": _VLLM,
     "vllm.sync_with_ray": _VLLM,
 }  # fmt: skip
+
+# command -> {dotted field path -> what happens instead}: fields that command does not honour yet
+PENDING_IN: dict[str, dict[str, str]] = {
+    "rl": {
+        "ckpt.save_hf": "repulse rl writes no HF model beside its checkpoints yet; its output directory is one",
+    },
+}

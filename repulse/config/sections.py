@@ -172,11 +172,13 @@ class DataSection:
     prompt_split: str = _h("train", "RL: split of the prompt data")
 
 
-# The commands that read each of these ``data.*`` fields; set away from its default for any other
-# command it is refused (it would be silently ignored there).
-DATA_FIELDS_USED_BY: dict[str, tuple[str, ...]] = {
-    "disable_fast_tokenizer": ("sft", "rm", "prm", "dpo", "kto", "kd"),
-    "dataloader_num_workers": ("sft", "rm", "prm", "dpo", "kto", "kd"),
+# The commands that read each of these fields of the shared sections (dotted path); set away from
+# its default for any other command it is refused (it would be silently ignored there).
+_OFFLINE_COMMANDS = ("sft", "rm", "prm", "dpo", "kto", "kd")
+FIELDS_USED_BY: dict[str, tuple[str, ...]] = {
+    "data.disable_fast_tokenizer": _OFFLINE_COMMANDS,
+    "data.dataloader_num_workers": _OFFLINE_COMMANDS,
+    "ckpt.save_hf": (*_OFFLINE_COMMANDS, "rl"),  # rl: warned until it writes them (config.pending)
 }
 
 

@@ -284,7 +284,7 @@ def run(cfg: OfflineConfig) -> int:
     )
     aux = router_aux_loss(model, cfg.model.aux_loss_coef, "--model.aux_loss_coef", path)
     ref = load_frozen_lm(cfg.ref.model_name_or_path or path, cfg, run_.device, cfg.ref.offload)
-    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "dpo")
+    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "dpo", tokenizer)
     engine = build_trained_engine(cfg, run_, model, spec)
     m = cfg.model
     method = DPOMethod(engine, ref, m.beta, m.label_smoothing, m.ipo_enable, m.nll_loss_coef, aux)

@@ -153,6 +153,8 @@ class FitSpec:
     progress: bool = True
     name: str = "train"
     num_workers: int = 0  # processes collating the next steps' micro-batches (--data.dataloader_num_workers)
+    save_hf: bool = False  # an HF model beside each checkpoint (--ckpt.save_hf)
+    tokenizer: Any = None  # saved with those HF models
 
 
 def total_steps(spec: FitSpec, world: int) -> int:
@@ -196,7 +198,7 @@ def fit(
     steps_per_epoch = batcher.steps_per_epoch
     n_total = total_steps(spec, world)
     engines = {"model": engine, **(extra_engines or {})}
-    ckpts = Checkpoints(spec.ckpt_dir, spec.max_ckpt, rank)
+    ckpts = Checkpoints(spec.ckpt_dir, spec.max_ckpt, rank, spec.save_hf, spec.tokenizer)
     start = 0
     if spec.resume:
         latest = ckpts.latest()

@@ -129,7 +129,7 @@ def run(cfg: OfflineConfig) -> int:
     )
     aux = router_aux_loss(model, cfg.model.aux_loss_coef, "--model.aux_loss_coef", path)
     teacher = load_frozen_lm(cfg.model.teacher_model, cfg, run_.device, cfg.model.teacher_offload)
-    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "kd")
+    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "kd", tokenizer)
     engine = build_trained_engine(cfg, run_, model, spec)
     fit(engine, KDMethod(engine, teacher, cfg.model.kd_coef, aux), spec)
     export_model(engine, run_.output_dir, tokenizer)

@@ -175,7 +175,7 @@ def run(cfg: OfflineConfig) -> int:
     )
     aux = router_aux_loss(model, cfg.model.aux_loss_coef, "--model.aux_loss_coef", path)
     ref = load_frozen_lm(cfg.ref.model_name_or_path or path, cfg, run_.device, cfg.ref.offload)
-    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "kto")
+    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "kto", tokenizer)
     engine = build_trained_engine(cfg, run_, model, spec)
     m = cfg.model
     fit(engine, KTOMethod(engine, ref, m.beta, m.desirable_weight, m.undesirable_weight, aux), spec)

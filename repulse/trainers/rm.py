@@ -207,7 +207,7 @@ def run(cfg: OfflineConfig) -> int:
         device=run_.device,
     )
     aux = router_aux_loss(model, cfg.model.aux_loss_coef, "--model.aux_loss_coef", path)
-    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "rm")
+    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "rm", tokenizer)
     engine = build_trained_engine(cfg, run_, model, spec)
     loss_dtype = (
         torch.float32

@@ -111,7 +111,7 @@ def run(cfg: OfflineConfig) -> int:
         device=run_.device,
     )
     aux = router_aux_loss(model, cfg.model.aux_loss_coef, "--model.aux_loss_coef", path)
-    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "sft")
+    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "sft", tokenizer)
     engine = build_trained_engine(cfg, run_, model, spec)
     fit(engine, SFTMethod(engine, aux), spec)
     export_model(engine, run_.output_dir, tokenizer)

@@ -7,7 +7,7 @@ import pytest
 
 import repulse.errors
 from repulse.config import parse_config
-from repulse.config.pending import PENDING
+from repulse.config.pending import PENDING, PENDING_IN
 from repulse.config.schema import leaves
 from repulse.config.sections import RLConfig
 
@@ -74,3 +74,14 @@ def test_launcher_flags_without_a_field_are_named_in_the_ignore_note(flag, capsy
 
 def test_every_pending_entry_is_a_field():
     assert set(PENDING) <= set(leaves(RLConfig))
+    assert set(PENDING_IN["rl"]) <= set(leaves(RLConfig))
+
+
+def test_save_hf_warns_in_rl_and_is_refused_where_nothing_checkpoints(capsys):
+    from repulse.config.sections import EvalTailConfig
+    from repulse.errors import UserError
+
+    parse_config("rl", RLConfig, ["--pretrain", "m", "--save_hf_ckpt"])
+    assert "--ckpt.save_hf True has no effect in this version yet: repulse rl" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--ckpt.save_hf is read by repulse sft, .*, repulse rl only"):
+        parse_config("eval-tail", EvalTailConfig, ["--ckpt.save_hf"])

@@ -46,7 +46,8 @@ def test_seed_disable_fast_tokenizer_is_one_clear_paragraph(toy, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "flag, value", [("--data.disable_fast_tokenizer", []), ("--data.dataloader_num_workers", ["2"])]
+    "flag, value",
+    [("--data.disable_fast_tokenizer", []), ("--data.dataloader_num_workers", ["2"])],
 )
 def test_commands_that_would_ignore_the_data_flags_refuse_them(flag, value):
     with pytest.raises(

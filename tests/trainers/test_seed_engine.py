@@ -6,7 +6,9 @@ steps) under ``torchrun --nproc-per-node 2`` on gloo/CPU with ``--zero_stage 2``
 DeepSpeed engine. Rank 0 prints the bytes of parameters every process holds once the engine
 has taken the model (``repulse.engine.report_parameter_memory``); each must be below the
 unsharded figure, which must itself be the toy Llama's parameter count in bf16 (the seed's
-``--bf16``), counted here independently.
+``--bf16``), counted here independently. With ``--save_steps 1 --save_hf_ckpt`` the step-1
+checkpoint holds an HF model gathered from the shards, whose weights are DeepSpeed's own fp32
+master weights of that step (read back with DeepSpeed's ``zero_to_fp32``) rounded to bf16.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 HAS_DS = importlib.util.find_spec("deepspeed") is not None
@@ -53,8 +56,10 @@ def test_seed_zero_stage_3_shards_parameters_over_two_processes(toy, tmp_path):
         "".join(json.dumps({"question": r["input"], "response": r["output"]}) + "\n" for r in rows)
     )
     argv = _seed_zero3_argv(toy, data)
+    # a few steps; a large constant lr so that step 1 visibly moves the bf16 weights
     shrink = ["--train.batch_size", "4", "--train.micro_batch_size", "2", "--train.max_steps", "2",
-              "--logger.progress_bar", "false"]  # fmt: skip
+              "--logger.progress_bar", "false", "--save_steps", "1", "--save_hf_ckpt",
+              "--optim.lr_warmup_ratio", "0", "--adam.lr", "1e-2"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
@@ -84,3 +89,16 @@ def test_seed_zero_stage_3_shards_parameters_over_two_processes(toy, tmp_path):
     logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     assert [r["step"] for r in logged if "loss" in r] == [1, 2]
     AutoModelForCausalLM.from_pretrained(out)  # the gathered export loads
+
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from safetensors.torch import load_file
+
+    step = out / "checkpoints" / "step_1"
+    hf = load_file(step / "model_hf" / "model.safetensors")
+    masters = get_fp32_state_dict_from_zero_checkpoint(str(step / "model"), tag="ds")
+    assert set(hf) <= set(masters) and len(hf) == len(whole.state_dict())
+    for name, tensor in hf.items():
+        assert tensor.dtype == torch.bfloat16
+        torch.testing.assert_close(tensor, masters[name].to(torch.bfloat16), atol=0, rtol=0, msg=name)
+    initial = whole.state_dict()
+    assert any(not torch.equal(hf[k], initial[k].to(torch.bfloat16)) for k in hf)  # it is step 1, not step 0
