@@ -109,9 +109,11 @@ class RouterAuxLoss:
         logits = getattr(output, "router_logits", None)
         if not logits:
             raise RuntimeError("the MoE backbone returned no router_logits although they were asked for")
-        self._last = load_balancing_loss(
-            tuple(logits), self.experts, self.top_k, real_tokens(kwargs.get("attention_mask"))
-        )
+        mask = real_tokens(kwargs.get("attention_mask"))
+        if mask is not None and mask.numel() != logits[0].shape[0] and mask.dim() == 2:
+            # a cached decoding step routes only its new tokens, while its mask spans the cache too
+            mask = mask[:, mask.shape[1] - logits[0].shape[0] // mask.shape[0] :]
+        self._last = load_balancing_loss(tuple(logits), self.experts, self.top_k, mask)
 
     def last(self) -> torch.Tensor:
         """The auxiliary loss of the most recent forward (with its graph when that forward had one)."""

@@ -78,6 +78,21 @@ def test_equals_transformers_aux_loss_on_the_toy_mixtral(moe):
     assert out.aux_loss is None and aux.last().item() > 0
 
 
+def test_cached_generation_runs_with_the_hooks(moe):
+    """Sampling (as an RL rollout would with the trained module) goes through the hooks too: a
+    cached decoding step routes only its new tokens while its mask spans the cache (the mask is
+    only passed on when the batch has padding, hence the left-padded second prompt)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(moe).eval()
+    aux = router_aux_loss(model, 0.1, "--model.aux_loss_coef")
+    ids = torch.tensor([[5, 9, 13, 17], [0, 0, 9, 13]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
+    assert out.shape == (2, 7) and math.isfinite(aux.last().item())
+
+
 def test_the_gradient_gains_exactly_coef_times_the_aux_gradient(moe):
     """SFT's loss on one micro-batch with the coefficient on minus off is c · units · aux, and so
     is its gradient: ∇(L + c·u·aux) − ∇L = c·u·∇aux, for every parameter."""
