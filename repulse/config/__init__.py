@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from repulse.config.schema import build, help_text, split_flags, to_yaml
+from repulse.config.usage import check_fields
 from repulse.errors import UserError, warn_once
 
 
@@ -24,7 +25,8 @@ def parse_config(
 
     Order: legacy translation (seed-document flags -> ours), defaults, ``--config``
     files in order, flags; then ``validate`` (impossible combinations fail here, with
-    the flag named, never later).
+    the flag named, never later); then ``check_fields``: a field this command (or its method)
+    does not read, set away from its default, is refused (``repulse.config.usage``).
     """
     from repulse.config.legacy import translate_argv
 
@@ -54,10 +56,10 @@ def parse_config(
             rest.append(tok)
         i += 1
     cfg = build(root_cls, yaml_files, split_flags(rest))
-    refuse_unused_model_fields(cfg, command)
     warn_no_effect(cfg)
     if validate is not None:
         validate(cfg)
+    check_fields(cfg, command)
     if dry_run:
         sys.stdout.write(to_yaml(cfg))
         return None
@@ -71,23 +73,6 @@ def write_resolved(cfg: Any, output_dir: str | Path, name: str = "config.yaml") 
     tmp.write_text(to_yaml(cfg))
     tmp.replace(out)
     return out
-
-
-def refuse_unused_model_fields(cfg: Any, command: str) -> None:
-    """A method's ``--model.*`` flag given to another command is an error, not a silent no-op."""
-    from repulse.config.sections import MODEL_FIELDS_USED_BY, ModelSection
-
-    model = getattr(cfg, "model", None)
-    if not isinstance(model, ModelSection):
-        return
-    default = ModelSection()
-    for name, commands in MODEL_FIELDS_USED_BY.items():
-        if command not in commands and getattr(model, name) != getattr(default, name):
-            users = " and ".join(f"repulse {c}" for c in commands)
-            raise UserError(
-                f"--model.{name} is read by {users} only; repulse {command} would ignore it "
-                f"(given {getattr(model, name)!r}). Remove it, or run {users}."
-            )
 
 
 def warn_no_effect(cfg: Any, prefix: str = "") -> None:

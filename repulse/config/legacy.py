@@ -34,6 +34,8 @@ from repulse.config.legacy_tables import (  # noqa: F401  _RL, _TRAIN_COMMON, RU
     _Table,
     _tables,
 )
+from repulse.config.schema import flatten, get_path, load_yaml
+from repulse.config.usage import METHOD_FIELD, ROOTS, accepted
 from repulse.errors import UserError
 
 COMMANDS: tuple[str, ...] = ("sft", "rm", "prm", "dpo", "kto", "kd", "rl", "serve-rm", "gcg")
@@ -241,6 +243,13 @@ def translate_argv(argv: list[str], command: str) -> tuple[list[str], list[str]]
         _critic_from_reward_rule(ctx, out)
 
     tables = _tables(command)
+    method = _method(ctx, out, command)
+    for_method = f" --{METHOD_FIELD[command]} {method}" if method is not None else ""
+
+    def kept(dest: str) -> bool:
+        """A seed flag lands only where the command (and method) reads it, else it is ignored with a note."""
+        return accepted(command, dest, method)
+
     new: list[str] = []
     for dest, values in out.emitted:
         new += [f"--{dest}", *values]
@@ -260,9 +269,9 @@ def translate_argv(argv: list[str], command: str) -> tuple[list[str], list[str]]
         elif hit[0] == "unsupported":
             unsupported[f.name] = hit[1]
         else:
-            dests = tuple(d for d in hit[1] if not d.startswith(tuple(out.absent_roles)))
+            dests = tuple(d for d in hit[1] if kept(d.partition("=")[0]))
             if not dests:
-                out.ignore(f.name, "the role it configures is not part of this method")
+                out.ignore(f.name, f"not read by repulse {command}{for_method}")
                 continue
             new += _emit_renamed(f, dests)
             renamed[f.name] = " ".join("--" + d.partition("=")[0] + _const_suffix(d) for d in dests)
@@ -277,6 +286,29 @@ def translate_argv(argv: list[str], command: str) -> tuple[list[str], list[str]]
     if out.ignored:
         notes.append(_ignored_note(out.ignored))
     return new, notes
+
+
+def _method(ctx: _Ctx, out: _Out, command: str) -> str | None:
+    """The method the translated command runs (``--repulse.method`` for rl), or None for a command
+    without methods: the flag as written, else what a rule derived, else the last ``--config`` file
+    that sets it, else the default."""
+    field_ = METHOD_FIELD.get(command)
+    if field_ is None:
+        return None
+    given = ctx.one(field_)
+    if given is not None:
+        return given
+    for dest, values in reversed(out.emitted):
+        if dest == field_ and len(values) == 1:
+            return values[0]
+    for path in reversed(ctx.get("config") or []):
+        try:
+            value = flatten(load_yaml(path)).get(field_)
+        except UserError:
+            continue  # the parser names the bad file
+        if value is not None:
+            return str(value)
+    return str(get_path(ROOTS[command](), field_))
 
 
 def table_destinations(name: str, command: str) -> Dest | None:

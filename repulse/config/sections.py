@@ -91,27 +91,6 @@ class ModelSection:
     kd_coef: float = _h(0.4, "KD: weight of the distillation term")
 
 
-# The offline commands that read each method-specific ``model.*`` field; a field set away from its
-# default for any other command is refused (it would be silently ignored).
-MODEL_FIELDS_USED_BY: dict[str, tuple[str, ...]] = {
-    "pretrain_mode_enable": ("sft",),
-    "loss_type": ("rm",),
-    "margin_loss_enable": ("rm",),
-    "compute_fp32_loss_enable": ("rm",),
-    "beta": ("dpo", "kto"),
-    "ipo_enable": ("dpo",),
-    "label_smoothing": ("dpo",),
-    "nll_loss_coef": ("dpo",),
-    "desirable_weight": ("kto",),
-    "undesirable_weight": ("kto",),
-    "placeholder_token": ("prm",),
-    "reward_tokens": ("prm",),
-    "teacher_model": ("kd",),
-    "teacher_offload": ("kd",),
-    "kd_coef": ("kd",),
-}
-
-
 @dataclass
 class EngineSection:
     backend: str = _h("local", "training engine: local | fsdp | deepspeed")

@@ -10,7 +10,6 @@ from __future__ import annotations
 from repulse.config import parse_config
 from repulse.config.sections import RLConfig
 from repulse.errors import UserError
-from repulse.trainers.rl.fields import refuse_unread
 
 GROUP_ESTIMATORS = {"rloo", "reinforce_baseline", "group_norm", "dr_grpo"}
 ESTIMATORS = {"gae", "reinforce"} | GROUP_ESTIMATORS
@@ -51,7 +50,6 @@ def validate(cfg: RLConfig) -> None:
             raise UserError(
                 "--repulse.method reward_transform needs --repulse.reward_transform minus_alpha_exp_beta_r or minus_alpha_ind."
             )
-    refuse_unread(cfg)
     if not cfg.actor.model_name_or_path:
         raise UserError("--actor.model_name_or_path is required: the policy to train.")
     if not cfg.data.prompt_dataset:
