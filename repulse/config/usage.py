@@ -10,11 +10,13 @@ this version yet (``NOT_YET``) and fields kept only for compatibility (``_compat
 ``sections``) are accepted and warn once by name.
 
 The table is data: ``READS`` maps a dotted field path, or a section prefix ending in ``.``, to
-the commands that read it; ``METHOD_READS`` narrows fields of ``repulse rl`` to the methods that
-read them. The most specific entry wins (an exact path over a prefix, a longer prefix over a
-shorter one). A new field is one line here; ``tests/config/test_field_usage.py`` fails when a
-field of a command root is in no entry, and when a command is declared to read a field that its
-code does not read on the toy (a recorder notes every field read while the command runs).
+the commands that read it; ``NOT_YET`` the same for features still being built; ``METHOD_READS``
+narrows fields of ``repulse rl`` to the methods that read them. The most specific entry wins (an
+exact path over a prefix, a longer prefix over a shorter one, across ``READS`` and ``NOT_YET``; a
+path may be in both when some commands read it and others do not yet). A new field is one line
+here; ``tests/config/test_field_usage.py`` fails when a field of a command root is in no entry,
+and when a command is declared to read a field that its code does not read on the toy (a
+recorder notes every field read while the command runs).
 
 Imports no torch: it runs at parse time.
 """
@@ -192,32 +194,41 @@ NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-def _lookup(path: str, table: dict[str, Any]) -> Any:
-    """The entry of the most specific pattern matching ``path`` (exact, else longest prefix), or None."""
-    if path in table:
-        return table[path]
+def _best(path: str, tables: tuple[dict[str, Any], ...]) -> str | None:
+    """The most specific pattern of ``tables`` matching ``path``: the path itself, else its longest
+    matching prefix (across all the tables, so an exact entry in one overrides a prefix in another)."""
+    if any(path in t for t in tables):
+        return path
     best = None
-    for pattern in table:
-        if pattern.endswith(".") and path.startswith(pattern) and (best is None or len(pattern) > len(best)):
-            best = pattern
-    return table[best] if best is not None else None
+    for table in tables:
+        for pattern in table:
+            if (
+                pattern.endswith(".")
+                and path.startswith(pattern)
+                and (best is None or len(pattern) > len(best))
+            ):
+                best = pattern
+    return best
 
 
 def readers(path: str) -> tuple[str, ...]:
-    """The commands that read ``path`` (not counting ``NOT_YET``)."""
-    return _lookup(path, READS) or ()
+    """The commands that read ``path`` (not counting those where it is ``NOT_YET``)."""
+    best = _best(path, (READS, NOT_YET))
+    return READS.get(best, ()) if best is not None else ()
 
 
 def not_yet(path: str) -> tuple[tuple[str, ...], str] | None:
     """``(commands, reason)`` when ``path``'s feature is not in this version yet, else None."""
-    return _lookup(path, NOT_YET)
+    best = _best(path, (READS, NOT_YET))
+    return NOT_YET.get(best) if best is not None else None
 
 
 def method_readers(command: str, path: str) -> tuple[str, ...]:
     """The methods of ``command`` that read ``path`` (all of them when no entry narrows it)."""
     if command not in METHOD_FIELD:
         return ()
-    return _lookup(path, METHOD_READS) or METHODS[command]
+    best = _best(path, (METHOD_READS,))
+    return METHOD_READS[best] if best is not None else METHODS[command]
 
 
 def method_fields(command: str, method: str) -> tuple[str, ...]:
@@ -277,6 +288,25 @@ def _commands(names: tuple[str, ...]) -> str:
     return listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " and " + listed[-1]
 
 
+def _not_read(flag: str, path: str, command: str, users: tuple[str, ...]) -> str:
+    """The refusal of a field ``command`` does not read: who reads it (or will), and what to do."""
+    pending = not_yet(path)
+    waiting = tuple(c for c in (pending[0] if pending else ()) if c not in users)
+    head = f"{flag} is not read by repulse {command}, which would ignore it"
+    if users:
+        one = len(users) == 1
+        return (
+            f"{head}: only {_commands(users)} {'reads' if one else 'read'} it. Remove it, or run "
+            f"{'that command' if one else 'one of those'}."
+        )
+    if waiting:
+        return (
+            f"{head}; {_commands(waiting)} {'accepts' if len(waiting) == 1 else 'accept'} it, with no effect in "
+            f"this version yet ({pending[1]}). Remove it."
+        )
+    return f"{head}: no command reads --{path} in this version. Remove it."
+
+
 def check_fields(cfg: Any, command: str) -> None:
     """Refuse a field ``command`` (or its method) does not read, set away from its default; warn once
     for a field whose feature is not in this version yet. Compatibility-only fields are warned about
@@ -303,14 +333,7 @@ def check_fields(cfg: Any, command: str) -> None:
             continue
         users = readers(path)
         if command not in users:
-            others = tuple(c for c in users if c != command)
-            if not others:
-                raise UserError(f"{flag}: no command reads --{path} in this version; remove it.")
-            one = len(others) == 1
-            raise UserError(
-                f"{flag} is not read by repulse {command}, which would ignore it: only {_commands(others)} "
-                f"{'reads' if one else 'read'} it. Remove it, or run {'that command' if one else 'one of those'}."
-            )
+            raise UserError(_not_read(flag, path, command, users))
         if method is not None and method in METHODS[command]:
             methods = method_readers(command, path)
             if method not in methods:
