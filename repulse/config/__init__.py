@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from repulse.config.schema import build, help_text, split_flags, to_yaml
+from repulse.config.schema import build, check_model_paths, check_values, help_text, split_flags, to_yaml
 from repulse.config.usage import check_fields
 from repulse.errors import UserError, warn_once
 
@@ -24,9 +24,12 @@ def parse_config(
     """Parse ``argv`` for ``repulse <command>``; returns the config, or None when --help/--dry-run printed.
 
     Order: legacy translation (seed-document flags -> ours), defaults, ``--config``
-    files in order, flags; then ``validate`` (impossible combinations fail here, with
-    the flag named, never later); then ``check_fields``: a field this command (or its method)
-    does not read, set away from its default, is refused (``repulse.config.usage``).
+    files in order, flags; then every value against its field's allowed values
+    (``check_values``), then ``validate`` (impossible combinations fail here, with the
+    flag named, never later), then ``check_fields`` (a field this command, or its method,
+    does not read, set away from its default, is refused: ``repulse.config.usage``), then -
+    unless ``--dry-run`` - the model paths (``check_model_paths``: a local-looking path is
+    never sent to the Hub).
     """
     from repulse.config.legacy import translate_argv
 
@@ -56,6 +59,7 @@ def parse_config(
             rest.append(tok)
         i += 1
     cfg = build(root_cls, yaml_files, split_flags(rest))
+    check_values(cfg)
     warn_no_effect(cfg)
     if validate is not None:
         validate(cfg)
@@ -63,6 +67,7 @@ def parse_config(
     if dry_run:
         sys.stdout.write(to_yaml(cfg))
         return None
+    check_model_paths(cfg)  # not for --dry-run: a recipe may name a model that is yet to be trained
     return cfg
 
 

@@ -84,6 +84,8 @@ READS: dict[str, tuple[str, ...]] = {
     "train.seed": ALL,
     "train.full_determinism_enable": TRAINING,
     "train.num_episodes": ("rl",),
+    "train.nan_policy": OFFLINE,
+    "train.nan_max_consecutive_skips": OFFLINE,
     # engine
     "engine.": TRAINING,
     "engine.param_dtype": ALL,
@@ -92,6 +94,7 @@ READS: dict[str, tuple[str, ...]] = {
     # outputs, evaluation, logging
     "ckpt.": TRAINING,
     "ckpt.output_dir": ALL,
+    "ckpt.overwrite": ALL,
     "eval.": TRAINING,
     "eval.temperature": ("rl",),
     "eval.n_samples_per_prompt": ("rl",),

@@ -2,7 +2,12 @@
 
 A checkpoint is written to ``step_N.tmp`` and renamed to ``step_N`` only when every
 file (engine state, trainer state, RNG) is on disk, so a run killed mid-save never
-leaves a half-written checkpoint, and every finished one survives.
+leaves a half-written checkpoint, and every finished one survives. A ``step_N.tmp``
+left by such a kill is never loaded, and is removed when the next run in the directory
+starts (``repulse.run.start``: the run owns its directory by then).
+
+Nothing non-finite is saved: every engine's weights are checked first, and a NaN or an
+infinity refuses the save with a ``NonFiniteError`` naming the tensor.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import Any
 import torch
 
 from repulse.engine.dist import barrier, is_main
+from repulse.errors import NonFiniteError
+from repulse.models.files import weights_default_mode
 from repulse.run.rng import rng_state, set_rng_state
 
 
@@ -33,6 +40,20 @@ class Checkpoints:
         self.max_num = max(1, max_num)
         self.rank = rank
 
+    def remove_stale(self) -> list[Path]:
+        """Delete the ``step_N.tmp`` directories a killed save left behind; returns them."""
+        if not self.root.is_dir():
+            return []
+        stale = [
+            p
+            for p in self.root.iterdir()
+            if p.is_dir() and p.name.startswith("step_") and p.name.endswith(".tmp")
+        ]
+        for p in stale:
+            shutil.rmtree(p, ignore_errors=True)
+            print(f"[repulse] removed {p}: an unfinished checkpoint of an earlier run", flush=True)
+        return stale
+
     def latest(self) -> Path | None:
         if not self.root.is_dir():
             return None
@@ -43,8 +64,16 @@ class Checkpoints:
         return max(done, key=_step_of) if done else None
 
     def save(self, step: int, engines: dict[str, Any], trainer_state: dict[str, Any]) -> Path:
+        """Write ``step_N`` atomically; refused (``NonFiniteError``, on every rank) when a weight of any
+        engine is not finite, before anything is written."""
         final = self.root / f"step_{step}"
         tmp = self.root / f"step_{step}.tmp"
+        for name, engine in engines.items():
+            bad = engine.first_nonfinite_parameter()
+            if bad is not None:
+                raise NonFiniteError(
+                    "parameter", f"{bad} (the {name} model); checkpoint {final} was not written.", step
+                )
         if is_main():
             self.root.mkdir(parents=True, exist_ok=True)
             if tmp.exists():
@@ -56,6 +85,7 @@ class Checkpoints:
         torch.save(rng_state(), tmp / f"rng_rank{self.rank}.pt")
         barrier()
         if is_main():
+            weights_default_mode(tmp, recursive=True)  # whatever the engine, as readable as the rest
             (tmp / "trainer.json").write_text(json.dumps({"step": step, **trainer_state}))
             if final.exists():
                 shutil.rmtree(final)

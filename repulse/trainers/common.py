@@ -64,6 +64,8 @@ def fit_spec(cfg: Any, run: Run, train_set, eval_set, collate, name: str) -> Fit
         eval_set=eval_set,
         progress=cfg.logger.progress_bar,
         name=name,
+        nan_policy=cfg.train.nan_policy,
+        nan_max_consecutive_skips=cfg.train.nan_max_consecutive_skips,
     )
 
 

@@ -29,6 +29,7 @@ from repulse.config import parse_config
 from repulse.config.sections import EvalTailConfig
 from repulse.errors import UserError
 from repulse.rl.rewards import check_reward_section
+from repulse.run.dirs import releases_output_dirs
 
 
 def validate(cfg: EvalTailConfig) -> None:
@@ -64,6 +65,11 @@ def _gather(rows: list[dict]) -> list[dict]:
     return rows
 
 
+# what a run of eval-tail writes into its output directory (another run's are not replaced silently)
+TAIL_RESULTS = ("tail_summary.json", "samples.jsonl")
+
+
+@releases_output_dirs
 @torch.no_grad()
 def sample_and_summarise(cfg: EvalTailConfig) -> int:
     from repulse.config import write_resolved
@@ -76,16 +82,19 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
     from repulse.rl.rewards import build_reward_sources, score_rewards, truncated_total
     from repulse.rl.rollout import hf_generate
     from repulse.rl.scoring import reward_input
-    from repulse.run.dirs import prepare_output_dir
     from repulse.run.rng import seed_everything
+    from repulse.run.start import claim_output_dir, on_rank0
 
     rank, world, _, device = init_distributed()
     seed_everything(cfg.train.seed)
     t = cfg.tail
     out = output_dir(cfg)
-    if rank == 0:
-        prepare_output_dir(out)
+
+    def claim() -> None:
+        claim_output_dir(out, "tail_config.yaml", TAIL_RESULTS, cfg.ckpt.overwrite)
         write_resolved(cfg, out, "tail_config.yaml")
+
+    on_rank0(claim)
     tok = load_tokenizer(t.policy, chat_template=cfg.data.tokenizer_chat_template, padding_side="left")
 
     def lm(path: str):

@@ -36,6 +36,7 @@ from repulse.config.schema import to_dict
 from repulse.config.sections import GcgConfig
 from repulse.errors import UserError, warn_once
 from repulse.rl.rewards import check_reward_section
+from repulse.run.dirs import releases_output_dirs
 
 SUMMARY_FILE = "gcg_summary.json"
 FORMAT = "repulse-gcg/1"
@@ -194,6 +195,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- the run
 
 
+@releases_output_dirs
 def attack_and_score(cfg: GcgConfig) -> int:
     import torch
 
@@ -203,15 +205,15 @@ def attack_and_score(cfg: GcgConfig) -> int:
     from repulse.evaluation.gcg import build_attack_prompt, disallowed_token_ids, run_gcg, target_logprob
     from repulse.models.loading import load_causal_lm, load_tokenizer
     from repulse.rl.rewards import RewardInput, build_reward_sources, score_rewards
-    from repulse.run.dirs import prepare_output_dir
     from repulse.run.rng import seed_everything
+    from repulse.run.start import claim_output_dir
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("repulse gcg runs in one process: start it without torchrun/deepspeed.")
     g, r = cfg.gcg, cfg.rollout
     rows = read_targets(g.targets, g.max_targets)  # type: ignore[arg-type]
     out = output_dir(cfg)
-    prepare_output_dir(out)
+    claim_output_dir(out, "gcg_config.yaml", (SUMMARY_FILE,), cfg.ckpt.overwrite)
     write_resolved(cfg, out, "gcg_config.yaml")
     device = default_device()
     seed_everything(cfg.train.seed)
