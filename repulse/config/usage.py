@@ -84,8 +84,8 @@ READS: dict[str, tuple[str, ...]] = {
     "train.seed": ALL,
     "train.full_determinism_enable": TRAINING,
     "train.num_episodes": ("rl",),
-    "train.nan_policy": OFFLINE,
-    "train.nan_max_consecutive_skips": OFFLINE,
+    "train.nan_policy": TRAINING,
+    "train.nan_max_consecutive_skips": TRAINING,
     # engine
     "engine.": TRAINING,
     "engine.param_dtype": ALL,
