@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from repulse.config.engine_fields import check_engine_fields
-from repulse.config.schema import build, help_text, split_flags, to_yaml
+from repulse.config.schema import build, check_model_paths, check_values, help_text, split_flags, to_yaml
+from repulse.config.usage import check_fields
 from repulse.errors import UserError, warn_once
 
 # Commands that train a model through an engine (their --engine.* fields are checked at parse time).
@@ -27,8 +28,12 @@ def parse_config(
     """Parse ``argv`` for ``repulse <command>``; returns the config, or None when --help/--dry-run printed.
 
     Order: legacy translation (seed-document flags -> ours), defaults, ``--config``
-    files in order, flags; then ``validate`` (impossible combinations fail here, with
-    the flag named, never later).
+    files in order, flags; then every value against its field's allowed values
+    (``check_values``), then ``validate`` (impossible combinations fail here, with the
+    flag named, never later), then ``check_fields`` (a field this command, or its method,
+    does not read, set away from its default, is refused: ``repulse.config.usage``), then -
+    unless ``--dry-run`` - the model paths (``check_model_paths``: a local-looking path is
+    never sent to the Hub).
     """
     from repulse.config.legacy import seed_engine_backend, translate_argv
 
@@ -63,19 +68,19 @@ def parse_config(
     for note in backend_notes + notes:
         warn_once(note, note)
     cfg = build(root_cls, yaml_files, split_flags(rest))
-    refuse_unused_model_fields(cfg, command)
-    refuse_unused_fields(cfg, command)
+    check_values(cfg)
     warn_no_effect(cfg)
-    warn_pending_in(cfg, command)
     if command in TRAINING_COMMANDS:
         check_engine_fields(cfg.engine)
     if validate is not None:
         validate(cfg)
+    check_fields(cfg, command)
     if dry_run:
         sys.stdout.write(to_yaml(cfg))
         return None
     if command in TRAINING_COMMANDS and cfg.engine.backend == "deepspeed":
         require_deepspeed(from_seed=seed_backend is not None)
+    check_model_paths(cfg)  # not for --dry-run: a recipe may name a model that is yet to be trained
     return cfg
 
 
@@ -113,75 +118,16 @@ def write_resolved(cfg: Any, output_dir: str | Path, name: str = "config.yaml") 
     return out
 
 
-def refuse_unused_model_fields(cfg: Any, command: str) -> None:
-    """A method's ``--model.*`` flag given to another command is an error, not a silent no-op."""
-    from repulse.config.sections import MODEL_FIELDS_USED_BY, ModelSection
-
-    model = getattr(cfg, "model", None)
-    if not isinstance(model, ModelSection):
-        return
-    default = ModelSection()
-    for name, commands in MODEL_FIELDS_USED_BY.items():
-        if command not in commands and getattr(model, name) != getattr(default, name):
-            users = " and ".join(f"repulse {c}" for c in commands)
-            raise UserError(
-                f"--model.{name} is read by {users} only; repulse {command} would ignore it "
-                f"(given {getattr(model, name)!r}). Remove it, or run {users}."
-            )
-
-
-def refuse_unused_fields(cfg: Any, command: str) -> None:
-    """A shared-section flag only some commands read (``FIELDS_USED_BY``), given to another, is an
-    error, not a silent no-op."""
-    from repulse.config.schema import get_path
-    from repulse.config.sections import FIELDS_USED_BY
-
-    for path, commands in FIELDS_USED_BY.items():
-        section, _, name = path.partition(".")
-        if command in commands or not hasattr(cfg, section):
-            continue
-        value, default = get_path(cfg, path), getattr(type(getattr(cfg, section))(), name)
-        if value != default:
-            users = ", ".join(f"repulse {c}" for c in commands)
-            raise UserError(
-                f"--{path} is read by {users} only; repulse {command} would ignore it (given {value!r}). Remove it."
-            )
-
-
-def warn_pending_in(cfg: Any, command: str) -> None:
-    """One warning per field ``command`` does not honour yet (``PENDING_IN``), when it is set."""
-    from repulse.config.pending import PENDING_IN
-    from repulse.config.schema import get_path, leaves
-
-    table = leaves(type(cfg))
-    for path, reason in PENDING_IN.get(command, {}).items():
-        if path in table and get_path(cfg, path) != table[path].default:
-            flag = f"--{path}"
-            warn_once(
-                f"pending:{command}:{flag}",
-                f"{flag} {get_path(cfg, path)!r} has no effect in this version yet: {reason}.",
-            )
-
-
 def warn_no_effect(cfg: Any, prefix: str = "") -> None:
-    """One warning per flag that is accepted but does nothing, when it is set: compatibility-only
-    fields (``no_effect`` metadata) and fields whose feature is still being built
-    (``repulse.config.pending.PENDING``)."""
+    """One warning per flag that is accepted for compatibility but does nothing, when it is set."""
     import dataclasses
-
-    from repulse.config.pending import PENDING
 
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        path = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
-            warn_no_effect(value, f"{path}.")
+            warn_no_effect(value, f"{prefix}{f.name}.")
         elif f.metadata.get("no_effect") and value not in (None, 0, False) and value != f.default:
+            flag = f"--{prefix}{f.name}"
             warn_once(
-                f"no_effect:--{path}",
-                f"--{path} {value!r} has no effect in this version: {f.metadata['help']}.",
-            )
-        elif path in PENDING and value != f.default:
-            warn_once(
-                f"pending:--{path}", f"--{path} {value!r} has no effect in this version yet: {PENDING[path]}."
+                f"no_effect:{flag}", f"{flag} {value!r} has no effect in this version: {f.metadata['help']}."
             )

@@ -34,6 +34,8 @@ from repulse.config.legacy_tables import (  # noqa: F401  _RL, _TRAIN_COMMON, RU
     _Table,
     _tables,
 )
+from repulse.config.schema import flatten, get_path, load_yaml
+from repulse.config.usage import METHOD_FIELD, ROOTS, accepted
 from repulse.errors import UserError
 
 COMMANDS: tuple[str, ...] = ("sft", "rm", "prm", "dpo", "kto", "kd", "rl", "serve-rm", "gcg")
@@ -189,13 +191,17 @@ def _rollout_is_rule(ctx: _Ctx, out: _Out) -> None:
         return
     out.consumed |= set(_ROLLOUT_IS_FLAGS)
     on = ctx.has("enable_vllm_is_correction", "algo.advantage.is_correction_enable", "use_icepop")
+    if not on:  # OpenRLHF reads the type and the band only with the switch on
+        for name in _ROLLOUT_IS_FLAGS:
+            if ctx.has(name):
+                out.ignore(name, "no effect without --enable_vllm_is_correction (OpenRLHF's switch)")
+        return
     kind = ctx.one("vllm_is_correction_type", "algo.advantage.is_correction_type")
-    if ctx.has("use_icepop"):
-        kind = "icepop"
-    if on:
-        out.emit("algo.rollout_is.mode", kind or "tis")
+    out.emit("algo.rollout_is.mode", "icepop" if ctx.has("use_icepop") else kind or "tis")
     band = ctx.get("vllm_is_truncated_threshold", "algo.advantage.is_correction_threshold")
-    if band is not None:
+    if band == []:  # no values: the parser says what the flag needs
+        out.emit("algo.rollout_is.low")
+    elif band is not None:
         if len(band) != 2:
             raise UserError(
                 f"--vllm_is_truncated_threshold takes two numbers (low high), got {' '.join(band)!r}."
@@ -238,6 +244,13 @@ def translate_argv(argv: list[str], command: str) -> tuple[list[str], list[str]]
         _critic_from_reward_rule(ctx, out)
 
     tables = _tables(command)
+    method = _method(ctx, out, command)
+    for_method = f" --{METHOD_FIELD[command]} {method}" if method is not None else ""
+
+    def kept(dest: str) -> bool:
+        """A seed flag lands only where the command (and method) reads it, else it is ignored with a note."""
+        return accepted(command, dest, method)
+
     new: list[str] = []
     for dest, values in out.emitted:
         new += [f"--{dest}", *values]
@@ -257,7 +270,10 @@ def translate_argv(argv: list[str], command: str) -> tuple[list[str], list[str]]
         elif hit[0] == "unsupported":
             unsupported[f.name] = hit[1]
         else:
-            dests = hit[1]
+            dests = tuple(d for d in hit[1] if kept(d.partition("=")[0]))
+            if not dests:
+                out.ignore(f.name, f"not read by repulse {command}{for_method}")
+                continue
             new += _emit_renamed(f, dests)
             renamed[f.name] = " ".join("--" + d.partition("=")[0] + _const_suffix(d) for d in dests)
     if unsupported:
@@ -318,6 +334,29 @@ def seed_engine_backend(argv: list[str], command: str) -> tuple[str | None, list
         f"{listed}: OpenRLHF trains with DeepSpeed, so this command runs on --engine.backend deepspeed "
         "(add --engine.backend fsdp or local to choose another engine)."
     ]
+
+
+def _method(ctx: _Ctx, out: _Out, command: str) -> str | None:
+    """The method the translated command runs (``--repulse.method`` for rl), or None for a command
+    without methods: the flag as written, else what a rule derived, else the last ``--config`` file
+    that sets it, else the default."""
+    field_ = METHOD_FIELD.get(command)
+    if field_ is None:
+        return None
+    given = ctx.one(field_)
+    if given is not None:
+        return given
+    for dest, values in reversed(out.emitted):
+        if dest == field_ and len(values) == 1:
+            return values[0]
+    for path in reversed(ctx.get("config") or []):
+        try:
+            value = flatten(load_yaml(path)).get(field_)
+        except UserError:
+            continue  # the parser names the bad file
+        if value is not None:
+            return str(value)
+    return str(get_path(ROOTS[command](), field_))
 
 
 def table_destinations(name: str, command: str) -> Dest | None:

@@ -20,8 +20,6 @@ _HARMLESS_METHODS: dict[tuple[str, bool], str] = {
     ("neg_training", False): "repulse",
     ("neg_training", True): "p_proposal",
 }
-# --reinforce_baseline_type -> our estimator of the REINFORCE term L_r.
-_BASELINE_ESTIMATORS: dict[str | None, str] = {"expectation": "rloo", None: "reinforce"}
 _FORK_MODE_FLAGS = (
     "do_harmlessness_training",
     "harmlessness_training_loss_type",
@@ -33,8 +31,8 @@ _FORK_MODE_FLAGS = (
 _TRANSFORMS = ("minus_alpha_exp_beta_r", "minus_alpha_ind")
 
 
-def _derive_method(ctx: _Ctx) -> tuple[str, str | None, str]:
-    """The fork's mode flags -> (``repulse.method``, ``repulse.reward_transform``, estimator).
+def _derive_method(ctx: _Ctx) -> tuple[str, str | None]:
+    """The fork's mode flags -> (``repulse.method``, ``repulse.reward_transform``).
 
     The fork picks its algorithm from a combination of five flags (spec §1.5): PPO without
     ``--do_harmlessness_training``; otherwise the LM loss type, the reward transform and
@@ -56,7 +54,7 @@ def _derive_method(ctx: _Ctx) -> tuple[str, str | None, str]:
                 "--reward_transform is implemented for the REINFORCE baseline "
                 "(--do_harmlessness_training --harmlessness_training_loss_type reinforce), not for PPO."
             )
-        return "rl", None, "gae"
+        return "rl", None
     loss_type = ctx.one("harmlessness_training_loss_type")
     use_base = ctx.has("use_base_as_proposal")
     if (loss_type or "", use_base) not in _HARMLESS_METHODS:
@@ -76,31 +74,28 @@ def _derive_method(ctx: _Ctx) -> tuple[str, str | None, str]:
             f"--actor_loss_type {actor_loss}: RePULSe's proposal is trained with the CTL loss (ctl)."
         )
     baseline = ctx.one("reinforce_baseline_type")
-    if baseline not in _BASELINE_ESTIMATORS:
+    if baseline != "expectation":
         raise UserError(
-            f"--reinforce_baseline_type {baseline}: repulse implements 'expectation' (RLOO) or no baseline."
+            f"--reinforce_baseline_type {baseline}: repulse's REINFORCE term uses the leave-one-out "
+            "baseline (--reinforce_baseline_type expectation, as every command of the paper does); "
+            "other baselines are not implemented."
         )
-    return method, transform, _BASELINE_ESTIMATORS[baseline]
+    return method, transform
 
 
 def fork_rule(ctx: _Ctx, out: _Out) -> None:
     """All mode-dependent translations of a RePULSe-fork command (spec §1.5-§1.7, §7)."""
-    method, transform, estimator = _derive_method(ctx)
+    method, transform = _derive_method(ctx)
     out.consumed.update(_FORK_MODE_FLAGS)
     out.emit("repulse.method", method)
     if transform is not None:
         out.emit("repulse.reward_transform", transform)
     given = [f"--{n}" + (f" {ctx.one(n)}" if ctx.get(n) else "") for n in _FORK_MODE_FLAGS if ctx.has(n)]
     derived = f"--repulse.method {method}" + (f" --repulse.reward_transform {transform}" if transform else "")
-    if not ctx.has("advantage_estimator", "algo.advantage.estimator"):
-        out.emit("algo.advantage.estimator", estimator)
-        derived += f" --algo.advantage.estimator {estimator}"
+    if method == "rl" and not ctx.has("advantage_estimator", "algo.advantage.estimator"):
+        out.emit("algo.advantage.estimator", "gae")
+        derived += " --algo.advantage.estimator gae"
     out.notes.append(f"RePULSe fork mode {' '.join(given) or '(PPO by default)'} -> {derived}.")
-    if estimator == "reinforce" and method != "rl":
-        out.notes.append(
-            "no --reinforce_baseline_type: the closest estimator is REINFORCE++ ('reinforce', normalised "
-            "returns); the fork used raw returns."
-        )
     _fork_checks(ctx, out)
     _fork_beta_alpha(ctx, out, method, transform)
     _fork_learning_rates(ctx, out, method)

@@ -3,13 +3,16 @@
 Values come from the dataclass defaults, then each ``--config file.yaml`` in order, then
 dotted flags (``--data.max_len 1024``; bare ``--data.apply_chat_template`` sets a boolean).
 Everything is checked here, at parse time: an unknown key names the closest valid one, a
-wrong type names the flag and the expected type.
+wrong type names the flag and the expected type, a value outside the field's allowed range
+(declared in its metadata, see ``repulse.config.sections._h``) names the flag and the range,
+and no number is NaN.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -18,17 +21,19 @@ from typing import Any, Union
 
 import yaml
 
+from repulse.config.recorder import paused
 from repulse.errors import UserError
 
 
 @dataclass(frozen=True)
 class Leaf:
-    """One settable field: its dotted path, Python type and help text."""
+    """One settable field: its dotted path, Python type, help text and allowed values."""
 
     path: str
     type: Any
     default: Any
     help: str
+    checks: tuple[tuple[str, Any], ...] = ()
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -46,7 +51,8 @@ def leaves(cls: type, prefix: str = "") -> dict[str, Leaf]:
             out.update(leaves(tp, path + "."))
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        out[path] = Leaf(path, tp, default, f.metadata.get("help", ""))
+        checks = tuple((k, v) for k, v in f.metadata.items() if k in _CHECK_KEYS)
+        out[path] = Leaf(path, tp, default, f.metadata.get("help", ""), checks)
     return out
 
 
@@ -229,7 +235,9 @@ def build(root_cls: type, yaml_files: list[str], flags: list[tuple[str, list[str
 
 
 def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as nested dicts; serialising is not a use of the fields (see ``recorder``)."""
+    with paused():
+        return dataclasses.asdict(cfg)
 
 
 def to_yaml(cfg: Any) -> str:
@@ -239,5 +247,80 @@ def to_yaml(cfg: Any) -> str:
 def help_text(root_cls: type, command: str) -> str:
     lines = [f"usage: repulse {command} [--config FILE.yaml ...] [--section.key VALUE ...] [--dry-run]", ""]
     for leaf in leaves(root_cls).values():
-        lines.append(f"  --{leaf.path:<42} {leaf.help} (default: {leaf.default!r})")
+        allowed = f" [{describe_checks(dict(leaf.checks))}]" if leaf.checks else ""
+        lines.append(f"  --{leaf.path:<42} {leaf.help}{allowed} (default: {leaf.default!r})")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- allowed values
+
+_CHECK_KEYS = ("ge", "gt", "le", "lt", "also", "choices")  # model_path is checked by check_model_paths
+_BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+           "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}  # fmt: skip
+
+
+def describe_checks(checks: dict[str, Any]) -> str:
+    """``'> 0'``, ``'>= 0 and < 1'``, ``'>= 1, or -1'``, ``'one of: stop, skip'``."""
+    if "choices" in checks:
+        return "one of: " + ", ".join(str(c) for c in checks["choices"])
+    text = " and ".join(f"{_BOUNDS[k][0]} {checks[k]:g}" for k in _BOUNDS if k in checks)
+    also = checks.get("also", ())
+    if also:
+        text += ", or " + " or ".join(f"{a:g}" for a in also)
+    return text
+
+
+def _value_error(path: str, value: Any, checks: dict[str, Any]) -> str | None:
+    """Why ``value`` is not allowed for ``--path`` (None when it is)."""
+    if isinstance(value, float) and math.isnan(value):
+        return f"--{path} is NaN: give a number."
+    if not checks or value is None:
+        return None
+    if "choices" in checks:
+        if value not in checks["choices"]:
+            return f"--{path} {value!r} is not known: choose {describe_checks(checks)}.{suggest(str(value), checks['choices']).replace('--', '')}"
+        return None
+    if value in checks.get("also", ()):
+        return None
+    bounded = any(k in checks for k in _BOUNDS)
+    if bounded and isinstance(value, float) and not math.isfinite(value):
+        return f"--{path} must be a finite number {describe_checks(checks)}, got {value!r}."
+    for key, (_sign, ok) in _BOUNDS.items():
+        if key in checks and not ok(value, checks[key]):
+            return f"--{path} must be {describe_checks(checks)}, got {value!r}."
+    return None
+
+
+def check_model_paths(cfg: Any, prefix: str = "") -> None:
+    """Every field marked ``model_path`` that is set: a local-looking path must be a model directory
+    (and hold a tokenizer where one is loaded from it); see ``repulse.config.paths``."""
+    from repulse.config.paths import check_model_path
+
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_model_paths(value, path + ".")
+            continue
+        kind = f.metadata.get("model_path")
+        if not kind or not value:
+            continue
+        items = [v.strip() for v in value.split(",")] if f.metadata.get("comma_list") else [value]
+        for item in (i for i in items if i):
+            check_model_path(item, f"--{path}", need_model=True, need_tokenizer="tokenizer" in kind)
+
+
+def check_values(cfg: Any, prefix: str = "") -> None:
+    """Every field's value against its declared allowed values (each item of a list), and no NaN
+    anywhere; raises ``UserError`` naming the flag, the range and the value given."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_values(value, path + ".")
+            continue
+        checks = {k: v for k, v in f.metadata.items() if k in _CHECK_KEYS}
+        for item in value if isinstance(value, list) else [value]:
+            problem = _value_error(path, item, checks)
+            if problem:
+                raise UserError(problem)

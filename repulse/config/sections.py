@@ -2,7 +2,9 @@
 
 Each command has one root dataclass built from these sections. Defaults live here
 and nowhere else; code reads ``cfg.data.max_len``, never ``getattr(cfg, ..., default)``.
-Field metadata ``help`` is shown by ``--help``.
+Field metadata ``help`` is shown by ``--help``; the allowed values (``ge``, ``gt``, ``le``,
+``lt``, ``also``, ``choices``) are checked when any command parses its flags. Learning rates
+must be > 0: a learning rate of 0 would accept a run that trains nothing.
 """
 
 from __future__ import annotations
@@ -10,12 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-def _h(default, help: str):  # noqa: A002 - 'help' mirrors argparse
-    return field(default=default, metadata={"help": help})
+def _h(default, help: str, **checks):  # noqa: A002 - 'help' mirrors argparse
+    """A field with ``--help`` text and its allowed values, checked at parse time for every command
+    (``repulse.config.schema.check_values``): ``ge``/``gt``/``le``/``lt`` bounds (numbers must then
+    also be finite), ``also`` extra allowed values (e.g. -1 for "no limit"), ``choices``;
+    ``model_path`` ("model" or "model+tokenizer", ``comma_list`` for several) marks a model
+    path checked before anything is loaded (``repulse.config.paths``)."""
+    return field(default=default, metadata={"help": help, **checks})
 
 
-def _hf(factory, help: str):  # noqa: A002
-    return field(default_factory=factory, metadata={"help": help})
+def _hf(factory, help: str, **checks):  # noqa: A002
+    return field(default_factory=factory, metadata={"help": help, **checks})
 
 
 def _compat(default, help: str):  # noqa: A002
@@ -29,44 +36,50 @@ def _compat(default, help: str):  # noqa: A002
 
 @dataclass
 class LoraSection:
-    rank: int = _h(0, "LoRA rank; 0 disables LoRA")
-    alpha: int = _h(16, "LoRA alpha")
-    dropout: float = _h(0.0, "LoRA dropout")
+    rank: int = _h(0, "LoRA rank; 0 disables LoRA", ge=0)
+    alpha: int = _h(16, "LoRA alpha", gt=0)
+    dropout: float = _h(0.0, "LoRA dropout", ge=0, lt=1)
     target_modules: list[str] = _hf(lambda: ["all-linear"], "modules to adapt ('all-linear' or names)")
 
 
 @dataclass
 class AdamSection:
-    lr: float = _h(5e-6, "learning rate")
-    betas: list[float] = _hf(lambda: [0.9, 0.95], "Adam betas")
-    eps: float = _h(1e-8, "Adam epsilon")
-    weight_decay: float = _h(0.0, "decoupled weight decay")
+    lr: float = _h(5e-6, "learning rate", gt=0)
+    betas: list[float] = _hf(lambda: [0.9, 0.95], "Adam betas", ge=0, lt=1)
+    eps: float = _h(1e-8, "Adam epsilon", gt=0)
+    weight_decay: float = _h(0.0, "decoupled weight decay", ge=0)
 
 
 @dataclass
 class MuonSection:
-    lr: float = _h(0.02, "learning rate of Muon's 2-D weight group (other parameters use AdamW at adam.lr)")
-    momentum: float = _h(0.95, "Muon momentum")
+    lr: float = _h(
+        0.02, "learning rate of Muon's 2-D weight group (other parameters use AdamW at adam.lr)", gt=0
+    )
+    momentum: float = _h(0.95, "Muon momentum", ge=0, lt=1)
     nesterov: bool = _h(True, "Nesterov momentum")
-    ns_steps: int = _h(5, "Newton-Schulz iterations")
+    ns_steps: int = _h(5, "Newton-Schulz iterations", ge=1)
 
 
 @dataclass
 class OptimSection:
-    name: str = _h("adam", "optimizer: adam (AdamW) | muon")
-    lr_scheduler: str = _h("cosine_with_min_lr", "cosine_with_min_lr | constant | linear")
-    lr_warmup_ratio: float = _h(0.03, "fraction of steps spent warming up linearly from 0")
-    min_lr_ratio: float = _h(0.1, "final lr / peak lr for cosine_with_min_lr")
-    max_norm: float = _h(1.0, "gradient clipping by global norm; 0 disables")
+    name: str = _h("adam", "optimizer: adam (AdamW) | muon", choices=("adam", "muon"))
+    lr_scheduler: str = _h(
+        "cosine_with_min_lr",
+        "cosine_with_min_lr | constant | linear",
+        choices=("cosine_with_min_lr", "constant", "linear"),
+    )
+    lr_warmup_ratio: float = _h(0.03, "fraction of steps spent warming up linearly from 0", ge=0, le=1)
+    min_lr_ratio: float = _h(0.1, "final lr / peak lr for cosine_with_min_lr", ge=0, le=1)
+    max_norm: float = _h(1.0, "gradient clipping by global norm; 0 disables", ge=0)
 
 
 @dataclass
 class ModelSection:
-    model_name_or_path: str | None = _h(None, "HF model directory or Hub name")
+    model_name_or_path: str | None = _h(None, "HF model directory or Hub name", model_path="model+tokenizer")
     gradient_checkpointing_enable: bool = _h(False, "recompute activations in backward")
     gradient_checkpointing_reentrant: bool = _h(False, "use reentrant checkpointing")
     pretrain_mode_enable: bool = _h(False, "SFT: loss on every token (continued pre-training)")
-    aux_loss_coef: float = _h(0.0, "MoE load-balancing loss coefficient")
+    aux_loss_coef: float = _h(0.0, "MoE load-balancing loss coefficient", ge=0)
     lora: LoraSection = _hf(LoraSection, "LoRA adapters")
     load_in_4bit: bool = _h(False, "QLoRA: load the base model in 4 bit (needs CUDA + bitsandbytes)")
     # reward model
@@ -75,46 +88,27 @@ class ModelSection:
     compute_fp32_loss_enable: bool = _h(False, "RM: compute the loss in fp32")
     value_head_prefix: str = _h("score", "attribute name of the scalar head (RM / critic)")
     # DPO family
-    beta: float = _h(0.1, "DPO/KTO temperature beta")
+    beta: float = _h(0.1, "DPO/KTO temperature beta", gt=0)
     ipo_enable: bool = _h(False, "DPO: use the IPO loss")
-    label_smoothing: float = _h(0.0, "DPO: conservative DPO (cDPO) label smoothing")
-    nll_loss_coef: float = _h(0.0, "DPO: weight of the NLL loss on chosen responses")
+    label_smoothing: float = _h(0.0, "DPO: conservative DPO (cDPO) label smoothing", ge=0, le=0.5)
+    nll_loss_coef: float = _h(0.0, "DPO: weight of the NLL loss on chosen responses", ge=0)
     # KTO
-    desirable_weight: float = _h(1.0, "KTO: weight of desirable examples")
-    undesirable_weight: float = _h(1.0, "KTO: weight of undesirable examples")
+    desirable_weight: float = _h(1.0, "KTO: weight of desirable examples", ge=0)
+    undesirable_weight: float = _h(1.0, "KTO: weight of undesirable examples", ge=0)
     # PRM
     placeholder_token: str | None = _h(None, "PRM: step placeholder token, e.g. 'ки'")
     reward_tokens: list[str] | None = _h(None, "PRM: the two label tokens, e.g. '+' '-'")
     # KD
-    teacher_model: str | None = _h(None, "KD: teacher model directory")
+    teacher_model: str | None = _h(None, "KD: teacher model directory", model_path="model")
     teacher_offload: bool = _h(False, "KD: keep the teacher on CPU between forwards")
-    kd_coef: float = _h(0.4, "KD: weight of the distillation term")
-
-
-# The offline commands that read each method-specific ``model.*`` field; a field set away from its
-# default for any other command is refused (it would be silently ignored).
-MODEL_FIELDS_USED_BY: dict[str, tuple[str, ...]] = {
-    "pretrain_mode_enable": ("sft",),
-    "loss_type": ("rm",),
-    "margin_loss_enable": ("rm",),
-    "compute_fp32_loss_enable": ("rm",),
-    "beta": ("dpo", "kto"),
-    "ipo_enable": ("dpo",),
-    "label_smoothing": ("dpo",),
-    "nll_loss_coef": ("dpo",),
-    "desirable_weight": ("kto",),
-    "undesirable_weight": ("kto",),
-    "placeholder_token": ("prm",),
-    "reward_tokens": ("prm",),
-    "teacher_model": ("kd",),
-    "teacher_offload": ("kd",),
-    "kd_coef": ("kd",),
-}
+    kd_coef: float = _h(0.4, "KD: weight of the distillation term", ge=0, le=1)
 
 
 @dataclass
 class EngineSection:
-    backend: str = _h("local", "training engine: local | fsdp | deepspeed")
+    backend: str = _h(
+        "local", "training engine: local | fsdp | deepspeed", choices=("local", "fsdp", "deepspeed")
+    )
     zero_stage: int = _h(2, "ZeRO stage (deepspeed 1/2/3); for fsdp, 3 shards parameters, 1/2 do not")
     param_dtype: str = _h("auto", "auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
     attn_implementation: str = _h(
@@ -128,7 +122,7 @@ class EngineSection:
     cpu_offload: bool = _h(False, "fsdp: offload parameters to CPU")
     grad_accum_dtype: str | None = _h(None, "gradient accumulation dtype (deepspeed)")
     overlap_comm: bool = _h(False, "overlap communication (deepspeed)")
-    zpg: int = _h(1, "ZeRO++ partition size (deepspeed)")
+    zpg: int = _h(1, "ZeRO++ partition size (deepspeed)", ge=1)
     use_liger_kernel: bool = _compat(False, "accepted for compatibility; no effect here")
     deepcompile: bool = _compat(False, "accepted for compatibility; no effect here")
     ring_attn_size: int = _h(1, "accepted for compatibility; must be 1")
@@ -159,48 +153,54 @@ class DataSection:
     apply_chat_template: bool = _h(False, "render with the tokenizer's chat template")
     tokenizer_chat_template: str | None = _h(None, "override the tokenizer's chat template (jinja string)")
     multiturn: bool = _h(False, "SFT: loss on every assistant turn (needs apply_chat_template)")
-    max_len: int = _h(2048, "max tokens per sample (prompt + response)")
-    max_samples: int = _h(100_000_000, "cap on samples read per dataset")
+    max_len: int = _h(2048, "max tokens per sample (prompt + response)", ge=1)
+    max_samples: int = _h(100_000_000, "cap on samples read per dataset", ge=1)
     disable_fast_tokenizer: bool = _h(
         False, "load the slow (pure-Python) tokenizer; refused when the model's has only a fast form"
     )
     dataloader_num_workers: int = _h(
-        0, "worker processes that collate the next steps' micro-batches while the model trains (0: inline)"
+        0,
+        "worker processes that collate the next steps' micro-batches while the model trains (0: inline)",
+        ge=0,
     )
     prompt_dataset: str | None = _h(None, "RL: prompt data")
     prompt_probs: str | None = _h(None, "RL: mixing probabilities of prompt data")
     prompt_split: str = _h("train", "RL: split of the prompt data")
 
 
-# The commands that read each of these fields of the shared sections (dotted path); set away from
-# its default for any other command it is refused (it would be silently ignored there).
-_OFFLINE_COMMANDS = ("sft", "rm", "prm", "dpo", "kto", "kd")
-FIELDS_USED_BY: dict[str, tuple[str, ...]] = {
-    "data.disable_fast_tokenizer": _OFFLINE_COMMANDS,
-    "data.dataloader_num_workers": _OFFLINE_COMMANDS,
-    "ckpt.save_hf": (*_OFFLINE_COMMANDS, "rl"),  # rl: warned until it writes them (config.pending)
-}
-
-
 @dataclass
 class TrainSection:
-    batch_size: int = _h(128, "global batch size (samples per optimizer step, all processes)")
-    micro_batch_size: int = _h(8, "samples per forward per process")
-    max_epochs: int = _h(1, "passes over the training data")
-    max_steps: int = _h(-1, "stop after this many optimizer steps (-1: no limit)")
+    batch_size: int = _h(128, "global batch size (samples per optimizer step, all processes)", ge=1)
+    micro_batch_size: int = _h(8, "samples per forward per process", ge=1)
+    max_epochs: int = _h(1, "passes over the training data", ge=1)
+    max_steps: int = _h(-1, "stop after this many optimizer steps (-1: no limit)", ge=1, also=(-1,))
     seed: int = _h(42, "random seed")
     full_determinism_enable: bool = _h(False, "deterministic algorithms")
-    num_episodes: int = _h(1, "RL: passes over the prompt data")
+    num_episodes: int = _h(1, "RL: passes over the prompt data", ge=1)
+    nan_policy: str = _h(
+        "stop",
+        "a NaN/infinite loss or gradient norm: stop (end the run, naming the step) | skip (drop that "
+        "step's update, count it in skipped_steps)",
+        choices=("stop", "skip"),
+    )
+    nan_max_consecutive_skips: int = _h(
+        10, "nan_policy skip: stop anyway after this many steps in a row were dropped", ge=1
+    )
 
 
 @dataclass
 class CkptSection:
     output_dir: str = _h("./ckpt", "output directory: config, metrics, final HF model")
     path: str | None = _h(None, "checkpoint directory (default: <output_dir>/checkpoints)")
-    save_steps: int = _h(-1, "save a resumable checkpoint every N steps (-1: never)")
-    max_num: int = _h(3, "keep at most this many checkpoints")
+    save_steps: int = _h(-1, "save a resumable checkpoint every N steps (-1: never)", ge=1, also=(-1,))
+    max_num: int = _h(3, "keep at most this many checkpoints", ge=1)
     max_mem: float = _compat(1e8, "accepted for compatibility (GB budget)")
     load_enable: bool = _h(False, "resume from the newest checkpoint in ckpt.path")
+    overwrite: bool = _h(
+        False,
+        "start over in an output directory that holds an earlier run's outputs (its checkpoints, weights "
+        "and metrics are removed first); without it such a directory is refused unless resumed",
+    )
     save_hf: bool = _h(False, "also export an HF directory with each checkpoint")
     disable_ds: bool = _compat(False, "accepted for compatibility")
 
@@ -209,10 +209,10 @@ class CkptSection:
 class EvalSection:
     dataset: str | None = _h(None, "evaluation data")
     split: str = _h("train", "split of the evaluation data")
-    steps: int = _h(-1, "evaluate every N steps (-1: once per epoch)")
-    max_samples: int = _h(100_000_000, "cap on evaluation samples")
-    temperature: float = _h(0.6, "RL: sampling temperature for evaluation (0: greedy)")
-    n_samples_per_prompt: int = _h(4, "RL: samples per evaluation prompt")
+    steps: int = _h(-1, "evaluate every N steps (-1: once per epoch)", ge=1, also=(-1,))
+    max_samples: int = _h(100_000_000, "cap on evaluation samples", ge=1)
+    temperature: float = _h(0.6, "RL: sampling temperature for evaluation (0: greedy)", ge=0)
+    n_samples_per_prompt: int = _h(4, "RL: samples per evaluation prompt", ge=1)
 
 
 @dataclass
@@ -228,7 +228,7 @@ class WandbSection:
 
 @dataclass
 class LoggerSection:
-    logging_steps: int = _h(1, "log every N steps")
+    logging_steps: int = _h(1, "log every N steps", ge=1)
     tensorboard_dir: str | None = _h(None, "write TensorBoard events here")
     wandb: WandbSection = _hf(WandbSection, "Weights & Biases")
     progress_bar: bool = _h(True, "console progress bar")
@@ -239,18 +239,18 @@ class LoggerSection:
 
 @dataclass
 class ActorSection:
-    model_name_or_path: str | None = _h(None, "policy model directory")
+    model_name_or_path: str | None = _h(None, "policy model directory", model_path="model+tokenizer")
     adam: AdamSection = _hf(lambda: AdamSection(lr=1e-6), "actor optimizer")
     muon: MuonSection = _hf(MuonSection, "actor Muon optimizer")
     optim: OptimSection = _hf(OptimSection, "actor optimizer choice, scheduler, clipping")
     gradient_checkpointing_enable: bool = _h(False, "recompute activations")
     gradient_checkpointing_reentrant: bool = _h(False, "reentrant checkpointing")
-    eps_clip: float = _h(0.2, "PPO clip range")
-    eps_clip_low_high: list[float] | None = _h(None, "asymmetric clip range: low high")
-    dual_clip: float | None = _h(None, "dual-clip constant c > 1")
+    eps_clip: float = _h(0.2, "PPO clip range", gt=0)
+    eps_clip_low_high: list[float] | None = _h(None, "asymmetric clip range: low high", ge=0)
+    dual_clip: float | None = _h(None, "dual-clip constant c > 1", gt=1)
     entropy_coef: float | None = _h(None, "entropy bonus coefficient (entropy is logged either way)")
     policy_loss_type: str = _h("ppo", "ppo | gspo")
-    aux_loss_coef: float = _h(0.0, "MoE aux loss")
+    aux_loss_coef: float = _h(0.0, "MoE aux loss", ge=0)
     freeze_visual_encoder: bool = _compat(False, "accepted for compatibility")
     num_nodes: int = _h(1, "Ray: nodes for the actor")
     num_gpus_per_node: int = _h(1, "Ray: GPUs per node for the actor")
@@ -258,12 +258,12 @@ class ActorSection:
 
 @dataclass
 class CriticSection:
-    model_name_or_path: str | None = _h(None, "critic init (default: the actor)")
+    model_name_or_path: str | None = _h(None, "critic init (default: the actor)", model_path="model")
     adam: AdamSection = _hf(lambda: AdamSection(lr=9e-6), "critic optimizer")
     muon: MuonSection = _hf(MuonSection, "critic Muon optimizer")
     optim: OptimSection = _hf(OptimSection, "critic optimizer choice, scheduler, clipping")
-    value_clip: float = _h(0.5, "value clip range")
-    freezing_steps: int = _h(-1, "train only the critic for the first N steps")
+    value_clip: float = _h(0.5, "value clip range", gt=0)
+    freezing_steps: int = _h(-1, "train only the critic for the first N steps", ge=-1)
     save_value_network: bool = _h(False, "export the critic at the end")
     num_nodes: int = _h(1, "Ray: nodes")
     num_gpus_per_node: int = _h(1, "Ray: GPUs per node")
@@ -271,7 +271,9 @@ class CriticSection:
 
 @dataclass
 class RefSection:
-    model_name_or_path: str | None = _h(None, "reference model (default: the policy's start)")
+    model_name_or_path: str | None = _h(
+        None, "reference model (default: the policy's start)", model_path="model"
+    )
     offload: bool = _h(False, "keep the reference model on CPU")
     num_nodes: int = _h(1, "Ray: nodes")
     num_gpus_per_node: int = _h(1, "Ray: GPUs per node")
@@ -279,16 +281,18 @@ class RefSection:
 
 @dataclass
 class RewardSection:
-    model_name_or_path: str | None = _h(None, "reward model dir(s), comma list")
+    model_name_or_path: str | None = _h(
+        None, "reward model dir(s), comma list", model_path="model+tokenizer", comma_list=True
+    )
     reduction: str = _h("sum", "how several reward sources combine: sum | mean | min")
     remote_url: str | None = _h(None, "reward server URL(s), comma list, or a .py file with reward_func")
     normalize_enable: bool = _h(False, "normalise rewards with running mean/std")
     clip_range: list[float] = _hf(lambda: [-10.0, 10.0], "clip rewards to [low, high]")
     overlong_buffer_len: float | None = _h(None, "overlong penalty buffer (tokens)")
-    overlong_penalty_factor: float = _h(1.0, "overlong penalty factor")
+    overlong_penalty_factor: float = _h(1.0, "overlong penalty factor", ge=0)
     stop_properly_penalty_coef: float | None = _h(None, "penalty for responses cut at max_new_tokens")
     offload: bool = _h(False, "keep reward models on CPU")
-    max_len: int = _h(2048, "RM input cap: truncates the prompt side, never the answer")
+    max_len: int = _h(2048, "RM input cap: truncates the prompt side, never the answer", ge=1)
     input_format: str = _h(
         "auto",
         "how an RM reads a sample: auto (the format a repulse-trained RM records; else concat) | "
@@ -296,8 +300,8 @@ class RewardSection:
     )
     cap: float | None = _h(None, "upper cap on the reward")
     chosen_label: int | None = _h(None, "score a classifier by this label's logit (e.g. non-toxic)")
-    timeout_s: float = _h(60.0, "HTTP reward timeout per request")
-    retries: int = _h(3, "HTTP retries")
+    timeout_s: float = _h(60.0, "HTTP reward timeout per request", gt=0)
+    retries: int = _h(3, "HTTP retries", ge=0)
     num_nodes: int = _h(1, "Ray: nodes")
     num_gpus_per_node: int = _h(1, "Ray: GPUs per node")
 
@@ -305,22 +309,22 @@ class RewardSection:
 @dataclass
 class RolloutSection:
     backend: str = _h("hf", "hf | vllm")
-    batch_size: int = _h(8, "prompts per RL step")
-    micro_batch_size: int = _h(8, "samples per generation / experience forward")
-    n_samples_per_prompt: int = _h(1, "responses per prompt (group size)")
-    temperature: float = _h(1.0, "sampling temperature")
-    top_p: float = _h(1.0, "nucleus sampling")
-    top_k: int = _h(0, "top-k sampling (0: off)")
-    max_new_tokens: int | None = _h(None, "max response tokens (default: data.max_len - prompt length)")
+    batch_size: int = _h(8, "prompts per RL step", ge=1)
+    micro_batch_size: int = _h(8, "samples per generation / experience forward", ge=1)
+    n_samples_per_prompt: int = _h(1, "responses per prompt (group size)", ge=1)
+    temperature: float = _h(1.0, "sampling temperature", ge=0)
+    top_p: float = _h(1.0, "nucleus sampling", gt=0, le=1)
+    top_k: int = _h(0, "top-k sampling (0: off)", ge=0)
+    max_new_tokens: int | None = _h(None, "max response tokens (default: data.max_len - prompt length)", ge=1)
     max_tokens_per_gpu: int | None = _compat(None, "accepted for compatibility")
-    vllm_generate_batch_size: int | None = _h(None, "vLLM generation batch size")
+    vllm_generate_batch_size: int | None = _h(None, "vLLM generation batch size", ge=1)
 
 
 @dataclass
 class AdvantageSection:
     estimator: str = _h("gae", "gae | reinforce | reinforce_baseline | rloo | group_norm | dr_grpo")
-    gamma: float = _h(1.0, "discount")
-    lambd: float = _h(1.0, "GAE lambda")
+    gamma: float = _h(1.0, "discount", ge=0, le=1)
+    lambd: float = _h(1.0, "GAE lambda", ge=0, le=1)
     no_std_norm: bool = _h(False, "centre advantages without dividing by the std")
 
 
@@ -341,8 +345,8 @@ class KLSection:
     init_coef: float = _h(0.01, "KL coefficient (in the reward, or of the loss)")
     estimator: str = _h("k1", "k1 | k2 | k3")
     use_loss: bool = _h(False, "KL as a loss term instead of in the reward")
-    target: float | None = _h(None, "adaptive KL target")
-    horizon: int = _h(10000, "adaptive KL horizon")
+    target: float | None = _h(None, "adaptive KL target", gt=0)
+    horizon: int = _h(10000, "adaptive KL horizon", ge=1)
 
 
 @dataclass
@@ -352,7 +356,7 @@ class AlgoSection:
     rollout_is: RolloutISSection = _hf(RolloutISSection, "rollout importance-sampling correction")
     dynamic_filtering_enable: bool = _h(False, "drop groups whose mean reward is outside the range")
     dynamic_filtering_range: list[float] = _hf(lambda: [0.0, 1.0], "kept mean-reward range")
-    max_epochs: int = _h(1, "update epochs per rollout batch")
+    max_epochs: int = _h(1, "update epochs per rollout batch", ge=1)
 
 
 @dataclass
@@ -360,8 +364,8 @@ class VllmSection:
     num_engines: int | None = _compat(
         None, "vLLM engines: accepted for compatibility; rollouts use the hf backend in this version"
     )
-    tensor_parallel_size: int = _h(1, "vLLM TP size")
-    gpu_memory_utilization: float = _h(0.9, "vLLM memory fraction")
+    tensor_parallel_size: int = _h(1, "vLLM TP size", ge=1)
+    gpu_memory_utilization: float = _h(0.9, "vLLM memory fraction", gt=0, le=1)
     enable_prefix_caching: bool = _h(False, "vLLM prefix caching")
     enforce_eager: bool = _h(False, "no CUDA graphs")
     enable_sleep: bool = _h(False, "vLLM sleep mode")
@@ -375,10 +379,10 @@ class RepulseSection:
         "rl",
         "rl (the algo.* estimator alone) | reinforce | reward_transform | p_proposal | repulse",
     )
-    beta: float = _h(10.0, "RePULSe beta > 0: sigma(s) ∝ p(s)·exp(-beta·r(s))")
-    alpha: float = _h(0.01, "weight of the negative-training term (reference scale: N x paper alpha)")
-    proposal_lr: float = _h(1e-4, "learning rate of the proposal q")
-    q_updates_per_step: int = _h(1, "q-only CTL updates per step (N_q)")
+    beta: float = _h(10.0, "RePULSe beta > 0: sigma(s) ∝ p(s)·exp(-beta·r(s))", gt=0)
+    alpha: float = _h(0.01, "weight of the negative-training term (reference scale: N x paper alpha)", ge=0)
+    proposal_lr: float = _h(1e-4, "learning rate of the proposal q", gt=0)
+    q_updates_per_step: int = _h(1, "q-only CTL updates per step (N_q)", ge=1)
     p_first: bool = _h(False, "update p before q within a step (default: q first)")
     reward_transform: str | None = _h(
         None, "minus_alpha_exp_beta_r | minus_alpha_ind (reward_transform method)"
@@ -391,8 +395,8 @@ class RepulseSection:
     negdata_threshold: float = _h(-5.0, "threshold for negative-data harvesting")
     analytic_bad_word_calc: bool = _h(False, "toy: exact P(bad) by enumeration after each fit step")
     bad_words: list[str] | None = _h(None, "toy: the bad words for the exact P(bad)")
-    exact_max_tokens: int = _h(2, "toy: response length enumerated exactly")
-    fit_steps: int = _h(1, "toy: outer repeats of fit with an exact evaluation after each")
+    exact_max_tokens: int = _h(2, "toy: response length enumerated exactly", ge=1)
+    fit_steps: int = _h(1, "toy: outer repeats of fit with an exact evaluation after each", ge=1)
 
 
 # --------------------------------------------------------------------------- roots
@@ -435,19 +439,21 @@ class RLConfig(CommonConfig):
 
 @dataclass
 class TailSection:
-    policy: str | None = _h(None, "the policy to evaluate (HF dir)")
+    policy: str | None = _h(None, "the policy to evaluate (HF dir)", model_path="model+tokenizer")
     proposal: str | None = _h(
-        None, "sample from this proposal q instead and report the importance-sampling estimate"
+        None,
+        "sample from this proposal q instead and report the importance-sampling estimate",
+        model_path="model",
     )
-    passes: int = _h(1, "passes over the held-out prompts (k)")
-    kl_coef: float = _h(0.0, "λ in the return r − λ·KL(p ‖ ref) (needs --ref.model_name_or_path)")
+    passes: int = _h(1, "passes over the held-out prompts (k)", ge=1)
+    kl_coef: float = _h(0.0, "λ in the return r − λ·KL(p ‖ ref) (needs --ref.model_name_or_path)", ge=0)
     eta: list[float] = _hf(
         lambda: [-5.0], "bad-output thresholds η for the summary (any η can be used later)"
     )
-    cvar_levels: list[float] = _hf(lambda: [0.01], "CVaR levels a")
+    cvar_levels: list[float] = _hf(lambda: [0.01], "CVaR levels a", gt=0, le=1)
     exact: bool = _h(False, "exact P(bad word) by enumeration (outputs of <= exact_max_tokens tokens)")
     bad_words: list[str] | None = _h(None, "bad words for --tail.exact (default: the toy's)")
-    exact_max_tokens: int = _h(2, "response length enumerated by --tail.exact")
+    exact_max_tokens: int = _h(2, "response length enumerated by --tail.exact", ge=1)
     negdata_threshold: float | None = _h(None, "also write samples with reward below this to negdata.jsonl")
 
 
@@ -470,20 +476,27 @@ class EvalTailConfig:
 
 @dataclass
 class GcgSection:
-    policy: str | None = _h(None, "the policy to attack (HF dir, e.g. a repulse run's output directory)")
+    policy: str | None = _h(
+        None,
+        "the policy to attack (HF dir, e.g. a repulse run's output directory)",
+        model_path="model+tokenizer",
+    )
     targets: str | None = _h(None, "CSV file with a 'goal,target' header: one attack per row")
-    max_targets: int = _h(100, "attack at most the first N rows of --gcg.targets")
-    suffix_len: int = _h(10, "adversarial suffix length: the default init is 'x x ... x' with this many x")
+    max_targets: int = _h(100, "attack at most the first N rows of --gcg.targets", ge=1)
+    suffix_len: int = _h(
+        10, "adversarial suffix length: the default init is 'x x ... x' with this many x", ge=1
+    )
     suffix_init: str | None = _h(None, "initial suffix text (default: suffix_len x's separated by spaces)")
-    steps: int = _h(250, "GCG steps per target")
-    search_width: int = _h(512, "candidate suffixes proposed per step")
-    topk: int = _h(256, "top-k gradient tokens per suffix position to draw replacements from")
-    batch_size: int = _h(512, "candidate suffixes per loss forward")
-    n_replace: int = _h(1, "suffix positions replaced in each candidate")
+    steps: int = _h(250, "GCG steps per target", ge=0)
+    search_width: int = _h(512, "candidate suffixes proposed per step", ge=1)
+    topk: int = _h(256, "top-k gradient tokens per suffix position to draw replacements from", ge=1)
+    batch_size: int = _h(512, "candidate suffixes per loss forward", ge=1)
+    n_replace: int = _h(1, "suffix positions replaced in each candidate", ge=1)
     buffer_size: int = _h(
         0,
         "0: move to each step's best candidate (plain GCG); K > 0: keep the K best suffixes seen and "
         "start every step from the best of them (the loss never goes up)",
+        ge=0,
     )
     use_prefix_cache: bool = _h(
         True, "compute the prompt before the suffix once (KV cache); no effect on results"

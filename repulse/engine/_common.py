@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from repulse.errors import UserError
+from repulse.engine.finite import export_nonfinite
+from repulse.errors import NonFiniteError, UserError
+from repulse.models.files import weights_default_mode
 
 
 def resolve_dtype(param_dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
@@ -181,6 +184,49 @@ def export_hf_model(
             cfg_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
+    weights_default_mode(directory)
+
+
+def refuse_nonfinite_export(state: dict[str, torch.Tensor] | None, directory: Path) -> None:
+    """Raise ``NonFiniteError`` on every process when the gathered ``state`` (rank 0's) holds a NaN or
+    an infinity: an exported model is never non-finite (collective: call on every rank)."""
+    bad = export_nonfinite(state)
+    if bad is not None:
+        raise NonFiniteError("parameter", f"{bad}; the model was not written to {directory}.")
+
+
+def optimizer_settings(optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    """This run's optimizer and schedule settings, taken before a checkpoint's state is loaded over them."""
+    return {
+        "groups": [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
+        "base_lrs": list(scheduler.base_lrs),
+        "lambdas": [dict(vars(fn)) if hasattr(fn, "__dict__") else None for fn in scheduler.lr_lambdas],
+    }
+
+
+def reapply_optimizer_settings(optimizer: Any, scheduler: Any, settings: dict[str, Any]) -> None:
+    """After a resume, this run's settings win over the checkpoint's.
+
+    An optimizer's and a LambdaLR's state dicts carry their hyperparameters - the peak lr
+    (``base_lrs``, ``initial_lr``), betas, eps, weight decay, and our schedule's total and
+    warm-up steps - so a plain load would keep the old run's values whatever the new flags
+    say. Only the moments, step counts and the scheduler's position are the checkpoint's;
+    the lr of the resumed step is recomputed from the new settings at that position
+    (identical to the saved one when nothing changed, so resume stays bit-exact).
+    """
+    groups = optimizer.param_groups
+    if len(groups) != len(settings["groups"]) or len(scheduler.lr_lambdas) != len(settings["lambdas"]):
+        return
+    for group, fresh in zip(groups, settings["groups"]):
+        group.update({k: v for k, v in fresh.items() if k not in ("lr", "initial_lr")})
+    for fn, fresh in zip(scheduler.lr_lambdas, settings["lambdas"]):
+        if fresh is not None:
+            vars(fn).update(fresh)
+    scheduler.base_lrs = list(settings["base_lrs"])
+    for group, base, fn in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["initial_lr"] = base
+        group["lr"] = base * fn(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in groups]
 
 
 def export_peft_adapter(
@@ -224,3 +270,25 @@ def grad_norm_value(norm: torch.Tensor | float) -> float:
     if hasattr(norm, "full_tensor"):
         norm = norm.full_tensor()
     return float(norm)
+
+
+def clipped_step(module: nn.Module, optimizer: Any, scheduler: Any, max_norm: float) -> dict[str, float]:
+    """Clip by global norm, then optimizer and scheduler step - unless the norm is not finite.
+
+    A NaN or infinite norm (a non-finite loss, or an update that has already blown the weights
+    up) means this update would write NaN into every weight it touches: the gradients are
+    dropped instead, the optimizer and scheduler do not step, and the result says
+    ``update_skipped`` (the run's nan policy then stops or counts; ``repulse.run.finite``).
+    The norm is global (all ranks' gradients), so every process decides the same.
+    Returns the pre-clip norm (and ``update_skipped`` when dropped).
+    """
+    params = trainable_parameters(module)
+    norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf")))
+    out = {"grad_norm": norm}
+    if math.isfinite(norm):
+        optimizer.step()
+        scheduler.step()
+    else:
+        out["update_skipped"] = 1.0
+    optimizer.zero_grad(set_to_none=True)
+    return out

@@ -57,6 +57,8 @@ class Engine(Protocol):
     def step(
         self,
     ) -> dict[str, float]: ...  # clip, optimizer step, scheduler step, zero grad; returns grad_norm, lr
+    # (a non-finite grad norm: no update, no scheduler step, grads dropped; adds update_skipped: 1.0)
+    def first_nonfinite_parameter(self) -> str | None: ...  # collective; same answer on every rank
     def save(self, directory: Path) -> None: ...  # full training state (weights, optimizer, scheduler)
     def load(self, directory: Path) -> None: ...
     def export_hf(self, directory: Path, tokenizer: Any | None = None) -> None: ...

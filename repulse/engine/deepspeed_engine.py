@@ -49,9 +49,13 @@ from repulse.engine._common import (
     check_zero_stage,
     export_hf_model,
     merge_peft_state_dict,
+    optimizer_settings,
+    reapply_optimizer_settings,
+    refuse_nonfinite_export,
     write_meta,
 )
 from repulse.engine.base import OptimSpec
+from repulse.engine.finite import agreed, first_nonfinite, module_nonfinite
 from repulse.engine.optim import build_optimizer, build_scheduler, current_lrs, param_groups
 from repulse.errors import UserError, require_extra, warn_once
 
@@ -102,7 +106,9 @@ def ds_config(
         "managed_gradient_accumulation": False,
         "gradient_clipping": float(spec.max_norm),
         "zero_optimization": zero,
-        "bf16": {"enabled": dtype == torch.bfloat16},
+        # ZeRO checks bf16 gradients for NaN/inf only when asked (fp32 and fp16 always): an update
+        # with a non-finite gradient norm is then dropped, as in the other engines
+        "bf16": {"enabled": dtype == torch.bfloat16, "check_grad_overflow": True},
         "fp16": {"enabled": dtype == torch.float16, "initial_scale_power": 16},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**12,
@@ -237,13 +243,35 @@ class DeepSpeedEngine:
         self.ds.backward(loss * self.world_size, scale_wrt_gas=False)
 
     def step(self) -> dict[str, float]:
-        """Reduce, clip, step and schedule (DeepSpeed does all four in ``engine.step``)."""
+        """Reduce, clip, step and schedule (DeepSpeed does all four in ``engine.step``).
+
+        A non-finite gradient norm drops the update, as in the other engines: ZeRO 1-3 detect it
+        themselves (an "overflow": no optimizer or scheduler step, gradients cleared); at stage 0
+        the gradients are checked here first. Reported as ``update_skipped``, except under fp16,
+        whose dynamic loss scaler skips overflowing steps as a matter of course.
+        """
         lrs = current_lrs(self.ds.optimizer)
+        if self.zero_stage == 0 and self._local_grads_nonfinite():
+            self.ds.zero_grad()
+            return {"grad_norm": float("nan"), "update_skipped": 1.0, **lrs}
+        skipped_before = getattr(self.ds, "skipped_steps", 0)
         self.ds.step()
         norm = self.ds.get_global_grad_norm()
         if isinstance(norm, torch.Tensor):
             norm = norm.item()
-        return {"grad_norm": float(norm) if norm is not None else float("nan"), **lrs}
+        out = {"grad_norm": float(norm) if norm is not None else float("nan"), **lrs}
+        if getattr(self.ds, "skipped_steps", 0) > skipped_before and self.compute_dtype != torch.float16:
+            out["update_skipped"] = 1.0
+        return out
+
+    def _local_grads_nonfinite(self) -> bool:
+        """Whether any process holds a NaN/infinite gradient (stage 0: gradients live on the parameters)."""
+        grads = [(n, p.grad) for n, p in self.ds.module.named_parameters() if p.grad is not None]
+        return agreed(first_nonfinite(grads)) is not None
+
+    def first_nonfinite_parameter(self) -> str | None:
+        """The first weight or buffer (ZeRO-3: its partition) holding a NaN/infinity, agreed by every rank."""
+        return module_nonfinite(self.ds.module)
 
     # ------------------------------------------------------------------ state
 
@@ -263,11 +291,13 @@ class DeepSpeedEngine:
         """Load into this (freshly built) engine; DeepSpeed restores optimizer and scheduler too."""
         directory = Path(directory)
         check_meta(directory, self.backend)
+        settings = optimizer_settings(self.ds.optimizer, self.scheduler)
         path, _client = self.ds.load_checkpoint(
             str(directory), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=True
         )
         if path is None:
             raise UserError(f"DeepSpeed could not load the checkpoint in {directory}.")
+        reapply_optimizer_settings(self.ds.optimizer, self.scheduler, settings)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Gathered weights on CPU on rank 0 (ZeRO-3 gathers module by module; collective)."""
@@ -300,6 +330,7 @@ class DeepSpeedEngine:
     def export_hf(self, directory: Path, tokenizer: Any | None = None) -> None:
         """Gather (collective), then rank 0 writes an HF directory."""
         state = self.full_state_dict()
+        refuse_nonfinite_export(state, Path(directory))
         if rdist.is_main():
             export_hf_model(self.ds.module, Path(directory), state, tokenizer)
         rdist.barrier()

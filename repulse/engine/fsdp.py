@@ -47,13 +47,16 @@ from repulse.engine._common import (
     check_meta,
     check_no_fp16,
     check_zero_stage,
+    clipped_step,
     export_hf_model,
-    grad_norm_value,
     merge_peft_state_dict,
-    trainable_parameters,
+    optimizer_settings,
+    reapply_optimizer_settings,
+    refuse_nonfinite_export,
     write_meta,
 )
 from repulse.engine.base import OptimSpec
+from repulse.engine.finite import module_nonfinite
 from repulse.engine.optim import build_optimizer, build_scheduler, current_lrs
 
 SCHED_FILE = "scheduler.pt"
@@ -155,15 +158,15 @@ class FSDPEngine:
         (loss * self._loss_scale if self._loss_scale != 1.0 else loss).backward()
 
     def step(self) -> dict[str, float]:
-        """Clip (global norm over DTensor shards), step, schedule, zero grads."""
-        params = trainable_parameters(self.module)
+        """Clip (global norm over DTensor shards), step, schedule, zero grads; a non-finite norm
+        drops the update instead (``update_skipped``, see ``clipped_step``)."""
         lrs = current_lrs(self.optimizer)
-        max_norm = self.spec.max_norm if self.spec.max_norm > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return {"grad_norm": grad_norm_value(norm), **lrs}
+        out = clipped_step(self.module, self.optimizer, self.scheduler, self.spec.max_norm)
+        return {**out, **lrs}
+
+    def first_nonfinite_parameter(self) -> str | None:
+        """The first weight or buffer whose shard holds a NaN/infinity, agreed by every rank (collective)."""
+        return module_nonfinite(self.module)
 
     # ------------------------------------------------------------------ state
 
@@ -187,6 +190,7 @@ class FSDPEngine:
 
         directory = Path(directory)
         check_meta(directory, self.backend)
+        settings = optimizer_settings(self.optimizer, self.scheduler)
         model_sd, optim_sd = get_state_dict(self.module, self.optimizer)
         state = {"model": model_sd, "optim": optim_sd}
         dcp.load(state, checkpoint_id=str(directory))
@@ -194,6 +198,7 @@ class FSDPEngine:
             self.module, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
         )
         self.scheduler.load_state_dict(torch.load(directory / SCHED_FILE, weights_only=True))
+        reapply_optimizer_settings(self.optimizer, self.scheduler, settings)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Gathered weights on CPU: rank 0 gets every key, other ranks an empty dict (collective)."""
@@ -210,6 +215,7 @@ class FSDPEngine:
     def export_hf(self, directory: Path, tokenizer: Any | None = None) -> None:
         """Gather, then rank 0 writes an HF directory (collective: call on every rank)."""
         state = self.full_state_dict()
+        refuse_nonfinite_export(state, Path(directory))
         if rdist.is_main():
             export_hf_model(self.module, Path(directory), state, tokenizer, dtype=self.compute_dtype)
         rdist.barrier()

@@ -26,14 +26,19 @@ from repulse.engine import dist as rdist
 from repulse.engine._common import (
     check_meta,
     check_no_fp16,
+    clipped_step,
     export_hf_model,
-    grad_norm_value,
     merge_peft_state_dict,
+    optimizer_settings,
+    reapply_optimizer_settings,
+    refuse_nonfinite_export,
     trainable_parameters,
     write_meta,
 )
 from repulse.engine.base import OptimSpec
+from repulse.engine.finite import module_nonfinite
 from repulse.engine.optim import build_optimizer, build_scheduler, current_lrs
+from repulse.models.files import default_mode
 
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optimizer.pt"
@@ -100,18 +105,18 @@ class LocalEngine:
     def step(self) -> dict[str, float]:
         """Sum gradients over ranks, clip, optimizer step, scheduler step, zero grads.
 
-        Returns the pre-clip global gradient norm and the learning rate(s) this step used.
+        Returns the pre-clip global gradient norm and the learning rate(s) this step used; a
+        non-finite norm drops the update instead (``update_skipped``, see ``clipped_step``).
         """
-        params = trainable_parameters(self.module)
         if self.world_size > 1:
-            self._sum_gradients(params)
+            self._sum_gradients(trainable_parameters(self.module))
         lrs = current_lrs(self.optimizer)
-        max_norm = self.spec.max_norm if self.spec.max_norm > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return {"grad_norm": grad_norm_value(norm), **lrs}
+        out = clipped_step(self.module, self.optimizer, self.scheduler, self.spec.max_norm)
+        return {**out, **lrs}
+
+    def first_nonfinite_parameter(self) -> str | None:
+        """The first weight or buffer holding a NaN/infinity (same answer on every rank), or None."""
+        return module_nonfinite(self.module)
 
     # ------------------------------------------------------------------ state
 
@@ -123,13 +128,15 @@ class LocalEngine:
         if rdist.is_main():
             directory.mkdir(parents=True, exist_ok=True)
             save_model(self.module, str(directory / MODEL_FILE), force_contiguous=True)
+            default_mode([directory / MODEL_FILE])
             torch.save(self.optimizer.state_dict(), directory / OPTIM_FILE)
             torch.save(self.scheduler.state_dict(), directory / SCHED_FILE)
             write_meta(directory, {"backend": self.backend, "world_size": self.world_size})
         rdist.barrier()
 
     def load(self, directory: Path) -> None:
-        """Restore exactly what :meth:`save` wrote (resumed training is bit-identical)."""
+        """Restore exactly what :meth:`save` wrote (resumed training is bit-identical); this run's
+        optimizer and schedule settings (lr, ...) replace the saved ones (``reapply_optimizer_settings``)."""
         from safetensors.torch import load_model
 
         directory = Path(directory)
@@ -138,10 +145,12 @@ class LocalEngine:
             self.module, str(directory / MODEL_FILE), strict=True, device=str(self.device)
         )
         del missing, unexpected
+        settings = optimizer_settings(self.optimizer, self.scheduler)
         self.optimizer.load_state_dict(
             torch.load(directory / OPTIM_FILE, map_location=self.device, weights_only=True)
         )
         self.scheduler.load_state_dict(torch.load(directory / SCHED_FILE, weights_only=True))
+        reapply_optimizer_settings(self.optimizer, self.scheduler, settings)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Every weight and persistent buffer, detached on CPU (same on all ranks here)."""
@@ -152,9 +161,12 @@ class LocalEngine:
         return merge_peft_state_dict(self.module, self.full_state_dict())
 
     def export_hf(self, directory: Path, tokenizer: Any | None = None) -> None:
-        """A plain HF directory on rank 0 (PEFT adapters merged into the weights)."""
+        """A plain HF directory on rank 0 (PEFT adapters merged into the weights); refused, on every
+        rank, when a weight is not finite."""
+        state = self.full_state_dict() if rdist.is_main() else None
+        refuse_nonfinite_export(state, Path(directory))
         if rdist.is_main():
-            export_hf_model(self.module, Path(directory), self.full_state_dict(), tokenizer)
+            export_hf_model(self.module, Path(directory), state, tokenizer)
         rdist.barrier()
 
     # ------------------------------------------------------------------ collectives

@@ -22,7 +22,9 @@ from typing import Any
 
 import torch
 
+from repulse.config.paths import model_path_problem
 from repulse.errors import UserError, warn_once
+from repulse.models.files import weights_default_mode
 from repulse.models.lora import apply_lora, check_4bit_possible, four_bit_config
 from repulse.models.scalar import (
     attach_legacy_head,
@@ -144,7 +146,10 @@ def resolve_attn(
 
 def _load_error(path: str, what: str, exc: Exception) -> UserError:
     """Turn transformers' long OSError/ValueError into one line that says what to fix."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    if what == "tokenizer" and any("sentencepiece or tiktoken" in ln for ln in lines):
+        first = "its tokenizer files need the package sentencepiece or tiktoken to be read"
     if Path(path).is_dir():
         return UserError(f"{path} is a directory but no {what} could be loaded from it ({first}).")
     return UserError(
@@ -154,16 +159,18 @@ def _load_error(path: str, what: str, exc: Exception) -> UserError:
 
 
 def _pretrained(loader: Any, path: str, what: str, **kwargs: Any) -> Any:
-    if what == "model" and Path(path).is_dir() and not Path(path, "config.json").is_file():
-        raise UserError(
-            f"{path} is a directory but has no config.json: it is not a Hugging Face model directory."
-        )
+    # offline first: a local-looking path that is not a loadable directory never reaches the Hub
+    problem = model_path_problem(path, need_model=what == "model", need_tokenizer=what == "tokenizer")
+    if problem:
+        raise UserError(f"cannot load the {what}: {problem}.")
     try:
         return loader.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         # A local dir raising ValueError is mostly an unsupported option or a bug: keep its traceback,
-        # except for transformers' "Unrecognized model / configuration" (a broken config.json).
-        if isinstance(exc, ValueError) and Path(path).is_dir() and "Unrecognized" not in str(exc):
+        # except for transformers' "Unrecognized model / configuration" (a broken config.json) and
+        # a tokenizer it cannot build (e.g. "need sentencepiece or tiktoken" to convert a slow one).
+        unreadable = "Unrecognized" in str(exc) or what == "tokenizer"
+        if isinstance(exc, ValueError) and Path(path).is_dir() and not unreadable:
             raise
         raise _load_error(path, what, exc) from None
 
@@ -489,6 +496,7 @@ def merge_lora(
     merged.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+    weights_default_mode(out)
     return out
 
 

@@ -199,11 +199,13 @@ def summary_metrics(summary: dict[str, Any]) -> dict[str, Any]:
             est = value[0]
             if _is_number(est.get("estimate")):
                 out["p_bad_is"] = {"mean": est["estimate"], "low": est.get("low"), "high": est.get("high")}
-            if _is_number(est.get("self_normalised")):
+            # the self-normalised (biased) estimate; summaries written before it was so named say "self_normalised"
+            sn = "self_normalised_biased" if "self_normalised_biased" in est else "self_normalised"
+            if _is_number(est.get(sn)):
                 out["p_bad_is_sn"] = {
-                    "mean": est["self_normalised"],
-                    "low": est.get("sn_low"),
-                    "high": est.get("sn_high"),
+                    "mean": est[sn],
+                    "low": est.get(f"{sn}_low", est.get("sn_low")),
+                    "high": est.get(f"{sn}_high", est.get("sn_high")),
                 }
     names = {k for block in nested.values() for k in block}
     for name in sorted(names):

@@ -63,7 +63,8 @@ def forward_logits(model: torch.nn.Module, samples: Samples) -> torch.Tensor:
     """Logits predicting each response token: shape [B, T, V].
 
     Only the last T + 1 positions go through the LM head (``logits_to_keep``): the prompt's
-    logits would be computed and thrown away.
+    logits would be computed and thrown away. ``samples.pack``: a padding-free forward
+    (``repulse.rl.packing``), the same logits up to float rounding.
     """
     kwargs = dict(
         input_ids=samples.sequences,
@@ -72,6 +73,12 @@ def forward_logits(model: torch.nn.Module, samples: Samples) -> torch.Tensor:
         use_cache=False,
     )
     t = samples.sequences.shape[1] - samples.prompt_len
+    if samples.pack:
+        from repulse.rl.packing import pack_capacity, packed_response_logits
+
+        return packed_response_logits(
+            model, samples.sequences, samples.attention_mask, samples.prompt_len, pack_capacity(model)
+        )
     try:
         logits = model(**kwargs, logits_to_keep=t + 1).logits
     except TypeError:  # a model class without logits_to_keep
@@ -130,10 +137,22 @@ def batched_values(critic, samples: Samples, micro: int) -> torch.Tensor:
     p = samples.prompt_len
     for s in range(0, samples.sequences.shape[0], micro):
         sub = samples.select(list(range(s, min(s + micro, samples.sequences.shape[0]))))
-        v = token_values(
-            critic, sub.sequences, sub.attention_mask, position_ids_from_mask(sub.attention_mask)
-        )
+        v = sample_values(critic, sub, token_values)
         outs.append(v[:, p - 1 : -1].float() * sub.action_mask)
     if was_training:
         critic.train()
     return torch.cat(outs, 0)
+
+
+def sample_values(model, samples: Samples, values_fn) -> torch.Tensor:
+    """A scalar head's output at every position of ``samples`` [B, P + T] (``values_fn``:
+    ``token_values`` or ``tied_token_values``), padded or padding-free as ``samples.pack`` says."""
+    if samples.pack:
+        from repulse.rl.packing import pack_capacity, packed_token_values
+
+        return packed_token_values(
+            model, samples.sequences, samples.attention_mask, pack_capacity(model), values_fn
+        )
+    return values_fn(
+        model, samples.sequences, samples.attention_mask, position_ids_from_mask(samples.attention_mask)
+    )

@@ -2,20 +2,26 @@
 
 Every source maps (queries, prompts, responses, labels) to one float per sample, where
 ``queries`` are the full decoded texts (prompt + response), as OpenRLHF sends them.
-Several sources combine with ``--reward.reduction`` (sum by default).
+Several sources combine with ``--reward.reduction`` (sum by default); every consumer (RL,
+``eval-tail``, ``gcg``) scores through :func:`score_rewards`, which refuses a non-finite
+reward with one paragraph naming its source and the first offending sample.
 
 A reward model trained by ``repulse rm`` records the input format it was trained on in its
 config (``repulse_reward_format``); under ``--reward.input_format auto`` (the default) it is
 scored in exactly that format, and a model without one (trained elsewhere) is scored as
-``concat`` text with its tokenizer's own special tokens.
+``concat`` text with its tokenizer's own special tokens. Inputs longer than the model can
+read are cut on the prompt side (the answer kept) and counted (``truncated_count``).
 """
 
 from __future__ import annotations
 
+import hmac
 import http.client
 import importlib.util
 import json
+import os
 import time
+import traceback
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -29,9 +35,11 @@ from repulse.data.preference import (
     describe_reward_format,
     encode_reward_inputs,
 )
-from repulse.errors import UserError, warn_once
+from repulse.errors import NonFiniteError, UserError, warn_once
 
 INPUT_FORMATS = ("auto", "concat", "pair", "chat")
+AUTH_ENV = "REPULSE_RM_TOKEN"  # bearer token for reward servers: `repulse serve-rm` and its clients
+_UNSET_MAX_LENGTH = 1_000_000  # tokenizers without a real limit report ~1e30
 
 
 @dataclass
@@ -47,11 +55,30 @@ class RewardInput:
 
 class RewardSource(Protocol):
     name: str
+    truncated_count: int  # inputs cut to fit the reward model, so far
 
     def __call__(self, batch: RewardInput) -> torch.Tensor: ...
 
+    def describe(self, index: int) -> str:
+        """Where sample ``index`` of the last batch got its reward (for error messages)."""
+        ...
+
 
 # --------------------------------------------------------------------------- fitting inputs
+
+
+def input_limit(model_config: Any, tokenizer: Any, max_len: int) -> int:
+    """The longest input a reward model can read: min(``--reward.max_len``, its position
+    embeddings, the tokenizer's ``model_max_length`` when that is a real limit)."""
+    cfg = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    limits = [int(max_len)]
+    positions = getattr(cfg, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        limits.append(positions)
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < _UNSET_MAX_LENGTH:
+        limits.append(tok_max)
+    return max(1, min(limits))
 
 
 def fit_to_length(head: list[int], answer: list[int], limit: int, keep_head: int) -> tuple[list[int], bool]:
@@ -79,6 +106,13 @@ def _leading_specials(tokenizer: Any, ids: list[int]) -> int:
     return n
 
 
+def _excerpt(text: str, limit: int = 100) -> str:
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[: limit // 2 - 2] + " ... " + text[-(limit // 2 - 3) :])
+
+
 # --------------------------------------------------------------------------- reward models
 
 
@@ -95,8 +129,9 @@ class RewardModelSource:
     - ``pair``: (question, response) as a text pair (e.g. a DeBERTa RM's [CLS] q [SEP] a [SEP]);
     - ``chat``: [user: question, assistant: response] in the RM's own chat template.
 
-    The question is the raw user text, without the policy's template. ``max_len`` cuts the
-    prompt side only (:func:`fit_to_length`). ``chosen_label`` picks one logit of a classifier (e.g. a toxicity
+    The question is the raw user text, without the policy's template. Inputs are cut to
+    :func:`input_limit` on the prompt side (:func:`fit_to_length`) and counted in
+    ``truncated_count``. ``chosen_label`` picks one logit of a classifier (e.g. a toxicity
     model's "non-toxic" class). The score is the head at the last real token (the attention
     mask decides, not the pad id), as ``repulse rm`` computed it in training.
     """
@@ -149,7 +184,7 @@ class RewardModelSource:
         if input_format == "trained" and self.trained_format.get("chat_template"):
             self.tokenizer.chat_template = self.trained_format["chat_template"]
         self.input_format = input_format
-        self.max_len = max_len
+        self.max_len = input_limit(cfg, self.tokenizer, max_len)
         num_labels = int(getattr(cfg, "num_labels", 1) or 1)
         if chosen_label is not None and not 0 <= chosen_label < num_labels:
             raise UserError(
@@ -158,9 +193,13 @@ class RewardModelSource:
             )
         self.chosen_label = chosen_label
         self.micro = micro_batch_size
+        self.truncated_count = 0
         self.mask_pooled = isinstance(getattr(self.model, HEAD_NAME, None), torch.nn.Module)
         self.mean = float(getattr(cfg, "repulse_reward_mean", 0.0) or 0.0)
         self.std = float(getattr(cfg, "repulse_reward_std", 1.0) or 1.0)
+
+    def describe(self, index: int) -> str:
+        return f"the reward model {self.path}"
 
     def _pieces(self, first: str, response: str) -> tuple[list[int], list[int], int]:
         """(prompt-side ids, answer ids, leading ids to keep) in an external model's format."""
@@ -182,7 +221,7 @@ class RewardModelSource:
         return list(ids[:cut]), list(ids[cut:]), 1
 
     def encode(self, batch: RewardInput) -> list[list[int]]:
-        """The token ids the model scores for each sample, cut to ``max_len``."""
+        """The token ids the model scores for each sample, cut to ``max_len`` (counted)."""
         if self.input_format == "trained":
             kind = self.trained_format["kind"]
             rendered = kind == "text" or batch.questions is None
@@ -197,7 +236,8 @@ class RewardModelSource:
         out = []
         filler = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
         for head, answer, keep in pieces:
-            ids, _ = fit_to_length(head, answer, self.max_len, keep)
+            ids, cut = fit_to_length(head, answer, self.max_len, keep)
+            self.truncated_count += int(cut)
             out.append(ids or [filler])  # an empty text still gets a (meaningless but finite) score
         return out
 
@@ -240,38 +280,81 @@ class RewardModelSource:
 # --------------------------------------------------------------------------- a Python reward function
 
 
+def _raised_at(exc: BaseException, file: Path) -> str:
+    """`` (file:line)`` of the deepest traceback frame in ``file``, or '' when none is."""
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        try:
+            if Path(frame.filename).resolve() == file:
+                line = frame.lineno
+        except OSError:
+            continue
+    return f" (line {line})" if line is not None else ""
+
+
+def _last_line(exc: BaseException) -> str:
+    """The exception's last line as Python prints it (``ValueError: ...``), one line."""
+    lines = traceback.format_exception_only(type(exc), exc)
+    text = lines[-1].strip() if lines else type(exc).__name__
+    return " ".join(text.split())[:300]
+
+
 class PythonRewardSource:
-    """A file exposing ``reward_func(queries, prompts, labels)``, called once per batch."""
+    """A file exposing ``reward_func(queries, prompts, labels)``, called once per batch.
+
+    Whatever the function raises, or a result that is not one number per sample, is a
+    UserError naming the file, the function and the exception's last line.
+    """
 
     def __init__(self, path: str):
         file = Path(path)
         if not file.is_file():
             raise UserError(f"--reward.remote_url {path}: no such Python file.")
+        self.file = file.resolve()
         spec = importlib.util.spec_from_file_location(f"repulse_reward_{file.stem}", file)
         module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
         try:
             spec.loader.exec_module(module)  # type: ignore[union-attr]
         except Exception as exc:  # the user's code: report it in one line
             raise UserError(
-                f"--reward.remote_url {path}: importing it failed: {type(exc).__name__}: {exc}"
+                f"--reward.remote_url {path}: importing it failed{_raised_at(exc, self.file)}: {_last_line(exc)}"
             ) from None
         if not callable(getattr(module, "reward_func", None)):
             raise UserError(
                 f"--reward.remote_url {path}: the file must define reward_func(queries, prompts, labels)."
             )
         self.fn = module.reward_func
+        self.path = path
         self.name = file.stem
+        self.truncated_count = 0
+
+    def describe(self, index: int) -> str:
+        return f"reward_func in {self.path}"
 
     def __call__(self, batch: RewardInput) -> torch.Tensor:
-        out = self.fn(batch.queries, batch.prompts, batch.labels)
+        where = f"--reward.remote_url {self.path}: reward_func(queries, prompts, labels)"
+        try:
+            out = self.fn(batch.queries, batch.prompts, batch.labels)
+        except Exception as exc:  # the user's code: the paragraph names it, no traceback of ours
+            raise UserError(
+                f"{where} raised an exception{_raised_at(exc, self.file)} on a batch of {len(batch.queries)} "
+                f"samples: {_last_line(exc)}"
+            ) from None
         if isinstance(out, dict):
             out = out.get("rewards")
-        rewards = torch.as_tensor(out, dtype=torch.float32).flatten()
-        if rewards.numel() != len(batch.queries):
+        try:
+            rewards = torch.as_tensor(out, dtype=torch.float32).flatten()
+        except (TypeError, ValueError, RuntimeError) as exc:
             raise UserError(
-                f"reward_func in {self.name} returned {rewards.numel()} rewards for {len(batch.queries)} samples."
-            )
+                f"{where} returned {type(out).__name__} {str(out)[:80]!r}, not one number per sample "
+                f"({_last_line(exc)})."
+            ) from None
+        if rewards.numel() != len(batch.queries):
+            raise UserError(f"{where} returned {rewards.numel()} rewards for {len(batch.queries)} samples.")
         return rewards
+
+
+# --------------------------------------------------------------------------- HTTP reward servers
 
 
 def _http_body(exc: urllib.error.HTTPError, limit: int = 300) -> str:
@@ -284,22 +367,42 @@ def _http_body(exc: urllib.error.HTTPError, limit: int = 300) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
-def post_json(url: str, payload: dict, timeout: float, retries: int) -> dict:
+def auth_token() -> str | None:
+    """The bearer token for reward servers, from ``$REPULSE_RM_TOKEN`` (None when unset or empty).
+
+    An environment variable rather than a flag, so that the secret never lands in a run's
+    saved ``config.yaml`` or in the process list.
+    """
+    return os.environ.get(AUTH_ENV) or None
+
+
+def token_matches(header: str | None, token: str) -> bool:
+    """Whether an ``Authorization`` header carries ``Bearer <token>`` (compared in constant time)."""
+    if not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[len("Bearer ") :].strip().encode(), token.encode())
+
+
+def post_json(url: str, payload: dict, timeout: float, retries: int, token: str | None = None) -> dict:
     """POST ``payload`` as JSON and return the JSON answer.
 
     Tried ``1 + retries`` times, with back-off (0.2 s, 0.4 s, ... at most 2 s between tries), when
     the server cannot be reached, does not answer within ``timeout`` seconds, drops the
     connection, answers HTTP 5xx or answers something that is not JSON. An HTTP 4xx answer says
-    the request itself is wrong: it is not retried, and the error shows its status and body.
-    A server that never answers is one clear error naming the URL and the number of tries.
+    the request itself is wrong (too large, malformed, not authorised): it is never retried, and
+    the error shows its status and body. A server that never answers is one clear error naming
+    the URL and the number of tries. ``token``: sent as ``Authorization: Bearer <token>``.
     """
     data = json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     tries = 1 + max(0, retries)
     failure = hint = ""
     for attempt in range(tries):
         if attempt:
             time.sleep(min(2.0, 0.2 * 2 ** (attempt - 1)))
-        req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(url, data=data, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 body = resp.read()
@@ -307,8 +410,13 @@ def post_json(url: str, payload: dict, timeout: float, retries: int) -> dict:
             body_text = _http_body(exc)
             status = f"HTTP {exc.code} {exc.reason}" + (f": {body_text}" if body_text else "")
             if 400 <= exc.code < 500:
+                hint = (
+                    f" Set ${AUTH_ENV} to the server's token."
+                    if exc.code == 401 and not token
+                    else (f" Is ${AUTH_ENV} the server's token?" if exc.code == 401 else "")
+                )
                 raise UserError(
-                    f"--reward.remote_url {url}: the reward server rejected the request with {status}"
+                    f"--reward.remote_url {url}: the reward server rejected the request with {status}.{hint}"
                 ) from None
             failure, hint = f"answered {status}", ""
             continue
@@ -337,15 +445,26 @@ class HTTPRewardSource:
 
     A request carries ``query`` (full texts), ``prompts`` and ``labels`` (the documented
     protocol), plus ``questions`` and ``responses``, from which ``repulse serve-rm`` rebuilds
-    its reward model's training format exactly (other servers ignore them).
+    its reward model's training format exactly (other servers ignore them). The token from
+    ``$REPULSE_RM_TOKEN`` is sent when set. ``repulse serve-rm`` reports the inputs it had to
+    truncate; they add to ``truncated_count``.
     """
 
-    def __init__(self, urls: list[str], timeout: float, retries: int):
+    def __init__(self, urls: list[str], timeout: float, retries: int, token: str | None = None):
         self.urls = [
             u if u.rstrip("/").endswith("get_reward") else u.rstrip("/") + "/get_reward" for u in urls
         ]
         self.timeout, self.retries = timeout, retries
+        self.token = token if token is not None else auth_token()
         self.name = "remote"
+        self.truncated_count = 0
+        self._bounds: list[tuple[int, int]] = []
+
+    def describe(self, index: int) -> str:
+        for url, (lo, hi) in zip(self.urls, self._bounds):
+            if lo <= index < hi:
+                return f"the reward server {url}"
+        return f"the reward server(s) {', '.join(self.urls)}"
 
     def __call__(self, batch: RewardInput) -> torch.Tensor:
         from concurrent.futures import ThreadPoolExecutor
@@ -353,11 +472,12 @@ class HTTPRewardSource:
         n = len(batch.queries)
         k = len(self.urls)
         bounds = [(i * n // k, (i + 1) * n // k) for i in range(k)]
+        self._bounds = bounds
 
-        def call(i: int) -> list[float]:
+        def call(i: int) -> tuple[list[float], int]:
             lo, hi = bounds[i]
             if lo == hi:
-                return []
+                return [], 0
             payload = {
                 "query": batch.queries[lo:hi],
                 "prompts": batch.prompts[lo:hi],
@@ -366,21 +486,53 @@ class HTTPRewardSource:
             }
             if batch.questions is not None:
                 payload["questions"] = batch.questions[lo:hi]
-            out = post_json(self.urls[i], payload, self.timeout, self.retries)
-            rewards = out.get("rewards", out.get("scores"))
-            if rewards is None or len(rewards) != hi - lo:
-                raise UserError(f"{self.urls[i]} answered without one reward per query: {str(out)[:200]}")
-            return [float(r) for r in rewards]
+            out = post_json(self.urls[i], payload, self.timeout, self.retries, self.token)
+            rewards = out.get("rewards", out.get("scores")) if isinstance(out, dict) else None
+            try:
+                values = [float(r) for r in rewards]  # type: ignore[union-attr]
+            except (TypeError, ValueError):
+                values = []
+            if len(values) != hi - lo:
+                raise UserError(
+                    f"--reward.remote_url {self.urls[i]} answered without one number per query "
+                    f"({hi - lo} queries): {str(out)[:200]}"
+                )
+            logs = out.get("extra_logs") if isinstance(out.get("extra_logs"), dict) else {}
+            truncated = logs.get("truncated", 0)
+            return values, int(truncated) if isinstance(truncated, (int, float)) else 0
 
         with ThreadPoolExecutor(max_workers=k) as pool:
             parts = list(pool.map(call, range(k)))
-        return torch.tensor([r for part in parts for r in part], dtype=torch.float32)
+        self.truncated_count += sum(t for _, t in parts)
+        return torch.tensor([r for part, _ in parts for r in part], dtype=torch.float32)
 
 
-# --------------------------------------------------------------------------- building
+# --------------------------------------------------------------------------- building and scoring
+
+
+REDUCTIONS = ("sum", "mean", "min")
+
+
+def check_reward_section(reward_cfg: Any) -> None:
+    """Refuse ``--reward.*`` values no source could use, before anything is loaded."""
+    fmt = getattr(reward_cfg, "input_format", "auto")
+    if fmt not in INPUT_FORMATS:
+        raise UserError(f"--reward.input_format must be one of {', '.join(INPUT_FORMATS)}, got {fmt!r}.")
+    reduction = getattr(reward_cfg, "reduction", "sum")
+    if reduction not in REDUCTIONS:
+        raise UserError(f"--reward.reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}.")
+    max_len = getattr(reward_cfg, "max_len", 1)
+    if not isinstance(max_len, int) or max_len < 1:
+        raise UserError(f"--reward.max_len must be a positive number of tokens, got {max_len!r}.")
+    timeout = getattr(reward_cfg, "timeout_s", 1.0)
+    if not timeout > 0:
+        raise UserError(f"--reward.timeout_s must be > 0 seconds, got {timeout!r}.")
+    if getattr(reward_cfg, "retries", 0) < 0:
+        raise UserError(f"--reward.retries must not be negative, got {reward_cfg.retries!r}.")
 
 
 def build_reward_sources(reward_cfg: Any, device: torch.device, micro_batch_size: int) -> list[RewardSource]:
+    check_reward_section(reward_cfg)
     sources: list[RewardSource] = []
     if reward_cfg.model_name_or_path:
         for path in [p.strip() for p in reward_cfg.model_name_or_path.split(",") if p.strip()]:
@@ -415,4 +567,45 @@ def combine(values: list[torch.Tensor], reduction: str) -> torch.Tensor:
         return stacked.mean(0)
     if reduction == "min":
         return stacked.min(0).values
-    raise UserError(f"--reward.reduction must be sum, mean or min, got {reduction!r}.")
+    raise UserError(f"--reward.reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}.")
+
+
+def check_finite(rewards: torch.Tensor, batch: RewardInput, where: Any) -> None:
+    """Raise ``NonFiniteError("reward", ...)`` naming the source and the first non-finite sample.
+
+    ``where(index)`` says where that sample's reward came from (a source's ``describe``).
+    """
+    bad = ~torch.isfinite(rewards)
+    if not bool(bad.any()):
+        return
+    i = int(bad.nonzero()[0, 0])
+    count = int(bad.sum())
+    text = batch.queries[i] if i < len(batch.queries) else ""
+    raise NonFiniteError(
+        "reward",
+        f"{where(i)} gave {float(rewards[i])} for sample {i} of {len(rewards)} ({_excerpt(text)})"
+        + (f"; {count} samples of the batch are non-finite." if count > 1 else "."),
+    )
+
+
+def score_rewards(sources: list[RewardSource], batch: RewardInput, reduction: str) -> torch.Tensor:
+    """Every source's rewards for ``batch``, checked finite, combined by ``reduction`` (fp32).
+
+    The one scoring path of RL, ``eval-tail`` and ``gcg``: a NaN or infinite reward stops
+    the run here, naming its source and the first offending sample, before it reaches an
+    advantage, a loss or an estimate.
+    """
+    values = []
+    for src in sources:
+        r = src(batch).float()
+        describe = getattr(src, "describe", None) or (lambda _i, s=src: f"the reward source {s.name}")
+        check_finite(r, batch, describe)
+        values.append(r)
+    total = combine(values, reduction)
+    check_finite(total, batch, lambda _i: f"--reward.reduction {reduction} of the reward sources")
+    return total
+
+
+def truncated_total(sources: list[Any]) -> int:
+    """Reward-model inputs cut to fit their model so far, over all sources."""
+    return sum(int(getattr(s, "truncated_count", 0)) for s in sources)

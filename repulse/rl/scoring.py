@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from repulse.rl.rewards import RewardInput, RewardSource, combine
+from repulse.rl.rewards import RewardInput, RewardSource, score_rewards, truncated_total
 from repulse.rl.rollout import Samples
 
 
@@ -37,6 +37,18 @@ def reward_input(tokenizer: Any, samples: Samples, items: list[dict]) -> RewardI
     )
 
 
+def select_texts(texts: RewardInput, rows: list[int]) -> RewardInput:
+    """The rows ``rows`` of ``texts`` (as ``Samples.select`` for the tensors)."""
+    pick = lambda xs: [xs[i] for i in rows] if xs is not None else None  # noqa: E731
+    return RewardInput(
+        pick(texts.queries),
+        pick(texts.prompts),
+        pick(texts.responses),
+        pick(texts.labels),
+        pick(texts.questions),
+    )
+
+
 class LocalRewards:
     """``RewardRole`` over reward sources in this process."""
 
@@ -45,4 +57,9 @@ class LocalRewards:
 
     def score(self, samples: Samples, items: list[dict]) -> tuple[torch.Tensor, RewardInput]:
         batch = reward_input(self.tokenizer, samples, items)
-        return combine([src(batch).float() for src in self.sources], self.reduction), batch
+        return score_rewards(self.sources, batch, self.reduction), batch
+
+    @property
+    def truncated_count(self) -> int:
+        """Reward-model inputs cut to fit their model so far (the ``reward_truncated`` metric)."""
+        return truncated_total(self.sources)

@@ -9,6 +9,11 @@ exported next to its state as ``step_N/<engine>_hf/``: the gathered weights as a
 directory (with the tokenizer) that ``from_pretrained`` loads - or, for a LoRA run, the
 adapter in PEFT format, as the run's final output (``repulse.engine.export_model``). It is
 part of the checkpoint: written before the rename, rotated with it, ignored by resume.
+
+A ``step_N.tmp`` left by such a kill is never loaded, and is removed when the next run in the
+directory starts (``repulse.run.start``: the run owns its directory by then). Nothing non-finite
+is saved: every engine's weights are checked first, and a NaN or an infinity refuses the save
+with a ``NonFiniteError`` naming the tensor.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import torch
 
 from repulse.engine import export_model
 from repulse.engine.dist import barrier, is_main
+from repulse.errors import NonFiniteError
+from repulse.models.files import weights_default_mode
 from repulse.run.rng import rng_state, set_rng_state
 
 
@@ -44,6 +51,20 @@ class Checkpoints:
         self.save_hf = save_hf
         self.tokenizer = tokenizer
 
+    def remove_stale(self) -> list[Path]:
+        """Delete the ``step_N.tmp`` directories a killed save left behind; returns them."""
+        if not self.root.is_dir():
+            return []
+        stale = [
+            p
+            for p in self.root.iterdir()
+            if p.is_dir() and p.name.startswith("step_") and p.name.endswith(".tmp")
+        ]
+        for p in stale:
+            shutil.rmtree(p, ignore_errors=True)
+            print(f"[repulse] removed {p}: an unfinished checkpoint of an earlier run", flush=True)
+        return stale
+
     def latest(self) -> Path | None:
         if not self.root.is_dir():
             return None
@@ -54,8 +75,16 @@ class Checkpoints:
         return max(done, key=_step_of) if done else None
 
     def save(self, step: int, engines: dict[str, Any], trainer_state: dict[str, Any]) -> Path:
+        """Write ``step_N`` atomically; refused (``NonFiniteError``, on every rank) when a weight of any
+        engine is not finite, before anything is written."""
         final = self.root / f"step_{step}"
         tmp = self.root / f"step_{step}.tmp"
+        for name, engine in engines.items():
+            bad = engine.first_nonfinite_parameter()
+            if bad is not None:
+                raise NonFiniteError(
+                    "parameter", f"{bad} (the {name} model); checkpoint {final} was not written.", step
+                )
         if is_main():
             self.root.mkdir(parents=True, exist_ok=True)
             if tmp.exists():
@@ -69,6 +98,7 @@ class Checkpoints:
         torch.save(rng_state(), tmp / f"rng_rank{self.rank}.pt")
         barrier()
         if is_main():
+            weights_default_mode(tmp, recursive=True)  # whatever the engine, as readable as the rest
             (tmp / "trainer.json").write_text(json.dumps({"step": step, **trainer_state}))
             if final.exists():
                 shutil.rmtree(final)

@@ -68,6 +68,8 @@ def fit_spec(cfg: Any, run: Run, train_set, eval_set, collate, name: str, tokeni
         num_workers=cfg.data.dataloader_num_workers,
         save_hf=cfg.ckpt.save_hf,
         tokenizer=tokenizer,
+        nan_policy=cfg.train.nan_policy,
+        nan_max_consecutive_skips=cfg.train.nan_max_consecutive_skips,
     )
 
 

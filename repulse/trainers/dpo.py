@@ -32,6 +32,7 @@ import torch
 from repulse.config import parse_config
 from repulse.config.sections import OfflineConfig
 from repulse.errors import UserError
+from repulse.run.dirs import releases_output_dirs
 from repulse.trainers.fit import MicroResult
 
 # --------------------------------------------------------------------------- shared helpers
@@ -251,6 +252,7 @@ def main(argv: list[str]) -> int:
     return run(cfg)
 
 
+@releases_output_dirs
 def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.preference import PreferenceDataset

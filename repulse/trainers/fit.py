@@ -24,8 +24,9 @@ import torch
 
 from repulse.data.collate import MicroBatcher
 from repulse.data.loader import step_batches
-from repulse.errors import UserError
+from repulse.errors import NonFiniteError, UserError
 from repulse.run.checkpoints import Checkpoints
+from repulse.run.finite import FiniteGuard
 from repulse.run.metrics import MetricsLog
 from repulse.run.progress import Progress
 
@@ -70,7 +71,12 @@ def _reduce_stats(engine, sums: dict[str, float], counts: dict[str, float]) -> d
 
 
 def run_micro_batches(
-    engine, method: Method, micro_batches: Sequence[dict], train: bool, counted: Sequence[bool] | None = None
+    engine,
+    method: Method,
+    micro_batches: Sequence[dict],
+    train: bool,
+    counted: Sequence[bool] | None = None,
+    guard: FiniteGuard | None = None,
 ) -> dict[str, float]:
     """Forward (and backward) every micro-batch of one step; return globally averaged stats.
 
@@ -80,6 +86,13 @@ def run_micro_batches(
     returns one loss per name and each is backpropagated into its own engine.
     ``counted[i]`` False (evaluation only): micro-batch i is run - so that every process
     runs as many forwards as the others - but its loss and stats are dropped.
+
+    Non-finite losses (training): a micro-batch whose loss is NaN or infinite is still
+    backpropagated - sharded engines need every process in every backward - but multiplied
+    by NaN, so its engine's ``step()`` sees a NaN gradient norm and drops the update (even an
+    infinite constant, whose gradient would be finite, cannot slip through). Once the flags of
+    all processes are combined, ``guard.check_loss`` raises (``--train.nan_policy stop``; also
+    without a guard) or marks the step ``nonfinite_loss`` (``skip``).
     """
     engines = engine if isinstance(engine, dict) else {"": engine}
     first = next(iter(engines.values()))
@@ -96,6 +109,7 @@ def run_micro_batches(
         sums[key] = sums.get(key, 0.0) + s
         counts[key] = counts.get(key, 0.0) + c
 
+    nonfinite = 0.0
     for mb, keep in zip(micro_batches, counted):
         units = float(method.units(mb))
         with torch.set_grad_enabled(train):
@@ -104,12 +118,23 @@ def run_micro_batches(
             continue
         losses = res.loss_sum if isinstance(res.loss_sum, dict) else {"": res.loss_sum}
         for name, loss in losses.items():
+            value = float(loss.detach().float())
             if train:
+                if not math.isfinite(value):
+                    nonfinite, loss = 1.0, loss * math.nan
                 engines[name].backward(loss / total_units)
-            add(f"loss_{name}" if name else "loss", float(loss.detach().float()), units)
+            add(f"loss_{name}" if name else "loss", value, units)
         for k, (s, c) in res.stats.items():
             add(k, float(s), float(c))
-    return _reduce_stats(first, sums, counts)
+    if train:
+        add(_NONFINITE_FLAG, nonfinite, 1.0)  # reduced with the stats: no extra collective
+    stats = _reduce_stats(first, sums, counts)
+    if train and stats.pop(_NONFINITE_FLAG) > 0:
+        (guard or FiniteGuard()).check_loss(stats)
+    return stats
+
+
+_NONFINITE_FLAG = "__nonfinite_loss"
 
 
 def check_batching(batch_size: int, micro: int, world: int, n_samples: int) -> int:
@@ -155,6 +180,8 @@ class FitSpec:
     num_workers: int = 0  # processes collating the next steps' micro-batches (--data.dataloader_num_workers)
     save_hf: bool = False  # an HF model beside each checkpoint (--ckpt.save_hf)
     tokenizer: Any = None  # saved with those HF models
+    nan_policy: str = "stop"
+    nan_max_consecutive_skips: int = 10
 
 
 def total_steps(spec: FitSpec, world: int) -> int:
@@ -208,12 +235,14 @@ def fit(
             if rank == 0:
                 print(f"[repulse] resumed from {latest} at step {start}", flush=True)
     log = MetricsLog(spec.output_dir, spec.logger_cfg, spec.run_config, rank == 0, start)
-    bar = Progress(n_total, start, spec.progress and rank == 0, spec.name)
+    bar = Progress(n_total, start, spec.progress and rank == 0, spec.name, every=spec.logging_steps)
     eval_every = spec.eval_steps if spec.eval_steps > 0 else steps_per_epoch
     last: dict[str, float] = {}
+    guard = FiniteGuard(spec.nan_policy, spec.nan_max_consecutive_skips)
     engine.train()
     if spec.eval_set is not None and start == 0:
         log.log(0, evaluate(engine, method, spec), prefix="eval_")
+    step = start
     steps = range(start, n_total)
     batches = step_batches(spec.train_set, spec.collate, batcher, steps, spec.num_workers)
     try:
@@ -222,8 +251,13 @@ def fit(
             t0 = time.perf_counter()
             mbs = next(batches)
             tokens = sum(batch_tokens(mb) for mb in mbs)
-            stats = run_micro_batches(engine, method, mbs, train=True)
+            stats = run_micro_batches(engine, method, mbs, train=True, guard=guard)
             stats.update(engine.step())
+            try:
+                guard.after_step(stats, step + 1)
+            except NonFiniteError:
+                log.log(step + 1, stats)  # the failing step's numbers stay on record
+                raise
             tok = engine.all_reduce(
                 torch.tensor([float(tokens)], dtype=torch.float64, device=engine.device), "sum"
             )
@@ -242,6 +276,8 @@ def fit(
                 log.log(done, evaluate(engine, method, spec), prefix="eval_")
             if spec.save_steps > 0 and done % spec.save_steps == 0 and done < n_total:
                 ckpts.save(done, engines, {"epoch": epoch})
+    except NonFiniteError as exc:
+        raise exc.at_step(step + 1) from None
     finally:
         batches.close()
         bar.close()

@@ -24,6 +24,7 @@ import torch
 from repulse.config import parse_config
 from repulse.config.sections import OfflineConfig
 from repulse.errors import UserError
+from repulse.run.dirs import releases_output_dirs
 from repulse.trainers.dpo import load_frozen_lm, require_model, to_device, train_eval_sets
 from repulse.trainers.fit import MicroResult
 
@@ -96,6 +97,7 @@ def main(argv: list[str]) -> int:
     return run(cfg)
 
 
+@releases_output_dirs
 def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.sft import SFTDataset

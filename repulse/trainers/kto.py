@@ -29,6 +29,7 @@ import torch
 from repulse.config import parse_config
 from repulse.config.sections import OfflineConfig
 from repulse.errors import UserError, warn_once
+from repulse.run.dirs import releases_output_dirs
 from repulse.trainers.dpo import (
     check_beta,
     load_frozen_lm,
@@ -135,6 +136,7 @@ def main(argv: list[str]) -> int:
     return run(cfg)
 
 
+@releases_output_dirs
 def run(cfg: OfflineConfig) -> int:
     from functools import partial
 

@@ -37,6 +37,7 @@ import torch
 from repulse.config import parse_config
 from repulse.config.sections import OfflineConfig
 from repulse.errors import UserError
+from repulse.run.dirs import releases_output_dirs
 from repulse.trainers.dpo import pair_collate, require_model, to_device, train_eval_sets
 from repulse.trainers.fit import MicroResult
 
@@ -165,6 +166,7 @@ def main(argv: list[str]) -> int:
     return run(cfg)
 
 
+@releases_output_dirs
 def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.preference import PreferenceDataset, reward_format

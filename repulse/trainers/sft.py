@@ -11,6 +11,7 @@ from typing import Any
 from repulse.config import parse_config
 from repulse.config.sections import OfflineConfig
 from repulse.errors import UserError
+from repulse.run.dirs import releases_output_dirs
 from repulse.trainers.fit import MicroResult
 
 
@@ -59,6 +60,7 @@ def main(argv: list[str]) -> int:
     return run(cfg)
 
 
+@releases_output_dirs
 def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.sft import SFTDataset

@@ -7,13 +7,19 @@ response, reward, return r − λ·KL, KL and log-prob — to one ``samples.json
 the thresholds given. ``repulse eval-tail report FILE... --eta X`` recomputes the
 summary for any threshold later, with bootstrap CIs over files (= seeds/runs).
 With ``--tail.proposal Q`` the samples come from q and the summary adds the
-importance-sampling estimate of P_p(r < η); ``--tail.exact`` adds the exact P(bad).
+importance-sampling estimate of P_p(r < η), printed with its effective sample size; a
+one-line warning says when that ESS is too small to trust it (ESS < 100 or < 1% of the
+samples: ``repulse.evaluation.importance.ess_too_small``). The estimate is reliable for the
+event the proposal was trained to find (reward < the η it targets), not for any event; the
+self-normalised figure is biased and labelled so (``self_normalised_biased``).
+``--tail.exact`` adds the exact P(bad).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,8 @@ import torch
 from repulse.config import parse_config
 from repulse.config.sections import EvalTailConfig
 from repulse.errors import UserError
+from repulse.rl.rewards import check_reward_section
+from repulse.run.dirs import releases_output_dirs
 
 
 def validate(cfg: EvalTailConfig) -> None:
@@ -31,6 +39,7 @@ def validate(cfg: EvalTailConfig) -> None:
         raise UserError("--data.prompt_dataset is required: the held-out prompts.")
     if not (cfg.reward.model_name_or_path or cfg.reward.remote_url):
         raise UserError("give a reward: --reward.model_name_or_path and/or --reward.remote_url.")
+    check_reward_section(cfg.reward)
     if cfg.tail.kl_coef and not cfg.ref.model_name_or_path:
         raise UserError(
             "--tail.kl_coef needs --ref.model_name_or_path (the reference of the KL in the return)."
@@ -56,6 +65,11 @@ def _gather(rows: list[dict]) -> list[dict]:
     return rows
 
 
+# what a run of eval-tail writes into its output directory (another run's are not replaced silently)
+TAIL_RESULTS = ("tail_summary.json", "samples.jsonl")
+
+
+@releases_output_dirs
 @torch.no_grad()
 def sample_and_summarise(cfg: EvalTailConfig) -> int:
     from repulse.config import write_resolved
@@ -65,19 +79,22 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
     from repulse.losses.kl import KL_ESTIMATORS
     from repulse.models.loading import load_causal_lm, load_tokenizer
     from repulse.rl.experience import batched_logprobs
-    from repulse.rl.rewards import build_reward_sources, combine
+    from repulse.rl.rewards import build_reward_sources, score_rewards, truncated_total
     from repulse.rl.rollout import hf_generate
     from repulse.rl.scoring import reward_input
-    from repulse.run.dirs import prepare_output_dir
     from repulse.run.rng import seed_everything
+    from repulse.run.start import claim_output_dir, on_rank0
 
     rank, world, _, device = init_distributed()
     seed_everything(cfg.train.seed)
     t = cfg.tail
     out = output_dir(cfg)
-    if rank == 0:
-        prepare_output_dir(out)
+
+    def claim() -> None:
+        claim_output_dir(out, "tail_config.yaml", TAIL_RESULTS, cfg.ckpt.overwrite)
         write_resolved(cfg, out, "tail_config.yaml")
+
+    on_rank0(claim)
     tok = load_tokenizer(t.policy, chat_template=cfg.data.tokenizer_chat_template, padding_side="left")
 
     def lm(path: str):
@@ -97,11 +114,12 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
     torch.manual_seed(cfg.train.seed + 1_000_003 * rank)
     rows_in = load_mixture(
         cfg.data.prompt_dataset,
-        None,
+        cfg.data.prompt_probs,
         split=cfg.data.prompt_split,
         max_samples=cfg.data.max_samples,
         seed=cfg.train.seed,
         flag="--data.prompt_dataset",
+        probs_flag="--data.prompt_probs",
     )
     prompts = PromptDataset(rows_in, tok, cfg.data)
     # Every rank must make the same number of generate calls (they synchronise with each
@@ -142,7 +160,7 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
                 else torch.zeros(mask.shape[0], device=device)
             )
             batch = reward_input(tok, samples, items)
-            reward = combine([src(batch).float() for src in rewards], cfg.reward.reduction)
+            reward = score_rewards(rewards, batch, cfg.reward.reduction)
             for i in range(n_real):
                 row = {
                     "prompt": batch.prompts[i],
@@ -158,7 +176,8 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
                     row["log_q"] = float((logq[i] * mask[i]).sum())
                 rows.append(row)
     rows = _gather(rows)
-    extra: dict[str, Any] = {}
+    # reward-model inputs cut to fit the model (prompt side), summed over processes
+    extra: dict[str, Any] = {"reward_truncated": sum(_gather([truncated_total(rewards)]))}
     if t.exact:
         from repulse.evaluation.exact import bad_token_ids_from_words, exact_prob_bad
         from repulse.toy import BAD_WORDS
@@ -186,6 +205,13 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
     print(
         f"[repulse] wrote {len(rows)} samples to {path}; summary in {out / 'tail_summary.json'}", flush=True
     )
+    print_importance(summary, sys.stdout)
+    if extra["reward_truncated"]:
+        print(
+            f"[repulse] {extra['reward_truncated']} reward-model inputs were longer than the reward model reads "
+            "and were cut on the prompt side (the answer kept).",
+            flush=True,
+        )
     return 0
 
 
@@ -246,6 +272,21 @@ def summarise_files(
     return out
 
 
+def print_importance(summary: dict[str, Any], stream: Any) -> None:
+    """One line per importance-sampling estimate (with its ESS), and a warning line for each
+    estimate whose ESS is too small to trust."""
+    from repulse.evaluation.importance import importance_summary_lines
+
+    files = summary.get("files", [])
+    for eta, block in summary.get("by_eta", {}).items():
+        for i, est in enumerate(block.get("importance") or []):
+            where = files[i] if len(files) > 1 and i < len(files) else ""
+            line, warnings = importance_summary_lines(float(eta), est, where)
+            print(f"[repulse] {line}", file=stream, flush=True)
+            for w in warnings:
+                print(f"[repulse] warning: {w}", file=stream, flush=True)
+
+
 def report_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="repulse eval-tail report", description="tail summary of saved samples"
@@ -257,6 +298,7 @@ def report_main(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="write the JSON here (default: print)")
     args = parser.parse_args(argv)
     summary = summarise_files([Path(p) for p in args.samples], args.eta, args.cvar, args.seed)
+    print_importance(summary, sys.stderr)  # stdout may be the JSON itself
     text = json.dumps(summary, indent=2)
     if args.out:
         Path(args.out).write_text(text)

@@ -32,8 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from repulse.config import parse_config
+from repulse.config.schema import to_dict
 from repulse.config.sections import GcgConfig
 from repulse.errors import UserError, warn_once
+from repulse.rl.rewards import check_reward_section
+from repulse.run.dirs import releases_output_dirs
 
 SUMMARY_FILE = "gcg_summary.json"
 FORMAT = "repulse-gcg/1"
@@ -47,6 +50,7 @@ def validate(cfg: GcgConfig) -> None:
         raise UserError("--gcg.targets is required: a CSV file with a 'goal,target' header.")
     if not (cfg.reward.model_name_or_path or cfg.reward.remote_url):
         raise UserError("give a reward: --reward.model_name_or_path and/or --reward.remote_url.")
+    check_reward_section(cfg.reward)
     for name in ("search_width", "topk", "batch_size", "n_replace", "max_targets", "suffix_len"):
         if getattr(g, name) < 1:
             raise UserError(f"--gcg.{name} must be at least 1, got {getattr(g, name)}.")
@@ -191,6 +195,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- the run
 
 
+@releases_output_dirs
 def attack_and_score(cfg: GcgConfig) -> int:
     import torch
 
@@ -199,16 +204,16 @@ def attack_and_score(cfg: GcgConfig) -> int:
     from repulse.engine.dist import default_device
     from repulse.evaluation.gcg import build_attack_prompt, disallowed_token_ids, run_gcg, target_logprob
     from repulse.models.loading import load_causal_lm, load_tokenizer
-    from repulse.rl.rewards import RewardInput, build_reward_sources, combine
-    from repulse.run.dirs import prepare_output_dir
+    from repulse.rl.rewards import RewardInput, build_reward_sources, score_rewards
     from repulse.run.rng import seed_everything
+    from repulse.run.start import claim_output_dir
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("repulse gcg runs in one process: start it without torchrun/deepspeed.")
     g, r = cfg.gcg, cfg.rollout
     rows = read_targets(g.targets, g.max_targets)  # type: ignore[arg-type]
     out = output_dir(cfg)
-    prepare_output_dir(out)
+    claim_output_dir(out, "gcg_config.yaml", (SUMMARY_FILE,), cfg.ckpt.overwrite)
     write_resolved(cfg, out, "gcg_config.yaml")
     device = default_device()
     seed_everything(cfg.train.seed)
@@ -255,7 +260,7 @@ def attack_and_score(cfg: GcgConfig) -> int:
         batch = RewardInput(
             [reward_prompt + x for x in responses], [reward_prompt] * n, responses, [None] * n, [question] * n
         )
-        reward = combine([src(batch).float() for src in rewards_src], cfg.reward.reduction)
+        reward = score_rewards(rewards_src, batch, cfg.reward.reduction)
         return responses, [float(x) for x in reward]
 
     results: list[dict[str, Any]] = []
@@ -319,8 +324,6 @@ def attack_and_score(cfg: GcgConfig) -> int:
         print(f"[repulse] gcg target {i + 1}/{len(rows)}: loss {res.init_loss:.3f} -> {res.best_loss:.3f}; "
               f"{etas}; {time.time() - t0:.0f}s", flush=True)  # fmt: skip
 
-    from dataclasses import asdict
-
     data = {
         "format": FORMAT,
         "policy": str(g.policy),
@@ -335,7 +338,7 @@ def attack_and_score(cfg: GcgConfig) -> int:
             "max_new_tokens": r.max_new_tokens,
             "n_samples_per_prompt": r.n_samples_per_prompt,
         },
-        "gcg": asdict(g),
+        "gcg": to_dict(g),
         "summary": summarise(results, g.eta),
         "targets": results,
     }

@@ -20,6 +20,7 @@ import yaml
 from repulse.config import legacy
 from repulse.config.legacy import flip_sign, split_launcher, translate_argv
 from repulse.config.sections import GcgConfig, OfflineConfig, RLConfig
+from repulse.config.usage import accepted
 from repulse.errors import UserError
 
 _spec = importlib.util.spec_from_file_location("seed_commands", Path(__file__).with_name("seed_commands.py"))
@@ -128,12 +129,15 @@ def test_seed_command_translates_to_valid_fields(seed):
 
 @pytest.mark.parametrize("seed", TRANSLATABLE, ids=lambda s: s.name)
 def test_seed_command_parses(seed):
-    """The translated argv goes through the real parser: types convert, no unknown option."""
+    """The translated argv goes through the real parser: types convert, no unknown option, and no
+    field the command (and its method) does not read (``repulse.config.usage``)."""
     from repulse.config.schema import build, split_flags
+    from repulse.config.usage import check_fields
 
     command, argv = split_launcher(shell_split(seed.text))
     new, _ = translate_argv(argv, command)
-    build(ROOTS.get(command, OfflineConfig), [], split_flags(new))
+    cfg = build(ROOTS.get(command, OfflineConfig), [], split_flags(new))
+    check_fields(cfg, command)
 
 
 @pytest.mark.parametrize("seed", TRANSLATABLE, ids=lambda s: s.name)
@@ -155,10 +159,20 @@ def test_seed_values_are_preserved(seed):
             else:
                 assert f"--{name}" in ignored_notes(notes)[0], name
             continue
+        method = as_dict(new).get("repulse.method", ["rl"])[0] if command == "rl" else None
+        landed = 0
         for dest in dests:
             dest_name, eq, const = dest.partition("=")
             expected = (dest_name, [const] if eq else values)
-            assert expected in out_groups, f"--{name} {values} lost in translation"
+            if accepted(command, dest_name, method):
+                assert expected in out_groups, f"--{name} {values} lost in translation"
+                landed += 1
+            else:  # a field this command (method) does not read: dropped, not passed on to be refused
+                assert expected not in out_groups, f"--{name} lands on {dest_name}, which is not read"
+        if not landed:
+            assert f"--{name} (not read by repulse {command}" in ignored_notes(notes)[0] or re.search(
+                rf"--{name}[ ,][^(]*\(not read by repulse {command}", ignored_notes(notes)[0]
+            ), name
 
 
 def test_every_seed_command_is_extracted():
@@ -167,9 +181,13 @@ def test_every_seed_command_is_extracted():
     assert len({s.name for s in seeds.SEED_COMMANDS}) == len(seeds.SEED_COMMANDS)
 
 
-def test_gcg_command_translates():
-    """The README's GCG evaluation runs as ``repulse gcg``: every flag lands or is reported ignored."""
+def test_gcg_command_translates(monkeypatch):
+    """The README's GCG evaluation runs as ``repulse gcg``: every flag lands or is reported ignored.
+    (Its --ckpt_path is a directory on the fork's cluster: the model-path check is left out here.)"""
+    import repulse.config
     from repulse.config import parse_config
+
+    monkeypatch.setattr(repulse.config, "check_model_paths", lambda cfg: None)
 
     command, argv, new, notes = translate_seed("gcg_eval")
     assert command == "gcg"
@@ -263,7 +281,7 @@ def test_toy_repulse_command():
     _, _, new, notes = translate_seed("toy_kl0_repulse")
     d = as_dict(new)
     assert d["repulse.method"] == ["repulse"]
-    assert d["algo.advantage.estimator"] == ["rloo"]
+    assert "algo.advantage.estimator" not in d  # the REINFORCE family's L_r is RLOO by construction
     assert d["repulse.beta"] == ["10"]  # --target_dist_beta -10: sign flipped
     assert d["repulse.alpha"] == ["0.01"]
     assert d["repulse.proposal_lr"] == ["3e-4"]  # --actor_learning_rate is q's lr here
@@ -280,8 +298,14 @@ def test_toy_repulse_command():
     assert d["engine.param_dtype"] == ["fp32"]  # no --bf16 in the fork meant fp32
     assert d["ckpt.save_steps"] == ["-1"]  # --save_steps_harmless
     assert "critic.adam.lr" not in d and "actor.optim.lr_scheduler" in d
-    assert d["actor.adam.betas"] == ["0.9", "0.999"] == d["critic.adam.betas"]
+    assert d["actor.adam.betas"] == ["0.9", "0.999"] and "critic.adam.betas" not in d  # no critic here
     assert any("sign flipped" in n for n in notes)
+    # flags only PPO reads land nowhere, and the note says why
+    assert "train.batch_size" not in d and "algo.max_epochs" not in d
+    assert (
+        "--train_batch_size, --max_epochs (not read by repulse rl --repulse.method repulse)"
+        in (ignored_notes(notes)[0])
+    )
 
 
 def test_clutter_flags_produce_exactly_one_note():
@@ -315,7 +339,7 @@ def test_reward_transform_command():
     assert d["repulse.reward_transform"] == ["minus_alpha_exp_beta_r"]
     assert d["repulse.transform_a"] == ["0.3"]  # --alpha is the default transform a
     assert d["repulse.transform_b"] == ["0.5"]  # --target_dist_beta -0.5, flipped
-    assert d["algo.advantage.estimator"] == ["rloo"]
+    assert "algo.advantage.estimator" not in d
     assert "repulse.beta" not in d and "repulse.proposal_lr" not in d
     (note,) = ignored_notes(notes)
     assert "--actor_learning_rate" in note and "--critic_learning_rate" in note
@@ -482,7 +506,7 @@ def test_reward_transform_explicit_parameters_win():
 def test_user_flags_in_our_names_win_over_derived_ones():
     new, _ = translate_argv(["--target_dist_beta", "-10", "--do_harmlessness_training",
                              "--harmlessness_training_loss_type", "neg_training", "--actor_loss_type", "ctl",
-                             "--repulse.beta", "3"], "rl")  # fmt: skip
+                             "--reinforce_baseline_type", "expectation", "--repulse.beta", "3"], "rl")  # fmt: skip
     assert as_dict(new)["repulse.beta"] == ["3"]  # the parser keeps the last occurrence
 
 

@@ -140,3 +140,25 @@ def test_several_reward_models_are_combined_by_the_reduction(rm_dirs):
     torch.testing.assert_close(combine([a, b], "sum"), a + b)
     torch.testing.assert_close(combine([a, b], "mean"), (a + b) / 2)
     torch.testing.assert_close(combine([a, b], "min"), torch.minimum(a, b))
+
+
+@pytest.mark.parametrize(
+    "field, value, needle",
+    [
+        ("input_format", "text", "--reward.input_format must be one of auto, concat, pair, chat"),
+        ("reduction", "max", "--reward.reduction must be one of sum, mean, min, got 'max'"),
+        ("max_len", 0, "--reward.max_len must be a positive number of tokens"),
+        ("timeout_s", 0.0, "--reward.timeout_s must be > 0"),
+        ("retries", -1, "--reward.retries must not be negative"),
+    ],
+)
+def test_reward_flags_are_checked_before_anything_loads(field, value, needle):
+    from repulse.config.sections import RewardSection
+    from repulse.errors import UserError
+    from repulse.rl.rewards import check_reward_section
+
+    cfg = RewardSection(model_name_or_path="/nonexistent/rm")
+    check_reward_section(cfg)  # the defaults pass
+    setattr(cfg, field, value)
+    with pytest.raises(UserError, match=needle):
+        build_reward_sources(cfg, torch.device("cpu"), 4)  # refused before /nonexistent/rm is opened

@@ -77,7 +77,7 @@ def test_repulse_validation_errors():
     with pytest.raises(UserError, match="--repulse.reward_transform"):
         parse_config("rl", RLConfig, [*base, "--repulse.method", "reward_transform",
                                       "--rollout.n_samples_per_prompt", "4"], validate)  # fmt: skip
-    with pytest.raises(UserError, match="--repulse.q_updates_per_step must be at least 1"):
+    with pytest.raises(UserError, match="--repulse.q_updates_per_step must be >= 1, got 0"):
         parse_config("rl", RLConfig, [*base, "--repulse.method", "repulse", "--repulse.q_updates_per_step", "0",
                                       "--rollout.n_samples_per_prompt", "4"], validate)  # fmt: skip
     with pytest.raises(UserError, match="--actor.dual_clip must be > 1"):
@@ -167,11 +167,11 @@ def test_eval_tail_proposal_exact_negdata_and_default_output(demo_lm_rm, tmp_pat
     (imp,) = json.loads(report.stdout)["by_eta"][f"{eta:g}"]["importance"]
     naive = sum(r["reward"] < eta for r in rows) / len(rows)
     assert 0 < naive < 1
-    assert imp["self_normalised"] == pytest.approx(naive, abs=1e-5)
+    assert imp["self_normalised_biased"] == pytest.approx(naive, abs=1e-5)
     assert imp["estimate"] == pytest.approx(naive, abs=1e-4)
     assert imp["ess"] == pytest.approx(64, rel=1e-4)
     # the same seed draws the same samples: harvest those below eta
-    _eval_tail([*argv, "--tail.negdata_threshold", repr(eta)])
+    _eval_tail([*argv, "--tail.negdata_threshold", repr(eta), "--ckpt.overwrite"])  # replaces the first
     neg = [json.loads(line) for line in (policy / "negdata.jsonl").read_text().splitlines()]
     expected = {(r["prompt"], r["response"]) for r in rows if r["reward"] < eta}
     assert {(r["prompt"], r["response"]) for r in neg} == expected and len(neg) == len(expected)

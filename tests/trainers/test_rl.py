@@ -174,7 +174,7 @@ def test_overlong_penalty_is_relative_to_the_token_budget(toy, tmp_path, monkeyp
         roles.policy.rollout = TwoFixedResponses()
         items = PromptDataset(load_rows(str(toy.prompts), "train", 2, "--data.prompt_dataset"), tok, cfg.data)
         method = PPOFamily(cfg, roles, accum=1, updates=1)
-        exp = method.experience(method.rollout(list(items)), {})
+        exp, _ = method.experience(method.rollout(list(items)), {})
         assert exp.rewards.tolist() == pytest.approx(
             (exp.raw_rewards + torch.tensor(penalty)).tolist(), abs=1e-6
         )

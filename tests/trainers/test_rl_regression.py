@@ -34,7 +34,7 @@ CONFIGS = {
     ),
 }
 # metrics added since the recording (logged, not compared)
-NEW = {"ess_sigma"}
+NEW = {"ess_sigma", "skipped_steps", "reward_truncated"}
 # the KL measured in the update's forward instead of a separate one: equal up to float rounding
 KL_FROM_LOSS = {"kl": 1e-6, "kl_per_token": 1e-6}
 

@@ -431,26 +431,30 @@ def test_eval_cadence(toy, tmp_path):
 
 
 @pytest.mark.slow
-def test_progress_bar_shows_loss_lr_and_tokens_per_s(toy, tmp_path):
-    """With the bar on (the default) the console shows the step count and the last step's loss,
-    lr and tok/s, formatted ``.4g``, equal to that step's metrics.jsonl values. (Off a terminal,
-    rich prints the bar's final state once; ``COLUMNS=200`` so nothing is cut.)"""
+def test_piped_output_has_one_plain_line_per_logging_step_and_files_share_a_mode(toy, tmp_path):
+    """stdout not a terminal (CI, nohup, a pipe): one plain line per logging step - every 2 steps
+    and the last - with step/total, the loss, lr and tok/s of that step's metrics.jsonl row
+    (``.4g``), throughput, elapsed time and ETA; no ANSI escape anywhere in stdout or stderr.
+    Every saved file (weights included: safetensors writes them 0600) has the umask's mode."""
     out = tmp_path / "run"
-    flags = [a for a in _flags(toy, out, 3, -1) if a not in ("--logger.progress_bar", "false")]
-    proc = _cli(flags, env={**os.environ, "COLUMNS": "200"})
+    flags = [a for a in _flags(toy, out, 5, 2) if a not in ("--logger.progress_bar", "false")]
+    proc = _cli([*flags, "--logger.logging_steps", "2"], env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    console = proc.stdout + proc.stderr
-    shown = re.findall(r"(\d+)/3 .*?loss (\S+)\s+lr (\S+)\s+tok/s (\S+)", console)
-    assert shown, console[-2000:]
-    done, loss, lr, tok_s = shown[-1]
-    last = _metrics(out)[-1]
-    assert (int(done), loss, lr, tok_s) == (
-        3,
-        f"{last['loss']:.4g}",
-        f"{last['lr']:.4g}",
-        f"{last['tokens_per_s']:.4g}",
-    )
-    assert last["tokens_per_s"] > 0 and last["lr"] > 0
+    assert "\x1b[" not in proc.stdout and "\x1b[" not in proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if " sft step " in ln]
+    logged = {r["step"]: r for r in _metrics(out)}
+    assert [int(re.search(r"step (\d+)/5 ", ln).group(1)) for ln in lines] == [2, 4, 5] == sorted(logged)
+    for line in lines:
+        step, loss, lr, tok_s = re.fullmatch(
+            r"\[repulse\] sft step (\d+)/5  loss (\S+)  lr (\S+)  tok/s (\S+)  \S+ steps/s  "
+            r"elapsed \d+:\d\d  ETA \d+:\d\d",
+            line,
+        ).groups()
+        row = logged[int(step)]
+        assert (loss, lr, tok_s) == (f"{row['loss']:.4g}", f"{row['lr']:.4g}", f"{row['tokens_per_s']:.4g}")
+    modes = {p.relative_to(out): p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
+    assert Path("model.safetensors") in modes and Path("checkpoints/step_4/model/model.safetensors") in modes
+    assert len(set(modes.values())) == 1, modes
 
 
 def test_resume_drops_metrics_past_the_checkpoint_and_torn_lines(tmp_path):

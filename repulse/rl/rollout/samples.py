@@ -31,6 +31,7 @@ class Samples:
     # top-k and top-p applied and renormalised; greedy: log softmax of the raw logits); 0 off actions
     logprobs: torch.Tensor | None = None
     versions: torch.Tensor | None = None  # [B] the rollout engine's weight_version per row
+    pack: bool = False  # forwards over these samples run padding-free (``repulse.rl.packing``)
 
     @property
     def response(self) -> torch.Tensor:
@@ -50,6 +51,7 @@ class Samples:
             self.truncated.to(device),
             self.logprobs.to(device) if self.logprobs is not None else None,
             self.versions.to(device) if self.versions is not None else None,
+            self.pack,
         )
 
     def select(self, rows: torch.Tensor | list[int]) -> Samples:
@@ -67,6 +69,7 @@ class Samples:
             self.truncated[rows],
             pick(self.logprobs),
             pick(self.versions),
+            self.pack,
         )
 
 

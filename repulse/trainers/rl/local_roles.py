@@ -19,6 +19,7 @@ from repulse.rl.experience import batched_logprobs, batched_values
 from repulse.rl.roles import MicroLoss
 from repulse.rl.rollout import HFRolloutEngine, RolloutEngine, Samples
 from repulse.rl.scoring import LocalRewards
+from repulse.run.finite import FiniteGuard
 from repulse.trainers.fit import run_micro_batches
 
 
@@ -54,12 +55,18 @@ class LocalTrained:
 
     def __init__(self, engine, micro_batch_size: int):
         self.engine, self.micro = engine, micro_batch_size
+        self.guard: FiniteGuard | None = None  # the run's nan policy (None: stop)
 
     def train_step(
         self, loss: MicroLoss, micro_batches: Sequence[Any]
     ) -> tuple[dict[str, float], dict[str, float]]:
-        out = run_micro_batches(self.engine, _Bound(loss, self.engine.module), micro_batches, train=True)
+        out = run_micro_batches(
+            self.engine, _Bound(loss, self.engine.module), micro_batches, train=True, guard=self.guard
+        )
         return out, self.engine.step()
+
+    def first_nonfinite_parameter(self) -> str | None:
+        return self.engine.first_nonfinite_parameter()
 
     def save(self, directory: Path) -> None:
         self.engine.save(directory)

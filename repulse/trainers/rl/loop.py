@@ -18,8 +18,10 @@ import torch
 
 from repulse.config.sections import RLConfig
 from repulse.data.collate import MicroBatcher
-from repulse.errors import UserError, warn_once
+from repulse.errors import NonFiniteError, UserError, warn_once
 from repulse.run.checkpoints import Checkpoints
+from repulse.run.dirs import releases_output_dirs
+from repulse.run.finite import FiniteGuard
 from repulse.run.metrics import MetricsLog
 from repulse.run.progress import Progress
 from repulse.run.start import start_run
@@ -76,6 +78,7 @@ def warn_threshold_outside(cfg: RLConfig, seen: tuple[float, float]) -> None:
         )
 
 
+@releases_output_dirs
 def run(cfg: RLConfig) -> int:
     from repulse.data.prompts import PromptDataset
     from repulse.models.loading import load_tokenizer
@@ -127,6 +130,9 @@ def run(cfg: RLConfig) -> int:
         torch.manual_seed(cfg.train.seed + 1_000_003 * run_.rank)
     sink = negdata_sink(cfg, run_.rank)
     method = spec.build(cfg, roles, accum, updates_per_step, sink)
+    guard = FiniteGuard.from_config(cfg.train)
+    for role in roles.trained().values():
+        role.guard = guard
     actors = [a for a in (roles.policy, roles.proposal) if a is not None]
     out_dir = Path(cfg.ckpt.output_dir)
     ckpts = Checkpoints(Path(cfg.ckpt.path or out_dir / "checkpoints"), cfg.ckpt.max_num, run_.rank)
@@ -143,7 +149,9 @@ def run(cfg: RLConfig) -> int:
 
     log = MetricsLog(out_dir, cfg.logger, to_dict(cfg), run_.rank == 0, start)
     name = cfg.repulse.method if cfg.repulse.method != "rl" else cfg.algo.advantage.estimator
-    bar = Progress(total, start, cfg.logger.progress_bar and run_.rank == 0, name)
+    bar = Progress(
+        total, start, cfg.logger.progress_bar and run_.rank == 0, name, every=cfg.logger.logging_steps
+    )
     toy_prompt = prompts[0]["prompt_ids"] if cfg.repulse.analytic_bad_word_calc else None
     seen = (math.inf, -math.inf)  # the range of the policy's sampled rewards, for the η check
     # as the offline loop: evaluate before the first step and every --eval.steps (<= 0: every episode)
@@ -168,7 +176,9 @@ def run(cfg: RLConfig) -> int:
             dt = time.perf_counter() - t0
             metrics["samples_per_s"] = metrics.pop("samples") * world / dt
             metrics["time_step"] = dt
-            metrics = mean_over_ranks(roles.comm, metrics)
+            # reward-model inputs cut to fit so far; the mean over ranks below makes it their sum
+            metrics["reward_truncated"] = world * getattr(roles.rewards, "truncated_count", 0)
+            metrics = guard.after_step(mean_over_ranks(roles.comm, metrics), done)
             if "reward_min" in metrics:
                 seen = (min(seen[0], metrics["reward_min"]), max(seen[1], metrics["reward_max"]))
             boundary = toy_prompt is not None and (done % per_fit == 0 or done == total)
@@ -182,6 +192,8 @@ def run(cfg: RLConfig) -> int:
             bar.update(done, {"reward": metrics.get("reward", math.nan)})
             if cfg.ckpt.save_steps > 0 and done % cfg.ckpt.save_steps == 0 and done < total:
                 ckpts.save(done, roles.trained(), {"method": method.state_dict()})
+    except NonFiniteError as exc:
+        raise exc.at_step(step + 1) from None
     finally:
         bar.close()
         log.close()

@@ -110,15 +110,14 @@ class ValueLoss:
 
     def loss(self, model: torch.nn.Module, exp: Experience) -> MicroResult:
         from repulse.losses.policy import value_loss
-        from repulse.rl.experience import position_ids_from_mask
+        from repulse.rl.experience import sample_values
         from repulse.trainers.rm import tied_token_values
 
         s = exp.samples
         mask = exp.action_mask.to(torch.float32)
         # tied: the backward must pass through the root module's output, or FSDP2 (2+ processes)
         # finds the resharded value head's weight freed (see ``tied_token_values``)
-        v = tied_token_values(model, s.sequences, s.attention_mask, position_ids_from_mask(s.attention_mask))
-        v = v[:, s.prompt_len - 1 : -1].float()
+        v = sample_values(model, s, tied_token_values)[:, s.prompt_len - 1 : -1].float()
         per_tok = value_loss(v, exp.values, exp.returns, mask, self.value_clip)
         n = float(mask.sum())
         return MicroResult((per_tok * mask).sum(), {"value_loss": (_sum(per_tok.detach(), mask), n)})

@@ -2,8 +2,8 @@
 
 Each entry says how big its optimizer steps are (``geometry``), which roles it needs beyond the
 policy and the rewards (``roles``), which method-specific config fields its code path reads
-(``reads``: a field of another method, set on the command line, is refused at parse time), and
-how to build it. A new method is a module here plus one entry.
+(``reads``: the entries of ``repulse.config.usage.METHOD_READS`` that name it; a field of another
+method, set on the command line, is refused at parse time), and how to build it. A new method is a module here plus one entry.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from repulse.config.sections import RLConfig
+from repulse.config.usage import method_fields
 from repulse.trainers.rl.methods.base import RLMethod
 from repulse.trainers.rl.methods.ppo import PPOFamily, kl_needed, updates_per_rollout
 from repulse.trainers.rl.methods.repulse import RepulseFamily, repulse_accumulation
@@ -59,62 +60,10 @@ def _repulse(cfg: RLConfig, roles: Any, accum: int, updates: int, sink: Any) -> 
     return RepulseFamily(cfg, roles, accum, sink)
 
 
-_PPO_READS = (
-    "algo.advantage.",
-    "algo.kl.",
-    "algo.rollout_is.",
-    "algo.dynamic_filtering_enable",
-    "algo.dynamic_filtering_range",
-    "algo.max_epochs",
-    "actor.eps_clip",
-    "actor.eps_clip_low_high",
-    "actor.dual_clip",
-    "actor.entropy_coef",
-    "actor.policy_loss_type",
-    "critic.",
-    "reward.normalize_enable",
-    "reward.clip_range",
-    "reward.overlong_buffer_len",
-    "reward.overlong_penalty_factor",
-    "reward.stop_properly_penalty_coef",
-)
-_REPULSE_COMMON = ("algo.kl.init_coef", "algo.kl.estimator", "repulse.bad_threshold")
-
 METHODS: dict[str, MethodSpec] = {
-    "rl": MethodSpec("rl", _ppo_geometry, _ppo_roles, _PPO_READS, _ppo),
-    "reinforce": MethodSpec("reinforce", _repulse_geometry, _repulse_roles, _REPULSE_COMMON, _repulse),
-    "reward_transform": MethodSpec(
-        "reward_transform",
-        _repulse_geometry,
-        _repulse_roles,
-        (
-            *_REPULSE_COMMON,
-            "repulse.reward_transform",
-            "repulse.transform_a",
-            "repulse.transform_b",
-            "repulse.transform_eta",
-        ),
-        _repulse,
-    ),
-    "p_proposal": MethodSpec(
-        "p_proposal",
-        _repulse_geometry,
-        _repulse_roles,
-        (*_REPULSE_COMMON, "repulse.alpha", "repulse.beta"),
-        _repulse,
-    ),
-    "repulse": MethodSpec(
-        "repulse",
-        _repulse_geometry,
-        _repulse_roles,
-        (
-            *_REPULSE_COMMON,
-            "repulse.alpha",
-            "repulse.beta",
-            "repulse.proposal_lr",
-            "repulse.q_updates_per_step",
-            "repulse.p_first",
-        ),
-        _repulse,
-    ),
+    "rl": MethodSpec("rl", _ppo_geometry, _ppo_roles, method_fields("rl", "rl"), _ppo),
+    **{
+        name: MethodSpec(name, _repulse_geometry, _repulse_roles, method_fields("rl", name), _repulse)
+        for name in ("reinforce", "reward_transform", "p_proposal", "repulse")
+    },
 }

@@ -19,6 +19,7 @@ from repulse.config.sections import RLConfig
 from repulse.rl.experience import Experience
 from repulse.rl.rewards import RewardInput
 from repulse.rl.rollout import Samples
+from repulse.rl.scoring import select_texts
 from repulse.trainers.rl.methods.base import max_new_tokens, prefixed, sample_metrics, sampling
 from repulse.trainers.rl.updates import PolicyLoss, ValueLoss
 
@@ -85,6 +86,7 @@ class PPOFamily:
         samples = roles.policy.rollout.generate(
             prompts, cfg.rollout.n_samples_per_prompt, sampling(cfg, prompts)
         )
+        samples.pack = cfg.engine.packing_samples
         t1 = time.perf_counter()
         raw, texts = roles.rewards.score(samples, items)
         return Rollout(
@@ -98,10 +100,11 @@ class PPOFamily:
         metrics = dict(ro.metrics)
         metrics.update(sample_metrics(roles.comm, ro.raw, ro.samples))
         metrics["samples"] = float(ro.samples.sequences.shape[0])
-        if self.sink is not None:
-            self.sink.add(ro.texts, ro.raw)
-        exp = self.experience(ro, metrics)
-        if exp is not None:
+        out = self.experience(ro, metrics)
+        if out is not None:
+            exp, texts = out
+            if self.sink is not None:  # what the update learns from (after dynamic filtering)
+                self.sink.add(texts, exp.raw_rewards)
             self.update(exp, step, metrics)
         return metrics
 
@@ -152,20 +155,21 @@ class PPOFamily:
         r = shape_group_rewards(self.cfg.algo.advantage.estimator, r, self.cfg.rollout.n_samples_per_prompt)
         return clip_rewards(r, rc.clip_range[0], rc.clip_range[1])
 
-    def experience(self, ro: Rollout, metrics: dict) -> Experience | None:
-        """The rollout → ``Experience``; None when dynamic filtering left nothing to learn from."""
+    def experience(self, ro: Rollout, metrics: dict) -> tuple[Experience, RewardInput] | None:
+        """The rollout → ``Experience`` and the texts of its rows; None when dynamic filtering left
+        nothing to learn from."""
         from repulse.losses.kl import KL_ESTIMATORS
         from repulse.rl.advantages import compute_advantages, token_rewards
 
         cfg, roles = self.cfg, self.roles
         t1 = time.perf_counter()
-        samples, raw = ro.samples, ro.raw
+        samples, raw, texts = ro.samples, ro.raw, ro.texts
         if cfg.algo.dynamic_filtering_enable:
             rows = self.filter_groups(raw, metrics)
             if rows is None:
                 metrics["time_experience"] = time.perf_counter() - t1
                 return None
-            samples, raw = samples.select(rows), raw[rows]
+            samples, raw, texts = samples.select(rows), raw[rows], select_texts(texts, rows.tolist())
         device = roles.comm.device
         samples = samples.to(device)
         raw = raw.to(device)
@@ -218,7 +222,7 @@ class PPOFamily:
         metrics.update(
             shaped_reward=float(rewards.mean()), kl_coef=coef, time_experience=time.perf_counter() - t1
         )
-        return Experience(samples, old, ref, values, rewards, raw, kl, adv, ret)
+        return Experience(samples, old, ref, values, rewards, raw, kl, adv, ret), texts
 
     def update(self, exp: Experience, step: int, metrics: dict) -> None:
         cfg, roles = self.cfg, self.roles

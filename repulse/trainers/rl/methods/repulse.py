@@ -88,6 +88,7 @@ class RepulseFamily:
         prompts = [it["prompt_ids"] for it in items]
         t0 = time.perf_counter()
         s = self.roles.policy.rollout.generate(prompts, self.n, sampling(self.cfg, prompts))
+        s.pack = self.cfg.engine.packing_samples
         t1 = time.perf_counter()
         raw, texts = self.roles.rewards.score(s, items)
         return Rollout(
@@ -123,6 +124,7 @@ class RepulseFamily:
         s = roles.proposal.rollout.generate(prompts, self.n, sampling(self.cfg, prompts)).to(
             roles.comm.device
         )
+        s.pack = self.cfg.engine.packing_samples
         raw, texts = roles.rewards.score(s, items)
         raw = raw.to(roles.comm.device)
         metrics.update(

@@ -1,0 +1,363 @@
+"""No silent field: every config field is read by the commands the table says read it, or warns.
+
+``repulse.config.usage`` declares which fields each command (and each ``--repulse.method``)
+reads; ``parse_config`` refuses the others. These tests hold that table to the code:
+
+* every field of every command root has an entry (read somewhere, not in this version yet, or
+  compatibility-only): a field added to a section without one fails here;
+* every field a command (method) is declared to read is read while that command runs on the toy
+  (a recorder notes each field read between parsing and the end of the run; writing the
+  resolved config does not count), except fields read only on paths that cannot run in one CPU
+  process, which are listed with the module whose code reads them (checked on its syntax tree,
+  so a comment or a string does not count);
+* nothing is read that the table says is not (a user could not set it: it would be refused).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from repulse.config import parse_config, usage
+from repulse.config.recorder import paused, recording
+from repulse.config.schema import get_path, leaves, to_yaml
+from repulse.config.sections import OfflineConfig, RLConfig
+from repulse.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+PY_REWARD = REPO / "tests" / "trainers" / "rl_reward_funcs.py"
+
+# Fields read only on code paths that cannot run in one CPU process here (torchrun-launched
+# engines, DeepSpeed, GPU-only kernels, services that need an account): field -> the module that
+# reads it. Checked below: the module's syntax tree holds an attribute access of the field.
+READ_ELSEWHERE: dict[str, str] = {
+    "engine.zero_stage": "repulse/engine/__init__.py",  # fsdp (under torchrun) and deepspeed
+    "engine.overlap_comm": "repulse/engine/deepspeed_engine.py",
+    "engine.zpg": "repulse/engine/deepspeed_engine.py",
+    "engine.grad_accum_dtype": "repulse/engine/deepspeed_engine.py",
+    "logger.wandb.org": "repulse/run/metrics.py",  # read once wandb starts (needs an account)
+    "logger.wandb.group": "repulse/run/metrics.py",
+    "logger.wandb.project": "repulse/run/metrics.py",
+    "logger.wandb.run_name": "repulse/run/metrics.py",
+}
+
+# --------------------------------------------------------------------------- representative runs
+
+_OFFLINE = (
+    "--model.model_name_or_path {llama} --data.max_len 48 --data.max_samples 16 --train.batch_size 4 "
+    "--train.micro_batch_size 2 --train.max_steps 2 --eval.max_samples 4 --eval.steps 1 --ckpt.save_steps 1 "
+    "--model.lora.rank 2 --logger.progress_bar false --logger.tensorboard_dir {out}/tb"
+)
+# every method samples with the RM and a Python reward, evaluates, writes negative data, computes
+# the toy's exact P(bad), and takes its response budget from data.max_len (max_new_tokens unset)
+_RL = (
+    "--actor.model_name_or_path {llama} --data.prompt_dataset {prompts} --data.max_samples 8 "
+    "--data.max_len 20 --rollout.batch_size 2 --rollout.n_samples_per_prompt 2 "
+    "--train.micro_batch_size 2 --train.max_steps 2 --reward.model_name_or_path {rm} "
+    f"--reward.remote_url {PY_REWARD} --eval.dataset {{prompts}} --eval.max_samples 2 --eval.steps 2 "
+    "--repulse.save_negdata {out}/neg.jsonl --repulse.analytic_bad_word_calc --repulse.exact_max_tokens 1 "
+    "--ckpt.save_steps 1 --logger.progress_bar false --logger.tensorboard_dir {out}/tb"
+)
+RUNS: list[tuple[str, str]] = [
+    ("sft", f"{_OFFLINE} --data.dataset {{sft}} --eval.dataset {{sft_eval}} --data.output_key output "
+            "--engine.packing_samples --model.gradient_checkpointing_enable"),
+    ("rm", f"{_OFFLINE} --data.dataset {{pairs}} --eval.dataset {{pairs_eval}} --data.prompt_key prompt "
+           "--model.margin_loss_enable"),
+    ("prm", f"{_OFFLINE} --data.dataset {{prm}} --eval.dataset {{prm}} --model.placeholder_token ки "
+            "--model.reward_tokens + - --data.label_key value"),
+    ("dpo", f"{_OFFLINE} --data.dataset {{pairs}} --eval.dataset {{pairs_eval}} --data.prompt_key prompt "
+            "--model.nll_loss_coef 0.1 --ref.offload"),
+    ("kto", f"{_OFFLINE} --data.dataset {{unpaired}} --eval.dataset {{unpaired}} --data.output_key output "
+            "--data.label_key label"),
+    ("kd", f"{_OFFLINE} --data.dataset {{sft}} --eval.dataset {{sft_eval}} --data.output_key output "
+           "--model.teacher_model {llama}"),
+    ("rl", f"{_RL} --train.batch_size 4 --algo.kl.init_coef 0.01 --algo.kl.target 0.1 --algo.rollout_is.mode tis "
+           "--reward.overlong_buffer_len 2 --algo.dynamic_filtering_enable --algo.dynamic_filtering_range 0 1"),
+    ("rl", f"{_RL} --train.batch_size 2 --algo.advantage.estimator group_norm --algo.kl.use_loss --algo.kl.estimator k3 "
+           "--engine.packing_samples"),
+    ("rl", f"{_RL} --repulse.method reinforce"),
+    ("rl", f"{_RL} --repulse.method reward_transform --repulse.reward_transform minus_alpha_exp_beta_r"),
+    ("rl", f"{_RL} --repulse.method reward_transform --repulse.reward_transform minus_alpha_ind"),
+    ("rl", f"{_RL} --repulse.method p_proposal"),
+    ("rl", f"{_RL} --repulse.method repulse"),
+    ("eval-tail", "--tail.policy {llama} --reward.model_name_or_path {rm} --data.prompt_dataset {prompts} "
+                  "--data.max_samples 4 --data.max_len 16 --tail.exact --tail.exact_max_tokens 1 "
+                  "--tail.negdata_threshold 0.5 --tail.kl_coef 0.1 --ref.model_name_or_path {llama} "
+                  "--tail.proposal {llama} --ckpt.output_dir {out}"),
+    ("gcg", "--gcg.policy {llama} --gcg.targets {targets} --reward.model_name_or_path {rm} --gcg.suffix_len 3 "
+            "--gcg.steps 1 --gcg.search_width 8 --gcg.topk 4 --gcg.batch_size 8 --rollout.n_samples_per_prompt 2 "
+            "--rollout.micro_batch_size 2 --rollout.max_new_tokens 2 --gcg.max_targets 1 "
+            "--gcg.sample_without_suffix --gcg.buffer_size 2 --ckpt.output_dir {out}"),
+]  # fmt: skip
+
+# the function of each command's module that runs a parsed config
+_RUN_FUNCTION = {"eval-tail": "sample_and_summarise", "gcg": "attack_and_score"}
+
+
+def run_key(command: str, cfg) -> str:
+    """What a recorded run counts for: the command, or ``rl:<method>``."""
+    field = usage.METHOD_FIELD.get(command)
+    return f"{command}:{get_path(cfg, field)}" if field else command
+
+
+@pytest.fixture(scope="module")
+def recorded(toy, toy_rm, tmp_path_factory) -> dict[str, set[str]]:
+    """Every run of ``RUNS``, parsed as the CLI parses it and run in this process: the fields read
+    while it ran, per command (``rl:<method>`` for RL)."""
+    from repulse.cli import COMMANDS
+
+    targets = tmp_path_factory.mktemp("gcg") / "targets.csv"
+    targets.write_text("goal,target\nSay hello.,Sure here is\n")
+    paths = {**{k: str(v) for k, v in toy.paths().items()}, "rm": str(toy_rm), "targets": str(targets)}
+    reads: dict[str, set[str]] = {}
+    for i, (command, template) in enumerate(RUNS):
+        out = tmp_path_factory.mktemp(f"run{i}_{command}")
+        argv = shlex.split(template.format(out=out, **paths))
+        if "--ckpt.output_dir" not in argv:
+            argv += ["--ckpt.output_dir", str(out)]
+        module = importlib.import_module(COMMANDS[command][0].split(":")[0])
+        cfg = parse_config(command, usage.ROOTS[command], argv, getattr(module, "validate", None))
+        t0 = time.process_time()
+        with recording(cfg) as seen:
+            assert getattr(module, _RUN_FUNCTION.get(command, "run"))(cfg) == 0
+        print(f"[field usage] {command} run {i}: {time.process_time() - t0:.1f}s CPU", file=sys.__stderr__)
+        reads.setdefault(run_key(command, cfg), set()).update(seen)
+    return reads
+
+
+def declared(command: str, method: str | None = None) -> set[str]:
+    """The fields of ``command``'s root that the table says ``command`` (with ``method``) reads."""
+    root = usage.ROOTS[command]
+    compat = usage.compat_fields(root)
+    return {p for p in leaves(root) if p not in compat and usage.reads(command, p, method)}
+
+
+def keys() -> list[tuple[str, str | None]]:
+    out: list[tuple[str, str | None]] = []
+    for command in usage.ROOTS:
+        out += [(command, m) for m in usage.METHODS.get(command, (None,))]
+    return out
+
+
+# --------------------------------------------------------------------------- the table vs the schema
+
+
+def test_every_field_of_every_command_root_has_an_entry():
+    """(a) A field no command reads, that is neither compatibility-only nor a feature on its way,
+    is a silent field: add the code that reads it and its line in ``repulse.config.usage``."""
+    missing = []
+    for root in usage.ROOTS.values():
+        compat = usage.compat_fields(root)
+        for path in leaves(root):
+            if path not in compat and not usage.readers(path) and usage.not_yet(path) is None:
+                missing.append(f"--{path} ({root.__name__})")
+    assert not missing, "fields no command reads: " + ", ".join(sorted(set(missing)))
+
+
+def test_table_entries_name_fields_of_the_commands_they_list():
+    """A pattern that matches no field of a command it names is a typo (or a removed field)."""
+    bad = []
+    tables = {"READS": {p: c for p, c in usage.READS.items()},
+              "NOT_YET": {p: c for p, (c, _) in usage.NOT_YET.items()},
+              "METHOD_READS": {p: ("rl",) for p in usage.METHOD_READS}}  # fmt: skip
+    for name, table in tables.items():
+        for pattern, commands in table.items():
+            for command in commands:
+                fields = leaves(usage.ROOTS[command])
+                if not any(p == pattern or (pattern.endswith(".") and p.startswith(pattern)) for p in fields):
+                    bad.append(f"{name}[{pattern!r}] names repulse {command}")
+    assert not bad, "; ".join(bad)
+    for pattern, methods in usage.METHOD_READS.items():
+        assert set(methods) <= set(usage.METHODS["rl"]), pattern
+
+
+def test_every_command_that_parses_a_config_is_in_the_table():
+    """``parse_config("name", Root, ...)`` anywhere in the package needs ``ROOTS["name"] is Root``."""
+    calls = []
+    for file in (REPO / "repulse").rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "parse_config" and node.args:
+                first, second = node.args[0], node.args[1] if len(node.args) > 1 else None
+                if isinstance(first, ast.Constant):
+                    calls.append((first.value, getattr(second, "id", None), file.name))
+    assert len(calls) >= 9
+    for command, root, where in calls:
+        assert command in usage.ROOTS, f"{where}: repulse {command} is not in repulse.config.usage.ROOTS"
+        assert usage.ROOTS[command].__name__ == root, f"{where}: repulse {command} parses {root}"
+
+
+def _attribute_chains(tree: ast.AST) -> list[list[str]]:
+    """``a.b.c`` -> ``['a', 'b', 'c']`` for every attribute access (loads) in ``tree``."""
+    chains = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+            chain, cur = [], node
+            while isinstance(cur, ast.Attribute):
+                chain.append(cur.attr)
+                cur = cur.value
+            chain.append(cur.id if isinstance(cur, ast.Name) else "")
+            chains.append(chain[::-1])
+    return chains
+
+
+def _section_names() -> set[str]:
+    """Names of every section (a field holding a dataclass) in the command roots."""
+    names: set[str] = set()
+    for root in usage.ROOTS.values():
+        for path in leaves(root):
+            names.update(path.split(".")[:-1])
+    return names
+
+
+def reads_attribute(source: str, path: str) -> bool:
+    """Whether ``source`` reads ``path`` as an attribute: the chain ends with the path's sections and
+    field (``self.cfg.engine.zpg``), or with its last names after a variable that is no section name
+    (``cfg.zpg`` where ``cfg`` holds the engine section, ``logger_cfg.wandb.org``); ``cfg.model.zpg``
+    does not count."""
+    parts = path.split(".")
+    sections = _section_names()
+    for chain in _attribute_chains(ast.parse(source)):
+        k = 0  # how many of the path's last names the chain ends with
+        while k < min(len(parts), len(chain) - 1) and chain[-1 - k] == parts[-1 - k]:
+            k += 1
+        if k and (k == len(parts) or chain[-1 - k] not in sections):
+            return True
+    return False
+
+
+def test_reads_attribute_is_not_fooled_by_comments_or_strings():
+    src = "# cfg.engine.zpg\nx = 'cfg.engine.zpg'\ny = getattr(cfg, 'zpg')\nz = cfg.model.zpg\n"
+    assert not reads_attribute(src, "engine.zpg")
+    assert reads_attribute("def f(cfg):\n    return cfg.zpg\n", "engine.zpg")
+    assert reads_attribute("n = self.cfg.engine.zpg\n", "engine.zpg")
+    assert reads_attribute("n = logger_cfg.wandb.org\n", "logger.wandb.org")
+
+
+@pytest.mark.parametrize("path", sorted(READ_ELSEWHERE))
+def test_fields_read_only_elsewhere_are_read_by_their_module(path):
+    module = READ_ELSEWHERE[path]
+    assert any(usage.readers(path)), f"--{path} is read by no command in the table"
+    assert reads_attribute((REPO / module).read_text(), path), f"{module} has no attribute access of --{path}"
+
+
+# --------------------------------------------------------------------------- the table vs the code
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command, method", keys(), ids=lambda x: str(x))
+def test_declared_fields_are_read_when_the_command_runs(recorded, command, method):
+    """(b) Every field the table says this command (method) reads is read by its code on the toy
+    (or listed in ``READ_ELSEWHERE``), and it reads no field the table would refuse."""
+    key = f"{command}:{method}" if method else command
+    assert key in recorded, f"no representative run of {key} in RUNS"
+    seen = recorded[key]
+    want = declared(command, method)
+    unread = sorted(want - seen - set(READ_ELSEWHERE))
+    assert not unread, (
+        f"repulse {key} is declared to read {unread} but did not read them on the toy. Make the "
+        "code read each (the flag must take effect), or mark it NOT_YET / _compat (it then warns), or "
+        "narrow its entry in repulse.config.usage (it is then refused), or add a run to RUNS that reaches "
+        "the code that reads it."
+    )
+    root = usage.ROOTS[command]
+    compat = usage.compat_fields(root)
+    refused = sorted(p for p in seen - want - compat)
+    assert not refused, (
+        f"repulse {key} reads {refused}, which repulse.config.usage does not list for it (set by a user, "
+        "they would be refused, or warned about as having no effect): add them to its entry."
+    )
+
+
+# --------------------------------------------------------------------------- what users see
+
+
+def test_a_field_another_command_reads_is_refused_in_one_paragraph():
+    argv = ["--model.model_name_or_path", "m", "--data.dataset", "d"]
+    with pytest.raises(UserError) as err:
+        parse_config("sft", OfflineConfig, [*argv, "--ref.offload"])
+    msg = str(err.value)
+    assert msg == (
+        "--ref.offload True is not read by repulse sft, which would ignore it: only repulse dpo, repulse "
+        "kto and repulse rl read it. Remove it, or run one of those."
+    )
+    with pytest.raises(UserError, match=r"--rollout.batch_size 3 is not read by repulse eval-tail"):
+        parse_config("eval-tail", usage.ROOTS["eval-tail"], ["--rollout.batch_size", "3"])
+    # the default value, or the same value from a YAML file, is no use of the field: accepted
+    parse_config("sft", OfflineConfig, [*argv, "--ref.offload", "false"])
+
+
+def test_a_field_another_rl_method_reads_is_refused():
+    base = ["--actor.model_name_or_path", "m", "--data.prompt_dataset", "p", "--reward.remote_url", "r.py"]
+    with pytest.raises(UserError) as err:
+        parse_config("rl", RLConfig, [*base, "--repulse.method", "reinforce", "--rollout.n_samples_per_prompt",
+                                      "2", "--train.batch_size", "64"])  # fmt: skip
+    assert str(err.value) == (
+        "--train.batch_size 64 is not read by repulse rl --repulse.method reinforce, which would ignore it: "
+        "only --repulse.method rl reads it. Remove it, or choose a method that uses it."
+    )
+    with pytest.raises(UserError, match="only --repulse.method p_proposal or --repulse.method repulse reads"):
+        parse_config("rl", RLConfig, [*base, "--repulse.alpha", "0.5"])
+    cfg = parse_config("rl", RLConfig, [*base, "--repulse.method", "repulse", "--repulse.alpha", "0.5",
+                                        "--rollout.n_samples_per_prompt", "2"])  # fmt: skip
+    assert cfg.repulse.alpha == 0.5
+
+
+def test_a_feature_not_in_this_version_warns_once_by_name(monkeypatch, capsys):
+    import repulse.errors
+
+    monkeypatch.setattr(repulse.errors, "_warned", set())
+    base = ["--actor.model_name_or_path", "m", "--data.prompt_dataset", "p", "--reward.remote_url", "r.py"]
+    parse_config("rl", RLConfig, [*base, "--actor.num_nodes", "2"])
+    parse_config("rl", RLConfig, [*base, "--actor.num_nodes", "2"])
+    err = capsys.readouterr().err
+    assert err.count("--actor.num_nodes 2 has no effect in this version yet: Ray placement") == 1
+    # a command that will not read it either way refuses it
+    with pytest.raises(
+        UserError, match="--reward.num_nodes 2 is not read by repulse gcg.*; repulse rl accepts it"
+    ):
+        parse_config("gcg", usage.ROOTS["gcg"], ["--reward.num_nodes", "2"])
+
+
+def test_a_seed_flag_landing_on_an_unread_field_is_dropped_with_a_note():
+    from repulse.config.legacy import translate_argv
+
+    argv = ["--pretrain", "m", "--reward_pretrain", "r", "--prompt_data", "p", "--train_batch_size", "64",
+            "--repulse.method", "reinforce", "--critic_learning_rate", "1e-5"]  # fmt: skip
+    new, notes = translate_argv(argv, "rl")
+    assert "--train.batch_size" not in new and "--critic.adam.lr" not in new
+    assert any(
+        "--train_batch_size, --critic_learning_rate (not read by repulse rl --repulse.method reinforce)" in n
+        for n in notes
+    ), notes
+    new, _ = translate_argv(argv[:-4] + ["--critic_learning_rate", "1e-5"], "rl")  # PPO: both land
+    assert "--train.batch_size" in new and "--critic.adam.lr" in new
+
+
+# --------------------------------------------------------------------------- the recorder
+
+
+def test_the_recorder_sees_reads_in_its_block_only_and_not_serialisation():
+    cfg = RLConfig()
+    _ = cfg.rollout.top_p  # before: not recorded
+    with recording(cfg) as seen:
+        _ = cfg.actor.adam.lr
+        _ = cfg.critic  # a section is no field
+        with paused():
+            _ = cfg.train.seed
+        to_yaml(cfg)  # writing the resolved config touches every field
+        import copy
+
+        q = copy.deepcopy(cfg.actor.optim)
+        _ = q.max_norm  # a copy keeps the path it was copied from
+    _ = cfg.algo.max_epochs  # after: not recorded
+    assert seen == {"actor.adam.lr", "actor.optim.max_norm"}
+    assert "__getattribute__" not in type(cfg.actor).__dict__  # nothing left behind
+    assert json.dumps(vars(cfg.actor.adam)) == json.dumps({"lr": 1e-6, "betas": [0.9, 0.95], "eps": 1e-8,
+                                                           "weight_decay": 0.0})  # fmt: skip
