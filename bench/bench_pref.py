@@ -46,6 +46,7 @@ def repulse_cmd(kind: str, w: dict, out: Path) -> list[str]:
         "--adam.lr", str(w["lr"]),
         "--engine.param_dtype", "fp32",
         "--ckpt.output_dir", str(out),
+        "--ckpt.overwrite",  # every round reuses the directory
         "--logger.progress_bar", "false",
     ]  # fmt: skip
     if kind == "dpo":

@@ -46,6 +46,7 @@ def sft_args(w: dict, out: Path, micro: int) -> list[str]:
         "--engine.param_dtype", "fp32",
         "--engine.packing_samples",
         "--ckpt.output_dir", str(out),
+        "--ckpt.overwrite",  # every round reuses the directory
         "--logger.progress_bar", "false",
     ]  # fmt: skip
 

@@ -16,7 +16,9 @@ Parity choices (each one is a TRL default we override, and why):
   accept tokenized datasets and skip their own tokenization; its DPOTrainer always re-tokenizes
   strings, so a subclass skips ``_prepare_dataset`` for our tokenized columns (data preparation
   only, before the timed window).
-- ``beta=0`` for GRPO and RLOO (no reference model), as ``--algo.kl.init_coef 0`` on our side.
+- ``beta=0`` for GRPO and RLOO (no reference model), as ``--algo.kl.init_coef 0`` on our side;
+  or the workload's ``kl_coef`` (GRPO's KL term is k3 in the loss, as
+  ``--algo.kl.use_loss --algo.kl.estimator k3`` on our side).
 - ``logging_steps=1``: repulse writes metrics every step by default; TRL then logs every step too.
 - ``save_strategy="no"``, ``report_to="none"``, ``disable_tqdm=True``: no I/O inside the timed window.
 """
@@ -223,7 +225,7 @@ def _rl(w: dict[str, Any], clock: StepClock, out_dir: str, kind: str) -> Any:
         max_completion_length=w["max_new_tokens"],
         temperature=w["temperature"],
         top_p=1.0,
-        beta=0.0,
+        beta=float(w.get("kl_coef", 0.0)),
         num_iterations=1,
     )
     if kind == "grpo":

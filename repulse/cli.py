@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dpo": ("repulse.trainers.dpo:main", "DPO / IPO / cDPO"),
     "kto": ("repulse.trainers.kto:main", "KTO on unpaired data"),
     "kd": ("repulse.trainers.kd:main", "knowledge distillation"),
-    "rl": ("repulse.trainers.rl:main", "PPO, REINFORCE++, RLOO, GRPO, Dr. GRPO and RePULSe"),
+    "rl": ("repulse.launch.rl:main", "PPO, REINFORCE++, RLOO, GRPO, Dr. GRPO and RePULSe"),
     "serve-rm": ("repulse.rl.reward_server:main", "serve a reward model over HTTP"),
     "eval-tail": ("repulse.workflows.eval_tail:main", "tail-risk evaluation: P(r < eta), CVaR, exact, IS"),
     "gcg": ("repulse.workflows.gcg:main", "GCG adversarial attack: suffixes, samples, attack success"),
@@ -27,6 +27,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "toy": ("repulse.toy.cli:main", "build the tiny local tokenizer, models and data sets"),
     "lora-merge": ("repulse.models.merge_cli:main", "merge a LoRA adapter into its base model"),
     "demo": ("repulse.workflows.demo:main", "the RePULSe toy experiment end to end"),
+    "generate": ("repulse.workflows.generate:main", "batch generation: n responses per prompt to a jsonl"),
+    "score": ("repulse.workflows.score:main", "reward a jsonl; rs / iter_dpo / csft post-processing"),
+    "pipeline": (
+        "repulse.workflows.pipeline:main",
+        "rejection-sampling | iterative-dpo | csft as one resumable command",
+    ),
+    "chat": ("repulse.workflows.chat:main", "interactive chat with a model (and its reward)"),
 }
 
 

@@ -72,6 +72,7 @@ def parse_config(
     warn_no_effect(cfg)
     if command in TRAINING_COMMANDS:
         check_engine_fields(cfg.engine)
+    warn_ray_only(cfg)
     if validate is not None:
         validate(cfg)
     check_fields(cfg, command)
@@ -130,4 +131,25 @@ def warn_no_effect(cfg: Any, prefix: str = "") -> None:
             flag = f"--{prefix}{f.name}"
             warn_once(
                 f"no_effect:{flag}", f"{flag} {value!r} has no effect in this version: {f.metadata['help']}."
+            )
+
+
+def warn_ray_only(cfg: Any, node: Any = None, prefix: str = "") -> None:
+    """One warning per placement knob (``ray_only`` fields) set while the roles run in this process."""
+    import dataclasses
+
+    launch = getattr(cfg, "launch", None)
+    if launch is None or launch.backend == "ray":
+        return
+    node = cfg if node is None else node
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            warn_ray_only(cfg, value, f"{prefix}{f.name}.")
+        elif f.metadata.get("ray_only") and value != f.default:
+            flag = f"--{prefix}{f.name}"
+            warn_once(
+                f"ray_only:{flag}",
+                f"{flag} {value!r} has no effect without --launch.backend ray: {f.metadata['help']}; "
+                "here every process (one per torchrun rank) holds every role.",
             )

@@ -38,7 +38,9 @@ from repulse.config.schema import flatten, get_path, load_yaml
 from repulse.config.usage import METHOD_FIELD, ROOTS, accepted
 from repulse.errors import UserError
 
-COMMANDS: tuple[str, ...] = ("sft", "rm", "prm", "dpo", "kto", "kd", "rl", "serve-rm", "gcg")
+COMMANDS: tuple[str, ...] = (
+    "sft", "rm", "prm", "dpo", "kto", "kd", "rl", "serve-rm", "gcg", "generate", "score", "chat",
+)  # fmt: skip
 
 # openrlhf.cli.<module> -> our command (both the fork's non-Ray train_ppo and upstream's train_ppo_ray).
 MODULE_TO_COMMAND: dict[str, str] = {
@@ -53,7 +55,14 @@ MODULE_TO_COMMAND: dict[str, str] = {
     "serve_rm": "serve-rm",
     "evaluate_gcg_sz": "gcg",  # the RePULSe fork's GCG evaluation
     "lora_combiner": "lora-merge",  # flags already the seed's (repulse.models.merge_cli)
+    "interactive_chat": "chat",
 }
+
+# the modules OpenRLHF runs under ``ray job submit``: their commands select the Ray backend
+RAY_MODULES: frozenset[str] = frozenset({"train_ppo_ray"})
+
+# batch_inference is two commands: --eval_task picks one (``_eval_task_rule`` checks the pairing).
+_EVAL_TASKS: dict[str, str] = {"generate": "generate", "generate_vllm": "generate", "rm": "score"}
 
 _OLD_PROMPT_MAX_LEN = 1024
 _OLD_GENERATE_MAX_LEN = 1024
@@ -210,10 +219,51 @@ def _rollout_is_rule(ctx: _Ctx, out: _Out) -> None:
         out.emit("algo.rollout_is.high", band[1])
 
 
+def _eval_task_rule(ctx: _Ctx, out: _Out) -> None:
+    """``--eval_task`` of ``batch_inference``: ``generate`` (HF) and ``generate_vllm`` pick the
+    rollout backend of ``repulse generate``; ``rm`` belongs to ``repulse score``. A task given to the
+    other command is an error naming the right one."""
+    if not ctx.has("eval_task"):
+        return
+    out.consumed.add("eval_task")
+    task = ctx.one("eval_task")
+    command = out.command
+    if task not in _EVAL_TASKS:
+        raise UserError(
+            f"--eval_task {task}: batch inference has the tasks generate, generate_vllm (repulse generate) "
+            "and rm (repulse score)."
+        )
+    if _EVAL_TASKS[task] != command:
+        raise UserError(
+            f"--eval_task {task} is the job of repulse {_EVAL_TASKS[task]}, not repulse {command}: run "
+            f"repulse {_EVAL_TASKS[task]} with the same flags."
+        )
+    if task == "generate_vllm" and not ctx.has("rollout.backend"):
+        out.emit("rollout.backend", "vllm")
+        out.notes.append("--eval_task generate_vllm -> --rollout.backend vllm.")
+    elif task == "generate" and not ctx.has("rollout.backend"):
+        out.emit("rollout.backend", "hf")
+
+
+def _score_conversation_rule(ctx: _Ctx, out: _Out) -> None:
+    """``--eval_task rm --input_key chosen --apply_chat_template`` without ``--output_key`` (the seed's
+    conditional-SFT recipe): the input is a conversation whose last assistant turn is the response."""
+    if ctx.has("apply_chat_template", "data.apply_chat_template") and not ctx.has(
+        "output_key", "data.output_key"
+    ):
+        out.emit("data.output_key", "none")
+        out.notes.append(
+            "--apply_chat_template without --output_key: each input is a conversation whose last assistant "
+            "turn is the response scored (--data.output_key none)."
+        )
+
+
 # command -> rules applied before the table, in order
 _RULES = {
     "rl": (_lengths_rule, _reward_format_rule, _rollout_is_rule),
     "gcg": (_reward_format_rule, _gcg_rule),
+    "generate": (_eval_task_rule,),
+    "score": (_eval_task_rule, _score_conversation_rule),
 }
 
 
@@ -235,7 +285,7 @@ def translate_argv(argv: list[str], command: str) -> tuple[list[str], list[str]]
     flags = _group(argv)
     ctx = _Ctx(flags)
     ctx.fork = command == "rl" and ctx.has(*FORK_FLAGS)
-    out = _Out()
+    out = _Out(command=command)
     for rule in _RULES.get(command, ()):
         rule(ctx, out)
     if ctx.fork:
@@ -415,15 +465,37 @@ def _ignored_note(ignored: dict[str, str]) -> str:
 def split_launcher(tokens: list[str]) -> tuple[str, list[str]]:
     """``deepspeed ... --module openrlhf.cli.train_X ARGS`` (or ``python -m``, ``ray job submit -- ...``).
 
-    Returns ``(our command, ARGS)``: everything after the first ``openrlhf.cli.<module>`` token.
+    Returns ``(our command, ARGS)``: everything after the first ``openrlhf.cli.<module>`` token,
+    preceded by ``--launch.backend ray`` for the Ray trainer (``train_ppo_ray``).
     """
     for i, tok in enumerate(tokens):
         if tok.startswith("openrlhf.cli."):
             module = tok[len("openrlhf.cli.") :]
+            if module == "batch_inference":
+                return _batch_inference_command(tokens[i + 1 :]), tokens[i + 1 :]
             if module not in MODULE_TO_COMMAND:
-                known = ", ".join(sorted(MODULE_TO_COMMAND))
+                known = ", ".join(sorted([*MODULE_TO_COMMAND, "batch_inference"]))
                 raise UserError(
                     f"openrlhf.cli.{module} has no repulse counterpart to translate to (known: {known})."
                 )
-            return MODULE_TO_COMMAND[module], tokens[i + 1 :]
+            rest = tokens[i + 1 :]
+            if module in RAY_MODULES:  # given first, so that an explicit --launch.backend still wins
+                rest = ["--launch.backend", "ray", *rest]
+            return MODULE_TO_COMMAND[module], rest
     raise UserError("no 'openrlhf.cli.<module>' in the command: cannot tell which trainer it runs.")
+
+
+def _batch_inference_command(args: list[str]) -> str:
+    """``batch_inference`` runs ``repulse generate`` or ``repulse score``, as its ``--eval_task`` says."""
+    task = _Ctx(_group(args)).one("eval_task")
+    if task is None:
+        raise UserError(
+            "openrlhf.cli.batch_inference without --eval_task: add --eval_task generate or generate_vllm "
+            "(repulse generate) or rm (repulse score)."
+        )
+    if task not in _EVAL_TASKS:
+        raise UserError(
+            f"--eval_task {task}: batch inference has the tasks generate, generate_vllm (repulse generate) "
+            "and rm (repulse score)."
+        )
+    return _EVAL_TASKS[task]

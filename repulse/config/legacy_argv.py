@@ -81,6 +81,7 @@ class _Ctx:
 class _Out:
     """What the rules produce: flags in our names, consumed legacy names, notes, ignored flags."""
 
+    command: str = ""
     emitted: list[tuple[str, list[str]]] = field(default_factory=list)
     consumed: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)

@@ -15,10 +15,17 @@ Dest = tuple[str, ...]
 
 # Reasons for accepted-and-ignored flags; the ignore note groups flags by these strings.
 _RESEARCH = "research-only in the RePULSe fork: diagnostics, ablations and dead code (spec §6)"
-_PLACEMENT = "GPU placement / memory knob of OpenRLHF's Ray+DeepSpeed launcher; no effect in this version yet"
+_PLACEMENT = "GPU placement / memory knob of OpenRLHF's Ray+DeepSpeed launcher; no effect on results here"
 _LAUNCHER = "set by the launcher (torchrun/deepspeed), not needed"
 _DEAD = "dead flag in OpenRLHF itself (removed feature)"
-_ASYNC = "asynchronous rollout pipelining is not in this version yet: training runs synchronously (on-policy)"
+_ASYNC = (
+    "partial rollouts (generation interrupted by a weight update) are not implemented; "
+    "--train.async_enable draws whole rollouts ahead instead"
+)
+_SLEEP = (
+    "the training engines keep their state on the device between phases; "
+    "--engine.adam_offload and --ref.offload move state to CPU"
+)
 _HEAD = "reward models load with AutoModelForSequenceClassification, which finds its own head"
 
 
@@ -201,6 +208,15 @@ _RL = _Table(
         "reward_num_nodes": ("reward.num_nodes",),
         "reward_num_gpus_per_node": ("reward.num_gpus_per_node",),
         "ref_reward_offload": ("ref.offload", "reward.offload"),
+        # placement (Ray) and asynchronous training
+        "colocate_all_models": ("launch.colocate_all_models",),
+        "colocate_actor_ref": ("launch.colocate_actor_ref",),
+        "colocate_critic_reward": ("launch.colocate_critic_reward",),
+        "train.colocate_all": ("launch.colocate_all_models",),
+        "train.colocate_actor_ref": ("launch.colocate_actor_ref",),
+        "train.colocate_critic_reward": ("launch.colocate_critic_reward",),
+        "async_train": ("train.async_enable",),
+        "async_queue_size": ("train.async_queue_size",),
         # vLLM
         "vllm_num_engines": ("vllm.num_engines",),
         "vllm_tensor_parallel_size": ("vllm.tensor_parallel_size",),
@@ -275,23 +291,13 @@ _RL = _Table(
         "heldout_prompt_split": ("eval.split",),
     },
     ignored={
-        # OpenRLHF placement and memory knobs
-        "colocate_all_models": _PLACEMENT,
-        "colocate_actor_ref": _PLACEMENT,
-        "colocate_critic_reward": _PLACEMENT,
-        "train.colocate_all": _PLACEMENT,
-        "train.colocate_actor_ref": _PLACEMENT,
-        "train.colocate_critic_reward": _PLACEMENT,
-        "deepspeed_enable_sleep": _PLACEMENT,
-        "ds.enable_sleep": _PLACEMENT,
+        # OpenRLHF memory knobs
+        "deepspeed_enable_sleep": _SLEEP,
+        "ds.enable_sleep": _SLEEP,
         "use_dynamic_batch": _PLACEMENT,
         "train.dynamic_batch_enable": _PLACEMENT,
         "train_max_tokens_per_gpu": _PLACEMENT,
         "train.max_tokens_per_gpu": _PLACEMENT,
-        "async_train": _ASYNC,
-        "train.async_enable": _ASYNC,
-        "async_queue_size": _ASYNC,
-        "train.async_queue_size": _ASYNC,
         "partial_rollout": _ASYNC,
         "train.partial_rollout_enable": _ASYNC,
         **dict.fromkeys(
@@ -441,6 +447,118 @@ _GCG = _Table(
     },
 )
 
+# ``batch_inference`` (--eval_task generate | generate_vllm -> ``repulse generate``, rm -> ``repulse score``)
+# and ``interactive_chat`` (-> ``repulse chat``). ``--eval_task`` itself is a rule (``_eval_task_rule``).
+_NO_TRAINING = "no model is trained here (generation and scoring run forwards only)"
+_FAST_TOKENIZER = "transformers 5 always loads the fast tokenizer"
+_INFER_COMMON = _Table(
+    renames={
+        "dataset": ("data.dataset",),
+        "dataset_probs": ("data.dataset_probs",),
+        "dataset_split": ("data.dataset_split",),
+        "max_samples": ("data.max_samples",),
+        "input_key": ("data.input_key",),
+        "output_path": ("output.path",),
+        "post_processor": ("score.post_processor",),
+        "reward_template": ("score.reward_template",),
+        "normalize_reward": ("reward.normalize_enable",),
+        "reward_pretrain": ("reward.model_name_or_path",),
+        "remote_rm_url": ("reward.remote_url",),
+    },
+    ignored={
+        "local_rank": _LAUNCHER,
+        "disable_fast_tokenizer": _FAST_TOKENIZER,
+        "value_head_prefix": _HEAD,
+        "value_prefix_head": _HEAD,
+        **dict.fromkeys(
+            (
+                "zero_stage",
+                "adam_offload",
+                "gradient_checkpointing",
+                "zpg",
+                "ring_attn_size",
+                "ring_head_stride",
+            ),
+            _NO_TRAINING,
+        ),
+    },
+)
+_SAMPLING = {
+    "max_new_tokens": ("rollout.max_new_tokens",),
+    "greedy_sampling": ("rollout.greedy",),
+    "temperature": ("rollout.temperature",),
+    "top_p": ("rollout.top_p",),
+    "top_k": ("rollout.top_k",),
+    "repetition_penalty": ("rollout.repetition_penalty",),
+    "seed": ("rollout.seed",),
+    "pretrain": ("model.model_name_or_path",),
+    "input_template": ("data.input_template",),
+    "apply_chat_template": ("data.apply_chat_template",),
+    "tokenizer_chat_template": ("data.tokenizer_chat_template",),
+    "bf16": ("engine.param_dtype=bf16",),
+    "flash_attn": ("engine.attn_implementation=flash_attention_2",),
+    "attn_implementation": ("engine.attn_implementation",),
+}
+_GENERATE = _Table(
+    renames={
+        **_SAMPLING,
+        "prompt_max_len": ("data.prompt_max_len",),
+        "best_of_n": ("rollout.n_samples_per_prompt",),
+        "micro_batch_size": ("rollout.micro_batch_size",),
+        "iter": ("data.iter",),
+        "rollout_batch_size": ("data.rollout_batch_size",),
+        "tp_size": ("vllm.tensor_parallel_size",),
+        "vllm_tensor_parallel_size": ("vllm.tensor_parallel_size",),
+        "enable_prefix_caching": ("vllm.enable_prefix_caching",),
+        "max_num_seqs": ("vllm.max_num_seqs",),
+        "gpu_memory_utilization": ("vllm.gpu_memory_utilization",),
+        "vllm_gpu_memory_utilization": ("vllm.gpu_memory_utilization",),
+        "enforce_eager": ("vllm.enforce_eager",),
+    },
+    ignored={
+        "max_len": "generation lengths are --data.prompt_max_len (prompt) and --rollout.max_new_tokens (response)",
+    },
+)
+_SCORE_RUNTIME = "reward models load in their checkpoint's dtype with the default attention"
+_SCORE = _Table(
+    renames={
+        "pretrain": ("reward.model_name_or_path",),
+        "max_len": ("reward.max_len",),
+        "micro_batch_size": ("score.micro_batch_size",),
+        "output_key": ("data.output_key",),
+        "label_key": ("data.label_key",),
+        "input_template": ("data.input_template",),
+        "apply_chat_template": ("data.apply_chat_template",),
+        "tokenizer_chat_template": ("data.tokenizer_chat_template",),
+    },
+    ignored={
+        **dict.fromkeys(("bf16", "flash_attn", "attn_implementation", "packing_samples"), _SCORE_RUNTIME),
+        "seed": "scoring draws no random numbers",
+        **dict.fromkeys(
+            (
+                "best_of_n",
+                "max_new_tokens",
+                "prompt_max_len",
+                "temperature",
+                "top_p",
+                "top_k",
+                "greedy_sampling",
+            )
+            + ("repetition_penalty", "iter", "rollout_batch_size", "tp_size", "enable_prefix_caching"),
+            "a generation flag; --eval_task rm scores the responses already in --dataset",
+        ),
+    },
+)
+_CHAT = _Table(
+    renames={
+        **_SAMPLING,
+        "max_len": ("chat.max_len",),
+        "reward": ("reward.model_name_or_path",),
+        "system_prompt": ("chat.system_prompt",),
+    },
+    ignored={"local_rank": _LAUNCHER, "disable_fast_tokenizer": _FAST_TOKENIZER},
+)
+
 # Flags of the GCG command whose destination or value is derived by ``_gcg_rule`` (for tests).
 GCG_RULE_FLAGS: frozenset[str] = frozenset(
     {"ckpt_path", "pretrain", "reward_threshold", "atk_success_criteria"}
@@ -455,6 +573,12 @@ def _tables(command: str) -> tuple[_Table, ...]:
         return (_SERVE_RM,)
     if command == "gcg":
         return (_GCG,)
+    if command == "generate":
+        return (_GENERATE, _INFER_COMMON)
+    if command == "score":
+        return (_SCORE, _INFER_COMMON)
+    if command == "chat":
+        return (_CHAT,)
     return (_OFFLINE, _TRAIN_COMMON)
 
 

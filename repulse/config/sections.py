@@ -25,6 +25,12 @@ def _hf(factory, help: str, **checks):  # noqa: A002
     return field(default_factory=factory, metadata={"help": help, **checks})
 
 
+def _ray(default, help: str, **checks):  # noqa: A002
+    """A placement knob read only by the Ray backend: set without ``--launch.backend ray`` it warns
+    once (``parse_config``), naming the flag."""
+    return field(default=default, metadata={"help": help, "ray_only": True, **checks})
+
+
 def _compat(default, help: str):  # noqa: A002
     """A flag the seed documents use that has no effect in this version: accepted, and a value
     other than the default warns once (``parse_config``) instead of being silently ignored."""
@@ -189,6 +195,20 @@ class TrainSection:
 
 
 @dataclass
+class RLTrainSection(TrainSection):
+    async_enable: bool = _h(
+        False,
+        "Ray: draw the rollouts of the next --train.async_queue_size steps while a step trains "
+        "(needs rollout engines of their own, --vllm.num_engines)",
+    )
+    async_queue_size: int = _h(
+        1,
+        "async: rollouts drawn ahead (k); a sample is at most k policy versions old; 0 is synchronous",
+        ge=0,
+    )
+
+
+@dataclass
 class CkptSection:
     output_dir: str = _h("./ckpt", "output directory: config, metrics, final HF model")
     path: str | None = _h(None, "checkpoint directory (default: <output_dir>/checkpoints)")
@@ -252,8 +272,10 @@ class ActorSection:
     policy_loss_type: str = _h("ppo", "ppo | gspo")
     aux_loss_coef: float = _h(0.0, "MoE aux loss", ge=0)
     freeze_visual_encoder: bool = _compat(False, "accepted for compatibility")
-    num_nodes: int = _h(1, "Ray: nodes for the actor")
-    num_gpus_per_node: int = _h(1, "Ray: GPUs per node for the actor")
+    num_nodes: int = _ray(1, "Ray: nodes of the policy's actor group", ge=1)
+    num_gpus_per_node: int = _ray(
+        1, "Ray: devices per node of the policy's group (GPUs, or CPU bundles on a CPU cluster)", ge=1
+    )
 
 
 @dataclass
@@ -265,8 +287,10 @@ class CriticSection:
     value_clip: float = _h(0.5, "value clip range", gt=0)
     freezing_steps: int = _h(-1, "train only the critic for the first N steps", ge=-1)
     save_value_network: bool = _h(False, "export the critic at the end")
-    num_nodes: int = _h(1, "Ray: nodes")
-    num_gpus_per_node: int = _h(1, "Ray: GPUs per node")
+    num_nodes: int = _ray(1, "Ray: nodes of this role's actor group", ge=1)
+    num_gpus_per_node: int = _ray(
+        1, "Ray: devices per node of this role's group (GPUs, or CPU bundles)", ge=1
+    )
 
 
 @dataclass
@@ -275,8 +299,10 @@ class RefSection:
         None, "reference model (default: the policy's start)", model_path="model"
     )
     offload: bool = _h(False, "keep the reference model on CPU")
-    num_nodes: int = _h(1, "Ray: nodes")
-    num_gpus_per_node: int = _h(1, "Ray: GPUs per node")
+    num_nodes: int = _ray(1, "Ray: nodes of this role's actor group", ge=1)
+    num_gpus_per_node: int = _ray(
+        1, "Ray: devices per node of this role's group (GPUs, or CPU bundles)", ge=1
+    )
 
 
 @dataclass
@@ -302,8 +328,10 @@ class RewardSection:
     chosen_label: int | None = _h(None, "score a classifier by this label's logit (e.g. non-toxic)")
     timeout_s: float = _h(60.0, "HTTP reward timeout per request", gt=0)
     retries: int = _h(3, "HTTP retries", ge=0)
-    num_nodes: int = _h(1, "Ray: nodes")
-    num_gpus_per_node: int = _h(1, "Ray: GPUs per node")
+    num_nodes: int = _ray(1, "Ray: nodes of this role's actor group", ge=1)
+    num_gpus_per_node: int = _ray(
+        1, "Ray: devices per node of this role's group (GPUs, or CPU bundles)", ge=1
+    )
 
 
 @dataclass
@@ -361,16 +389,30 @@ class AlgoSection:
 
 @dataclass
 class VllmSection:
-    num_engines: int | None = _compat(
-        None, "vLLM engines: accepted for compatibility; rollouts use the hf backend in this version"
+    num_engines: int | None = _ray(
+        None,
+        "Ray: rollout engines in actors of their own that receive the policy's weights after every "
+        "update (unset or 0: each policy actor samples with its own engine)",
+        ge=0,
     )
-    tensor_parallel_size: int = _h(1, "vLLM TP size", ge=1)
-    gpu_memory_utilization: float = _h(0.9, "vLLM memory fraction", gt=0, le=1)
-    enable_prefix_caching: bool = _h(False, "vLLM prefix caching")
-    enforce_eager: bool = _h(False, "no CUDA graphs")
-    enable_sleep: bool = _h(False, "vLLM sleep mode")
-    sync_backend: str = _h("nccl", "weight sync backend")
-    sync_with_ray: bool = _h(False, "sync weights through Ray")
+    tensor_parallel_size: int = _h(
+        1, "vLLM TP size (under torchrun: consecutive ranks form one engine)", ge=1
+    )
+    gpu_memory_utilization: float = _h(
+        0.9, "vLLM memory fraction (GPU; on CPU: VLLM_CPU_KVCACHE_SPACE GiB)", gt=0, le=1
+    )
+    enable_prefix_caching: bool = _h(False, "vLLM prefix caching (reset after every weight sync)")
+    enforce_eager: bool = _h(False, "no CUDA graphs / torch.compile in vLLM")
+    max_num_seqs: int | None = _h(None, "vLLM: most sequences decoded at once (default: vLLM's)", ge=1)
+    enable_sleep: bool = _h(False, "vLLM sleep mode between rollouts (no effect on CPU)")
+    sync_backend: str = _h(
+        "nccl", "weight sync backend for engines in other processes (CPU: gloo)", choices=("nccl", "gloo")
+    )
+    sync_with_ray: bool = _compat(
+        False, "weights travel over a torch.distributed group of their own (--vllm.sync_backend)"
+    )
+    sync_bucket_mb: float = _h(64.0, "weight sync: most MiB per bucket", gt=0)
+    sync_timeout_s: float = _h(600.0, "weight sync: timeout of every collective, seconds", gt=0)
 
 
 @dataclass
@@ -397,6 +439,41 @@ class RepulseSection:
     bad_words: list[str] | None = _h(None, "toy: the bad words for the exact P(bad)")
     exact_max_tokens: int = _h(2, "toy: response length enumerated exactly", ge=1)
     fit_steps: int = _h(1, "toy: outer repeats of fit with an exact evaluation after each", ge=1)
+
+
+@dataclass
+class LaunchSection:
+    backend: str = _h(
+        "local",
+        "where the RL roles run: local (this process; one copy per torchrun rank) | ray (actor groups "
+        "on a Ray cluster driven by one controller)",
+        choices=("local", "ray"),
+    )
+    ray_address: str | None = _ray(
+        None, "Ray cluster to join (default: $RAY_ADDRESS, else a local cluster is started)"
+    )
+    colocate_actor_ref: bool = _ray(False, "Ray: the policy and the reference share bundles")
+    colocate_critic_reward: bool = _ray(False, "Ray: the critic and the reward models share bundles")
+    colocate_all_models: bool = _ray(
+        False,
+        "Ray hybrid engine: every model and the rollout engines share the policy's bundles; the "
+        "engines sleep while the models train and wake before the weight sync",
+    )
+    device: str = _ray(
+        "auto",
+        "Ray: what a bundle holds: gpu (one GPU) | cpu (CPUs only) | auto (gpu if the cluster has GPUs)",
+        choices=("auto", "gpu", "cpu"),
+    )
+    cpus_per_device: float = _ray(
+        1.0, "Ray: CPUs per bundle (fractions allowed, e.g. 0.5 on CPU clusters)", gt=0
+    )
+    local_num_cpus: int | None = _ray(None, "Ray: CPUs of the local cluster started when none is given", ge=1)
+    timeout_s: float = _ray(
+        1800.0,
+        "Ray: longest wait for any call to a role (and for a collective): a dead or stuck actor fails "
+        "the run within this time",
+        gt=0,
+    )
 
 
 # --------------------------------------------------------------------------- roots
@@ -427,6 +504,7 @@ class OfflineConfig(CommonConfig):
 
 @dataclass
 class RLConfig(CommonConfig):
+    train: RLTrainSection = _hf(RLTrainSection, "batching, episodes, seed, asynchronous rollouts")
     actor: ActorSection = _hf(ActorSection, "policy")
     critic: CriticSection = _hf(CriticSection, "value model (gae)")
     ref: RefSection = _hf(RefSection, "reference model")
@@ -435,6 +513,7 @@ class RLConfig(CommonConfig):
     algo: AlgoSection = _hf(AlgoSection, "advantages and KL")
     vllm: VllmSection = _hf(VllmSection, "vLLM rollout engine")
     repulse: RepulseSection = _hf(RepulseSection, "RePULSe and its baselines")
+    launch: LaunchSection = _hf(LaunchSection, "where the roles run: this process or a Ray cluster")
 
 
 @dataclass
@@ -535,4 +614,247 @@ class GcgConfig:
         lambda: CkptSection(output_dir=""),
         "output directory of gcg_summary.json (default: the policy's run directory when it is one, so "
         "`repulse plot` pairs the attack with the run, else ./gcg_eval)",
+    )
+
+
+# --------------------------------------------------------------------------- batch generation and scoring
+#
+# ``repulse generate`` / ``score`` / ``chat`` / ``pipeline`` read only what is declared here: a section
+# holds no field the command would ignore (a flag of another command is an unknown option).
+
+
+@dataclass
+class PolicySection:
+    model_name_or_path: str | None = _h(
+        None, "the model that generates: an HF model directory or Hub name", model_path="model+tokenizer"
+    )
+
+
+@dataclass
+class PromptDataSection:
+    dataset: str | None = _h(None, "prompts: file(s), dir, json@dir, saved dataset or Hub name; comma list")
+    dataset_probs: str | None = _h(None, "mixing probabilities, comma list, one per dataset")
+    dataset_split: str = _h("train", "split to read")
+    max_samples: int = _h(100_000_000, "cap on rows read per dataset")
+    seed: int = _h(42, "seed of the mixing order of several datasets (--data.dataset_probs)")
+    input_key: str = _h("input", "key of the prompt (text, or chat messages with apply_chat_template)")
+    input_template: str | None = _h(
+        None, "format string with one {} for the prompt, e.g. 'User: {}\\nAssistant: '"
+    )
+    apply_chat_template: bool = _h(False, "render the prompt with the tokenizer's chat template")
+    tokenizer_chat_template: str | None = _h(
+        None, "override the tokenizer's chat template (jinja string or file)"
+    )
+    prompt_max_len: int | None = _h(
+        None,
+        "prompts longer than this many tokens are dropped (and counted in a warning); none: no cap",
+        ge=1,
+    )
+    iter: int = _h(
+        0, "which slice of the prompts: [iter*rollout_batch_size, (iter+1)*rollout_batch_size)", ge=0
+    )
+    rollout_batch_size: int = _h(-1, "prompts per slice (--data.iter); -1: all prompts", ge=1, also=(-1,))
+
+
+@dataclass
+class GenerationSection:
+    backend: str = _h("hf", "rollout engine: hf (our KV-cached sampler) | vllm", choices=("hf", "vllm"))
+    n_samples_per_prompt: int = _h(1, "responses per prompt (seed: --best_of_n)", ge=1)
+    greedy: bool = _h(False, "greedy decoding (argmax); temperature, top_p and top_k are then unused")
+    temperature: float = _h(1.0, "sampling temperature (0: greedy)", ge=0)
+    top_p: float = _h(
+        1.0, "nucleus sampling: keep the smallest set of tokens with this much mass", gt=0, le=1
+    )
+    top_k: int = _h(0, "keep the k most likely tokens (0 or -1: off)", ge=0, also=(-1,))
+    repetition_penalty: float = _h(
+        1.0,
+        "divide positive (multiply negative) logits of tokens already in prompt or response by this",
+        gt=0,
+    )
+    max_new_tokens: int = _h(1024, "max response tokens", ge=1)
+    micro_batch_size: int = _h(
+        16,
+        "rows (prompts x n) per generate call, and the unit a resumed run keeps; with vllm make it "
+        "large: vLLM batches within a call up to --vllm.max_num_seqs",
+        ge=1,
+    )
+    seed: int = _h(42, "sampling seed: each call draws from a stream of (seed, iter, call index)")
+
+
+@dataclass
+class InferEngineSection:
+    param_dtype: str = _h("auto", "auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
+    attn_implementation: str = _h(
+        "sdpa", "eager | sdpa | flash_attention_2 (falls back to sdpa without CUDA)"
+    )
+
+
+@dataclass
+class InferVllmSection:
+    tensor_parallel_size: int = _h(1, "vLLM tensor-parallel size (seed: --tp_size)", ge=1)
+    enable_prefix_caching: bool = _h(False, "vLLM automatic prefix caching")
+    max_num_seqs: int | None = _h(None, "vLLM: most sequences in one batch (default: vLLM's)", ge=1)
+    gpu_memory_utilization: float = _h(0.9, "vLLM: fraction of GPU memory it may take", gt=0, le=1)
+    enforce_eager: bool = _h(False, "vLLM: no CUDA graphs")
+
+
+@dataclass
+class ScoreSection:
+    post_processor: str = _h(
+        "none",
+        "none (every row with its reward) | rs (the best response per prompt) | iter_dpo (best and worst "
+        "response per prompt as chosen/rejected) | csft (the reward written into the input, --score.reward_template)",
+        choices=("none", "rs", "iter_dpo", "csft"),
+    )
+    reward_template: str = _h(
+        "{input} <rm_score>: {reward} ",
+        "csft: the new input; {input} is the input, {reward} the reward with two decimals",
+    )
+    micro_batch_size: int = _h(16, "rows per reward forward, and the unit a resumed run keeps", ge=1)
+
+
+@dataclass
+class OutputSection:
+    path: str | None = _h(None, "the output JSON-lines file (written atomically; a killed run resumes)")
+
+
+@dataclass
+class ScoredDataSection:
+    dataset: str | None = _h(
+        None, "rows to score: file(s), dir, json@dir, saved dataset or Hub name; comma list"
+    )
+    dataset_probs: str | None = _h(None, "mixing probabilities, comma list, one per dataset")
+    dataset_split: str = _h("train", "split to read")
+    max_samples: int = _h(100_000_000, "cap on rows read per dataset")
+    seed: int = _h(42, "seed of the mixing order of several datasets (--data.dataset_probs)")
+    input_key: str = _h("input", "key of the prompt (the rendered prompt in a repulse generate output)")
+    output_key: str | None = _h(
+        "output",
+        "key of the response; none: the input is a conversation whose last assistant turn is the "
+        "response (needs apply_chat_template)",
+    )
+    label_key: str | None = _h(None, "key of a label passed to reward functions and servers")
+    input_template: str | None = _h(
+        None, "render a raw input with this format string first (one {}), e.g. 'User: {}\\nAssistant: '"
+    )
+    apply_chat_template: bool = _h(
+        False, "inputs are chat messages: render them with the chat template of --data.tokenizer"
+    )
+    tokenizer: str | None = _h(
+        None, "tokenizer whose chat template renders conversations (default: the first reward model's)"
+    )
+    tokenizer_chat_template: str | None = _h(None, "override that tokenizer's chat template")
+
+
+@dataclass
+class GenerateConfig:
+    """``repulse generate``: responses to prompts, optionally scored in the same pass."""
+
+    model: PolicySection = _hf(PolicySection, "the policy")
+    data: PromptDataSection = _hf(PromptDataSection, "the prompts")
+    rollout: GenerationSection = _hf(GenerationSection, "sampling")
+    engine: InferEngineSection = _hf(InferEngineSection, "dtype / attention of the hf backend")
+    vllm: InferVllmSection = _hf(InferVllmSection, "the vllm backend")
+    reward: RewardSection = _hf(RewardSection, "optional: score each response in the same pass")
+    score: ScoreSection = _hf(ScoreSection, "post-processing of the scored responses")
+    output: OutputSection = _hf(OutputSection, "where the rows go")
+
+
+@dataclass
+class ScoreConfig:
+    """``repulse score``: rewards for (input, output) rows, then a post-processor."""
+
+    data: ScoredDataSection = _hf(ScoredDataSection, "the rows to score")
+    reward: RewardSection = _hf(RewardSection, "reward sources")
+    score: ScoreSection = _hf(ScoreSection, "post-processing")
+    output: OutputSection = _hf(OutputSection, "where the rows go")
+
+
+@dataclass
+class ChatDataSection:
+    input_template: str | None = _h(
+        None, "format string with one {} for each user turn, e.g. 'User: {}\\nAssistant: '"
+    )
+    apply_chat_template: bool = _h(False, "render the conversation with the tokenizer's chat template")
+    tokenizer_chat_template: str | None = _h(
+        None, "override the tokenizer's chat template (jinja string or file)"
+    )
+
+
+@dataclass
+class ChatSection:
+    system_prompt: str | None = _h(
+        None, "a system message that opens every conversation (chat template only)"
+    )
+    max_len: int = _h(2048, "prompt budget in tokens: the oldest turns are dropped to fit", ge=1)
+
+
+@dataclass
+class ChatConfig:
+    """``repulse chat``: talk to a model; with a reward model, each reply's score."""
+
+    model: PolicySection = _hf(PolicySection, "the model to talk to")
+    data: ChatDataSection = _hf(ChatDataSection, "prompt rendering (input_template or apply_chat_template)")
+    rollout: GenerationSection = _hf(
+        lambda: GenerationSection(max_new_tokens=256, micro_batch_size=1), "sampling"
+    )
+    engine: InferEngineSection = _hf(InferEngineSection, "dtype / attention")
+    reward: RewardSection = _hf(RewardSection, "optional: print the reward of each reply")
+    chat: ChatSection = _hf(ChatSection, "conversation")
+
+
+# --------------------------------------------------------------------------- iterative workflows
+
+
+@dataclass
+class PipelineSection:
+    output_dir: str = _h("./pipeline", "everything the pipeline writes: iter_<i>/ stages, iter.log, state")
+    policy: str | None = _h(
+        None,
+        "the starting policy (an SFT model): iteration 0 generates with it",
+        model_path="model+tokenizer",
+    )
+    reference: str | None = _h(
+        None, "iterative DPO: the reference model of every iteration (default: policy)", model_path="model"
+    )
+    iterations: int = _h(
+        1, "iterations of generate -> score -> train (raise it to continue a finished run)", ge=1
+    )
+
+
+@dataclass
+class RejectionSamplingConfig:
+    """``repulse pipeline rejection-sampling``: generate best-of-n, keep the best (rs), SFT on it."""
+
+    pipeline: PipelineSection = _hf(PipelineSection, "the loop")
+    generate: GenerateConfig = _hf(GenerateConfig, "the generate stage (repulse generate options)")
+    score: ScoreConfig = _hf(ScoreConfig, "the score stage (repulse score options)")
+    sft: OfflineConfig = _hf(
+        lambda: OfflineConfig(data=DataSection(input_key="input", output_key="output")),
+        "the SFT stage (repulse sft options)",
+    )
+
+
+@dataclass
+class IterativeDPOConfig:
+    """``repulse pipeline iterative-dpo``: generate n, best/worst pairs (iter_dpo), DPO on them."""
+
+    pipeline: PipelineSection = _hf(PipelineSection, "the loop")
+    generate: GenerateConfig = _hf(
+        lambda: GenerateConfig(rollout=GenerationSection(n_samples_per_prompt=2)), "the generate stage"
+    )
+    score: ScoreConfig = _hf(ScoreConfig, "the score stage")
+    dpo: OfflineConfig = _hf(
+        lambda: OfflineConfig(data=DataSection(prompt_key="prompt")), "the DPO stage (repulse dpo options)"
+    )
+
+
+@dataclass
+class ConditionalSFTConfig:
+    """``repulse pipeline csft``: score a data set, write each reward into its input, SFT on it."""
+
+    pipeline: PipelineSection = _hf(PipelineSection, "the run (one iteration)")
+    score: ScoreConfig = _hf(ScoreConfig, "the score stage")
+    sft: OfflineConfig = _hf(
+        lambda: OfflineConfig(data=DataSection(input_key="input", output_key="output")), "the SFT stage"
     )

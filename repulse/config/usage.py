@@ -28,7 +28,18 @@ import functools
 from typing import Any
 
 from repulse.config.schema import get_path, leaves
-from repulse.config.sections import EvalTailConfig, GcgConfig, OfflineConfig, RLConfig
+from repulse.config.sections import (
+    ChatConfig,
+    ConditionalSFTConfig,
+    EvalTailConfig,
+    GcgConfig,
+    GenerateConfig,
+    IterativeDPOConfig,
+    OfflineConfig,
+    RejectionSamplingConfig,
+    RLConfig,
+    ScoreConfig,
+)
 from repulse.errors import UserError, warn_once
 
 # command -> its config root (every command that calls ``parse_config``)
@@ -42,12 +53,29 @@ ROOTS: dict[str, type] = {
     "rl": RLConfig,
     "eval-tail": EvalTailConfig,
     "gcg": GcgConfig,
+    "generate": GenerateConfig,
+    "score": ScoreConfig,
+    "chat": ChatConfig,
+}
+
+# ``repulse pipeline <kind>``: its root nests each stage's config under the stage's name, beside
+# ``pipeline.*`` (read by every kind, ``pipeline.reference`` by iterative-dpo only, which its
+# validation enforces). A stage field is read when the stage's command reads it: ``check_fields``
+# checks each stage section against that command's entries, naming the flag with its stage prefix.
+PIPELINES: dict[str, tuple[type, dict[str, str]]] = {
+    "pipeline rejection-sampling": (
+        RejectionSamplingConfig,
+        {"generate": "generate", "score": "score", "sft": "sft"},
+    ),
+    "pipeline iterative-dpo": (IterativeDPOConfig, {"generate": "generate", "score": "score", "dpo": "dpo"}),
+    "pipeline csft": (ConditionalSFTConfig, {"score": "score", "sft": "sft"}),
 }
 
 OFFLINE = ("sft", "rm", "prm", "dpo", "kto", "kd")
 TRAINING = (*OFFLINE, "rl")
 SAMPLING = ("rl", "eval-tail", "gcg")  # commands that generate responses and score them
 ALL = (*TRAINING, "eval-tail", "gcg")
+BATCH = ("generate", "score", "chat")  # batch inference: their roots hold only what they read
 
 # command -> the field that picks its method, and that field's values
 METHOD_FIELD: dict[str, str] = {"rl": "repulse.method"}
@@ -58,21 +86,26 @@ METHODS: dict[str, tuple[str, ...]] = {"rl": (*PPO, *REINFORCE_FAMILY)}
 # field (or section prefix ending in '.') -> the commands that read it
 READS: dict[str, tuple[str, ...]] = {
     # data: training files (offline), prompts (rl, eval-tail), rendering
-    "data.dataset": OFFLINE,
-    "data.dataset_probs": OFFLINE,
-    "data.dataset_split": OFFLINE,
-    "data.input_key": ("sft", "prm", "kto", "kd", "rl", "eval-tail"),
-    "data.output_key": ("sft", "kto", "kd"),
-    "data.label_key": ("prm", "kto", "rl", "eval-tail"),
+    "data.dataset": (*OFFLINE, "generate", "score"),
+    "data.dataset_probs": (*OFFLINE, "generate", "score"),
+    "data.dataset_split": (*OFFLINE, "generate", "score"),
+    "data.seed": ("generate", "score"),
+    "data.tokenizer": ("score",),
+    "data.prompt_max_len": ("generate",),
+    "data.iter": ("generate",),
+    "data.rollout_batch_size": ("generate",),
+    "data.input_key": ("sft", "prm", "kto", "kd", "rl", "eval-tail", "generate", "score"),
+    "data.output_key": ("sft", "kto", "kd", "score"),
+    "data.label_key": ("prm", "kto", "rl", "eval-tail", "score"),
     "data.chosen_key": ("rm", "dpo"),
     "data.rejected_key": ("rm", "dpo"),
     "data.prompt_key": ("rm", "dpo"),
-    "data.input_template": ("sft", "rm", "dpo", "kto", "kd", "rl", "eval-tail", "gcg"),
-    "data.apply_chat_template": ("sft", "rm", "dpo", "kto", "kd", "rl", "eval-tail", "gcg"),
-    "data.tokenizer_chat_template": ALL,
+    "data.input_template": ("sft", "rm", "dpo", "kto", "kd", "rl", "eval-tail", "gcg", *BATCH),
+    "data.apply_chat_template": ("sft", "rm", "dpo", "kto", "kd", "rl", "eval-tail", "gcg", *BATCH),
+    "data.tokenizer_chat_template": (*ALL, *BATCH),
     "data.multiturn": ("sft", "kd"),
     "data.max_len": (*TRAINING, "eval-tail"),
-    "data.max_samples": (*TRAINING, "eval-tail"),
+    "data.max_samples": (*TRAINING, "eval-tail", "generate", "score"),
     "data.disable_fast_tokenizer": OFFLINE,
     "data.dataloader_num_workers": OFFLINE,
     "data.prompt_dataset": ("rl", "eval-tail"),
@@ -86,12 +119,14 @@ READS: dict[str, tuple[str, ...]] = {
     "train.seed": ALL,
     "train.full_determinism_enable": TRAINING,
     "train.num_episodes": ("rl",),
+    "train.async_enable": ("rl",),
+    "train.async_queue_size": ("rl",),
     "train.nan_policy": TRAINING,
     "train.nan_max_consecutive_skips": TRAINING,
     # engine
     "engine.": TRAINING,
-    "engine.param_dtype": ALL,
-    "engine.attn_implementation": ALL,
+    "engine.param_dtype": (*ALL, "generate", "chat"),
+    "engine.attn_implementation": (*ALL, "generate", "chat"),
     "engine.shared_prompt_enable": ("rm", "dpo"),
     # outputs, evaluation, logging
     "ckpt.": TRAINING,
@@ -104,6 +139,7 @@ READS: dict[str, tuple[str, ...]] = {
     "logger.": TRAINING,
     # the offline trainers' model, optimizer and reference
     "model.": OFFLINE,
+    "model.model_name_or_path": (*OFFLINE, "generate", "chat"),
     "model.pretrain_mode_enable": ("sft",),
     "model.loss_type": ("rm",),
     "model.margin_loss_enable": ("rm",),
@@ -125,20 +161,33 @@ READS: dict[str, tuple[str, ...]] = {
     "optim.": OFFLINE,
     "ref.model_name_or_path": ("dpo", "kto", "rl", "eval-tail"),
     "ref.offload": ("dpo", "kto", "rl"),
+    "ref.num_nodes": ("rl",),
+    "ref.num_gpus_per_node": ("rl",),
     # RL roles and algorithm
     "actor.": ("rl",),
     "critic.": ("rl",),
     "algo.": ("rl",),
     "repulse.": ("rl",),
-    "reward.": SAMPLING,
-    "reward.normalize_enable": ("rl",),
+    "reward.": (*SAMPLING, *BATCH),
+    "reward.normalize_enable": ("rl", "generate", "score"),
     "reward.clip_range": ("rl",),
     "reward.overlong_buffer_len": ("rl",),
     "reward.overlong_penalty_factor": ("rl",),
     "reward.stop_properly_penalty_coef": ("rl",),
-    "reward.cap": ("rl",),
-    "rollout.": SAMPLING,
+    "reward.cap": ("rl", "generate", "score", "chat"),
+    "reward.num_nodes": ("rl",),
+    "reward.num_gpus_per_node": ("rl",),
+    "rollout.": (*SAMPLING, "generate", "chat"),
     "rollout.batch_size": ("rl",),
+    "rollout.vllm_generate_batch_size": ("rl",),
+    "rollout.greedy": ("generate", "chat"),
+    "rollout.repetition_penalty": ("generate", "chat"),
+    "rollout.seed": ("generate", "chat"),
+    "vllm.": ("rl", "generate"),
+    "launch.": ("rl",),
+    "score.": ("generate", "score"),
+    "output.path": ("generate", "score"),
+    "chat.": ("chat",),
     # evaluation commands
     "tail.": ("eval-tail",),
     "gcg.": ("gcg",),
@@ -175,23 +224,7 @@ METHOD_READS: dict[str, tuple[str, ...]] = {
 # Features not in this version yet. field (or prefix) -> (commands, what happens instead): accepted
 # by those commands, and a value away from the default warns once by name. When the feature lands,
 # its line moves to READS.
-_RAY = (
-    "Ray placement of the RL roles is not in this version yet: every role runs in the processes the "
-    "launcher started (torchrun, or one process)"
-)
-_VLLM = "vLLM rollouts are not in this version yet: the hf backend samples (--rollout.backend hf)"
 NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
-    "actor.num_nodes": (("rl",), _RAY),
-    "actor.num_gpus_per_node": (("rl",), _RAY),
-    "critic.num_nodes": (("rl",), _RAY),
-    "critic.num_gpus_per_node": (("rl",), _RAY),
-    "ref.num_nodes": (("rl",), _RAY),
-    "ref.num_gpus_per_node": (("rl",), _RAY),
-    "reward.num_nodes": (("rl",), _RAY),
-    "reward.num_gpus_per_node": (("rl",), _RAY),
-    "rollout.backend": (("rl",), _VLLM),
-    "rollout.vllm_generate_batch_size": (("rl",), _VLLM),
-    "vllm.": (("rl",), _VLLM),
     "actor.aux_loss_coef": (("rl",), "the MoE load-balancing loss is not in this version yet"),
     "ckpt.save_hf": (
         ("rl",),
@@ -313,10 +346,18 @@ def _not_read(flag: str, path: str, command: str, users: tuple[str, ...]) -> str
     return f"{head}: no command reads --{path} in this version. Remove it."
 
 
-def check_fields(cfg: Any, command: str) -> None:
+def check_fields(cfg: Any, command: str, prefix: str = "") -> None:
     """Refuse a field ``command`` (or its method) does not read, set away from its default; warn once
     for a field whose feature is not in this version yet. Compatibility-only fields are warned about
-    by ``repulse.config.warn_no_effect``."""
+    by ``repulse.config.warn_no_effect``. A pipeline's stage sections are checked as the stage's
+    command (``PIPELINES``); ``prefix`` is then the stage's name, which the flags carry."""
+    if command in PIPELINES:
+        root, stages = PIPELINES[command]
+        if type(cfg) is not root:
+            raise KeyError(f"repulse.config.usage.PIPELINES[{command!r}] is not {type(cfg).__name__}")
+        for section, stage_command in stages.items():
+            check_fields(getattr(cfg, section), stage_command, f"{section}.")
+        return
     root = type(cfg)
     if ROOTS.get(command) is not root:
         raise KeyError(f"repulse.config.usage.ROOTS has no entry {command!r}: {root.__name__} (add it)")
@@ -330,7 +371,7 @@ def check_fields(cfg: Any, command: str) -> None:
         value = get_path(cfg, path)
         if value == get_path(default, path):
             continue
-        flag = f"--{path} {value!r}"
+        flag = f"--{prefix}{path} {value!r}"
         pending = not_yet(path)
         if pending is not None and command in pending[0]:
             warn_once(

@@ -105,7 +105,9 @@ class PromptResponse:
     (the model stops at its end-of-turn token); where the template renders the prompt
     differently once an answer follows, the split is where the two token sequences stop
     agreeing. Plain pairs: prompt = template-formatted
-    text, response = text. Either way an eos is appended unless the response already ends
+    text, response = text; the tokenizer's leading special tokens go first, unless the prompt
+    text starts with them already (a prompt a chat template rendered earlier, as in a
+    ``repulse generate`` output). Either way an eos is appended unless the response already ends
     with eos or another special (end-of-turn) token.
     """
 
@@ -166,7 +168,7 @@ class PromptResponse:
                 p_tokens, f_tokens = encode(self.tok, p_text), encode(self.tok, full)
                 n = min(common_prefix_len(p_tokens, f_tokens), max(len(f_tokens) - 1, 0))
                 p, r = f_tokens[:n], f_tokens[n:]
-            if plain:
+            if plain and p[: len(prefix)] != prefix:  # a prompt rendered earlier carries them already
                 p = prefix + p
             if not ends_with_special(self.tok, r, specials):
                 r = r + [eos]

@@ -198,10 +198,11 @@ class DeepSpeedEngine:
                     "orthogonalised update (norm ~ sqrt(sum of min(rows, cols))), which clipping then shrinks; "
                     "consider --optim.max_norm 0.",
                 )
-            trainable = [p for p in model.parameters() if p.requires_grad]
+            # our groups, so biases and norms get no weight decay here either (DeepSpeed splits
+            # each group into its Muon and AdamW halves and keeps the group's lr and decay)
             engine, *_ = deepspeed.initialize(
                 model=model,
-                model_parameters=trainable,
+                model_parameters=param_groups(model, spec),
                 lr_scheduler=lambda opt: build_scheduler(opt, spec),
                 config=config,
             )

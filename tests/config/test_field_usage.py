@@ -314,15 +314,13 @@ def test_a_feature_not_in_this_version_warns_once_by_name(monkeypatch, capsys):
 
     monkeypatch.setattr(repulse.errors, "_warned", set())
     base = ["--actor.model_name_or_path", "m", "--data.prompt_dataset", "p", "--reward.remote_url", "r.py"]
-    parse_config("rl", RLConfig, [*base, "--actor.num_nodes", "2"])
-    parse_config("rl", RLConfig, [*base, "--actor.num_nodes", "2"])
+    parse_config("rl", RLConfig, [*base, "--save_hf_ckpt"])
+    parse_config("rl", RLConfig, [*base, "--ckpt.save_hf"])
     err = capsys.readouterr().err
-    assert err.count("--actor.num_nodes 2 has no effect in this version yet: Ray placement") == 1
-    # a command that will not read it either way refuses it
-    with pytest.raises(
-        UserError, match="--reward.num_nodes 2 is not read by repulse gcg.*; repulse rl accepts it"
-    ):
-        parse_config("gcg", usage.ROOTS["gcg"], ["--reward.num_nodes", "2"])
+    assert err.count("--ckpt.save_hf True has no effect in this version yet: repulse rl writes no HF") == 1
+    # a command that will not read it either way refuses it, naming those that do
+    with pytest.raises(UserError, match="--ckpt.save_hf True is not read by repulse eval-tail.*repulse sft"):
+        parse_config("eval-tail", usage.ROOTS["eval-tail"], ["--ckpt.save_hf"])
 
 
 def test_a_seed_flag_landing_on_an_unread_field_is_dropped_with_a_note():

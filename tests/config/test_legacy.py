@@ -20,6 +20,7 @@ import yaml
 from repulse.config import legacy
 from repulse.config.legacy import flip_sign, split_launcher, translate_argv
 from repulse.config.sections import GcgConfig, OfflineConfig, RLConfig
+from repulse.config.usage import ROOTS as COMMAND_ROOTS
 from repulse.config.usage import accepted
 from repulse.errors import UserError
 
@@ -129,15 +130,34 @@ def test_seed_command_translates_to_valid_fields(seed):
 
 @pytest.mark.parametrize("seed", TRANSLATABLE, ids=lambda s: s.name)
 def test_seed_command_parses(seed):
-    """The translated argv goes through the real parser: types convert, no unknown option, and no
-    field the command (and its method) does not read (``repulse.config.usage``)."""
-    from repulse.config.schema import build, split_flags
+    """The translated argv goes through the real parser: types convert, no unknown option, no
+    field the command (and its method) does not read (``repulse.config.usage``), and each flag
+    the table renames holds the seed's value (or the table's constant) in the config."""
+    from repulse.config.schema import build, convert, get_path, leaves, split_flags
     from repulse.config.usage import check_fields
 
     command, argv = split_launcher(shell_split(seed.text))
     new, _ = translate_argv(argv, command)
-    cfg = build(ROOTS.get(command, OfflineConfig), [], split_flags(new))
-    check_fields(cfg, command)
+    root = ROOTS.get(command, OfflineConfig)
+    cfg = build(root, [], split_flags(new))
+    if command in COMMAND_ROOTS:
+        check_fields(cfg, command)
+    # every table-mapped flag's value reached its field(s), converted (the last one written wins)
+    table, expected = leaves(root), {}
+    fork = command == "rl" and any(name in legacy.FORK_FLAGS for name, _ in group(argv))
+    for name, values in group(argv):
+        if (command == "gcg" and name in legacy.GCG_RULE_FLAGS) or (
+            name in legacy.RULE_FLAGS and (fork or name in {"prompt_max_len", "generate_max_len"})
+        ):
+            continue  # value-dependent rules: checked by hand below
+        for dest, eq, const in (d.partition("=") for d in legacy.table_destinations(name, command) or ()):
+            expected[dest] = convert([const] if eq else values or ["true"], table[dest].type, f"--{dest}")
+    assert expected or command == "serve-rm", seed.name
+    if command in COMMAND_ROOTS:  # a seed flag landing on a field the method does not read is dropped
+        method = cfg.repulse.method if command == "rl" else None
+        expected = {d: v for d, v in expected.items() if accepted(command, d, method)}
+    for dest, value in expected.items():
+        assert get_path(cfg, dest) == value, (seed.name, dest, value, get_path(cfg, dest))
 
 
 @pytest.mark.parametrize("seed", TRANSLATABLE, ids=lambda s: s.name)
@@ -536,22 +556,150 @@ EXPECTED_UNSUPPORTED = {
 }  # fmt: skip
 
 
+def _sample(tp: typing.Any, default: typing.Any) -> tuple[list[str], typing.Any]:
+    """Flag tokens for a field of type ``tp`` and the value the config must then hold, chosen
+    to differ from ``default`` so that a flag that is dropped (the default stays) is caught."""
+    from repulse.config.schema import _unwrap_optional
+
+    inner, _ = _unwrap_optional(tp)
+    if inner is bool:
+        return ([], True) if default is not True else (["false"], False)  # a bare switch, or off
+    if inner is int:
+        value = (default if isinstance(default, int) else 0) + 2
+        return [str(value)], value
+    if inner is float:
+        value = (default if isinstance(default, float) else 0.0) + 0.375
+        return [repr(value)], value
+    if inner is str:
+        return ["legacy-value"], "legacy-value"
+    (item,) = typing.get_args(inner)  # list[float] / list[str] / list[int]
+    tokens = {float: ["0.25", "0.75"], int: ["5", "7"], str: ["alpha", "beta"]}[item]
+    return tokens, [item(t) for t in tokens]
+
+
+def _const(tp: typing.Any, text: str) -> typing.Any:
+    """A table constant (``"a.b=v"``) as the config holds it."""
+    from repulse.config.schema import _unwrap_optional
+
+    inner, _ = _unwrap_optional(tp)
+    if inner is bool:
+        return text.lower() == "true"
+    return inner(text)
+
+
+def _names_flag(note: str, flag: str) -> bool:
+    """``flag`` as a whole word of ``note`` (``--zpg`` is not named by ``--zpg_size``)."""
+    return re.search(rf"(?<![\w.-]){re.escape(flag)}(?![\w-]|\.\w)", note) is not None
+
+
+# Flags translated by a value-dependent rule (no table entry): their hand-written cases,
+# flag -> (argv, the fields it must set). The IS-correction switch, type and band of OpenRLHF
+# (flat and 0.10.2 names) become one --algo.rollout_is.mode and its band.
+RULE_CASES: dict[str, tuple[list[str], dict[str, typing.Any]]] = {
+    "--enable_vllm_is_correction": (["--enable_vllm_is_correction"], {"algo.rollout_is.mode": "tis"}),
+    "--algo.advantage.is_correction_enable": (
+        ["--algo.advantage.is_correction_enable"],
+        {"algo.rollout_is.mode": "tis"},
+    ),
+    "--vllm_is_correction_type": (
+        ["--enable_vllm_is_correction", "--vllm_is_correction_type", "icepop"],
+        {"algo.rollout_is.mode": "icepop"},
+    ),
+    "--algo.advantage.is_correction_type": (
+        ["--algo.advantage.is_correction_enable", "--algo.advantage.is_correction_type", "icepop"],
+        {"algo.rollout_is.mode": "icepop"},
+    ),
+    "--vllm_is_truncated_threshold": (
+        ["--enable_vllm_is_correction", "--vllm_is_truncated_threshold", "0.25", "4.5"],
+        {"algo.rollout_is.low": 0.25, "algo.rollout_is.high": 4.5},
+    ),
+    "--algo.advantage.is_correction_threshold": (
+        ["--algo.advantage.is_correction_enable", "--algo.advantage.is_correction_threshold", "0.25", "4.5"],
+        {"algo.rollout_is.low": 0.25, "algo.rollout_is.high": 4.5},
+    ),
+}
+
+
+def _check_rule_case(flag: str, command: str) -> None:
+    from repulse.config.schema import build, get_path, leaves, split_flags
+
+    argv, want = RULE_CASES[flag]
+    new, _ = translate_argv(argv, command)
+    root = ROOTS.get(command, OfflineConfig)
+    cfg = build(root, [], split_flags(new))
+    table = leaves(root)
+    for dest, value in want.items():
+        assert value != table[dest].default, (flag, dest)  # else a dropped flag would pass
+        assert get_path(cfg, dest) == value, f"{argv} ({command}) -> --{dest} = {get_path(cfg, dest)!r}"
+
+
 def _check_flag(flag: str, command: str) -> None:
+    """``flag`` with a value for ``command`` does what the translation table declares for it:
+
+    - refused: a ``UserError`` naming it, and only for the flags listed as refused;
+    - ignored: no tokens left, and one note naming the flag with the table's reason;
+    - renamed: every destination the table declares holds the flag's value converted to the
+      field's type (or the declared constant) once the translated argv is parsed; other flags
+      the translation adds (engine choices, notes) are allowed, as long as they parse;
+    - already our name: it lands on its own field, converted;
+    - translated by a value-dependent rule: its hand-written case in ``RULE_CASES``.
+
+    The value differs from the field's default, so a flag that lands nowhere fails.
+    """
+    from repulse.config.schema import build, get_path, leaves, split_flags
+
+    if flag in RULE_CASES:
+        return _check_rule_case(flag, command)
+    name = flag[2:]
+    root = ROOTS.get(command, OfflineConfig)
+    table = leaves(root)
+    declared = legacy._lookup(name, legacy._tables(command))
+    dests = legacy.table_destinations(name, command)
+    if dests is not None:
+        targets = [d.partition("=") for d in dests]
+    else:
+        targets = [(name, "", "")] if name in table else []
+    value_dest = next((d for d, eq, _ in targets if not eq), None)
+    tokens, expected = (
+        _sample(table[value_dest].type, table[value_dest].default) if value_dest else ([], None)
+    )
     try:
-        new, notes = translate_argv([flag], command)
-    except UserError:
-        assert (flag, command) in EXPECTED_UNSUPPORTED, f"{flag} ({command}) refused unexpectedly"
+        new, notes = translate_argv([flag, *tokens], command)
+    except UserError as err:
+        assert (flag, command) in EXPECTED_UNSUPPORTED, f"{flag} ({command}) refused unexpectedly: {err}"
+        assert declared is not None and declared[0] == "unsupported", (flag, command, declared)
+        assert _names_flag(str(err), flag), str(err)
         return
-    assert (flag, command) not in EXPECTED_UNSUPPORTED
-    if ignored_notes(notes):
-        assert flag in ignored_notes(notes)[0]
-        assert new == []
+    assert (flag, command) not in EXPECTED_UNSUPPORTED, f"{flag} ({command}) was not refused"
+    if declared is not None and declared[0] == "ignored":
+        (note,) = ignored_notes(notes)
+        assert _names_flag(note, flag) and declared[1] in note, (flag, note)
+        assert new == [], f"{flag} ({command}) is declared ignored but left {new}"
         return
-    fields = root_fields(command)
-    names = [name for name, _ in group(new)]
-    assert names, f"{flag} ({command}) vanished without a note"
-    for name in names:
-        assert name in fields, f"{flag} ({command}) -> --{name}, not a field of our config"
+    assert targets, (
+        f"{flag} ({command}) is neither in the table nor a field of our config (nor in RULE_CASES)"
+    )
+    if command in COMMAND_ROOTS and not any(accepted(command, d, None) for d, _, _ in targets):
+        # a field the command does not read: a seed name is dropped with a note naming the flag and the
+        # command; our own name is kept and refused when the config is checked
+        if not new:
+            (note,) = ignored_notes(notes)
+            assert _names_flag(note, flag) and f"not read by repulse {command}" in note, (flag, note)
+            return
+        from repulse.config.usage import check_fields
+
+        with pytest.raises(UserError, match=f"is not read by repulse {command}"):
+            check_fields(build(root, [], split_flags(new)), command)
+        return
+    cfg = build(root, [], split_flags(new))
+    for dest, eq, const in targets:
+        want = _const(table[dest].type, const) if eq else expected
+        got = get_path(cfg, dest)
+        assert got == want, (
+            f"{flag} {tokens} ({command}) -> --{dest} = {got!r}, expected {want!r} (from {new})"
+        )
+        # a constant equal to its field's default cannot show in the value: the argv must name it
+        assert f"--{dest}" in [t.partition("=")[0] for t in new], (flag, dest, new)
 
 
 @pytest.mark.parametrize(("flag", "clis"), sorted(seeds.FLAGS_0102.items()))
@@ -597,7 +745,8 @@ RECIPE_DIR_COMMAND = {
     "rl": "rl",
 }
 RECIPE_DIR_COMMAND["repulse"] = "rl"
-RECIPE_FILES = sorted(RECIPES.glob("*/*.yaml"))
+# recipes/workflows/ holds pipeline configs (and the models they start from): tests/workflows checks them.
+RECIPE_FILES = sorted(p for p in RECIPES.glob("*/*.yaml") if p.parent.name != "workflows")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, typing.Any]:

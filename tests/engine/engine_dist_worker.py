@@ -77,26 +77,30 @@ def global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, labels
 
 
-def opt_spec(name: str) -> OptimSpec:
+def opt_spec(name: str, plain: bool = False) -> OptimSpec:
+    """The runs' optimizer. ``plain``: constant lr from step 1, no clipping and a weight decay
+    large enough to show in one step - the steps a test recomputes by hand."""
     return OptimSpec(
         name=name,
         lr=1e-2,
         betas=(0.9, 0.95),
         eps=1e-8,
-        weight_decay=0.01,
+        weight_decay=0.1 if plain else 0.01,
         muon_lr=0.02,
         muon_momentum=0.95,
         muon_nesterov=True,
         muon_ns_steps=5,
-        lr_scheduler="cosine_with_min_lr",
-        warmup_ratio=0.2,
+        lr_scheduler="constant" if plain else "cosine_with_min_lr",
+        warmup_ratio=0.0 if plain else 0.2,
         min_lr_ratio=0.1,
-        max_norm=0.9,  # below most steps' norm: clipping is exercised
+        max_norm=0.0 if plain else 0.9,  # below most steps' norm: clipping is exercised
         total_steps=STEPS,
     )
 
 
-def make_engine(backend: str, optim: str, zero_stage: int, seed: int = 0, dtype: str = "fp32"):
+def make_engine(
+    backend: str, optim: str, zero_stage: int, seed: int = 0, dtype: str = "fp32", plain: bool = False
+):
     """Build the engine. Variants: ``fsdp-lossscale`` is FSDP with its fallback for a torch
     without ``set_force_sum_reduction_for_comms`` (loss x world size instead of a SUM
     reduction); ``fsdp-offload`` is FSDP with ``--engine.cpu_offload`` (``CPUOffloadPolicy``);
@@ -114,7 +118,12 @@ def make_engine(backend: str, optim: str, zero_stage: int, seed: int = 0, dtype:
     if backend.startswith("deepspeed"):  # partition even tiny parameters, so ZeRO-3 gathering is exercised
         extra["config_overrides"] = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}
     build = lambda: build_engine(  # noqa: E731
-        tiny_llama(seed), opt_spec(optim), cfg, accumulation_steps=accum, micro_batch_size=MICRO, **extra
+        tiny_llama(seed),
+        opt_spec(optim, plain),
+        cfg,
+        accumulation_steps=accum,
+        micro_batch_size=MICRO,
+        **extra,
     )
     if backend != "fsdp-lossscale":
         return build()
@@ -170,17 +179,25 @@ def train_step(engine, step: int) -> dict[str, float]:
 
 
 def train(
-    backend: str, optim: str, zero_stage: int = 3, ckpt_dir: Path | None = None, dtype: str = "fp32"
+    backend: str,
+    optim: str,
+    zero_stage: int = 3,
+    ckpt_dir: Path | None = None,
+    dtype: str = "fp32",
+    plain: bool = False,
 ) -> dict[str, Any]:
-    """Train STEPS steps; with ``ckpt_dir`` also check that save -> load -> continue is exact."""
-    engine = make_engine(backend, optim, zero_stage, dtype=dtype)
+    """Train STEPS steps; with ``ckpt_dir`` also check that save -> load -> continue is exact.
+    ``plain`` (``opt_spec``): also return the weights after each step (``states``)."""
+    engine = make_engine(backend, optim, zero_stage, dtype=dtype, plain=plain)
     engine.train()
-    metrics = []
+    metrics, states = [], []
     for step in range(STEPS):
         metrics.append(train_step(engine, step))
+        if plain:
+            states.append(engine.full_state_dict())
         if ckpt_dir is not None and step + 1 == SAVE_AFTER:
             engine.save(ckpt_dir)
-    result: dict[str, Any] = {"metrics": metrics, "state": engine.full_state_dict()}
+    result: dict[str, Any] = {"metrics": metrics, "state": engine.full_state_dict(), "states": states}
     if backend.startswith("fsdp"):
         result["offload_policy"] = fsdp_offload_policies(engine.module)
     if backend.startswith("deepspeed"):
@@ -201,7 +218,9 @@ def train(
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", required=True, help="comma list of backend:optim[:zero_stage[:dtype]]")
+    parser.add_argument(
+        "--runs", required=True, help="comma list of backend:optim[:zero_stage[:dtype[:plain]]]"
+    )
     parser.add_argument("--out", required=True)
     parser.add_argument("--ckpt-dir", default=None, help="enables the save/load check (one subdir per run)")
     args = parser.parse_args()
@@ -214,8 +233,9 @@ def main() -> None:
         backend, optim = parts[0], parts[1]
         stage = int(parts[2]) if len(parts) > 2 else 3
         dtype = parts[3] if len(parts) > 3 else "fp32"
+        plain = len(parts) > 4 and parts[4] == "plain"
         ckpt = Path(args.ckpt_dir) / run.replace(":", "_") if args.ckpt_dir and backend != "local" else None
-        results[run] = train(backend, optim, stage, ckpt, dtype)
+        results[run] = train(backend, optim, stage, None if plain else ckpt, dtype, plain)
     if rdist.is_main():
         torch.save(results, args.out)
     rdist.barrier()

@@ -138,7 +138,8 @@ def test_filter_drops_candidates_that_do_not_round_trip(tok):
             if len(a) == 1 and len(b) == 1 and tok(text, add_special_tokens=False)["input_ids"] == [i]:
                 split = [a[0], b[0]]
                 break
-    assert split is not None
+    assert split is not None, "the toy tokenizer has no two-letter token to spell as two tokens"
+    assert tok(tok.decode(split), add_special_tokens=False)["input_ids"] != split  # does not round-trip
     good = tok("hello world", add_special_tokens=False)["input_ids"][:2]
     cands = torch.tensor([good, split, good])
     kept = filter_ids(cands, tok)

@@ -93,15 +93,32 @@ def test_token_values_packed(lm_dir, tiny):
 
 
 def test_values_train_through_lora_and_checkpointing(lm_dir, tiny):
-    model = load_scalar_model(
-        str(lm_dir), pad_token_id=tiny.PAD, lora=LoraSection(rank=4), gradient_checkpointing=True
-    )
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert any("lora_" in n for n in trainable) and any("score" in n for n in trainable)
-    assert all("lora_" in n or "score" in n for n in trainable)
+    """A LoRA reward model with gradient checkpointing trains only the adapters and the head,
+    recomputes its decoder layers in backward, and each of them gets the gradient it gets without checkpointing (same seed, so the same
+    adapter and head init; 1e-6); the head's and the adapters' B matrices a non-zero one."""
     ids, mask = tiny.pad(_rows(tiny), "right")
-    sequence_scores(model, ids, mask).sum().backward()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    grads = {}
+    for ckpt in (True, False):
+        torch.manual_seed(0)
+        model = load_scalar_model(
+            str(lm_dir), pad_token_id=tiny.PAD, lora=LoraSection(rank=4), gradient_checkpointing=ckpt
+        )
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert any("lora_" in n for n in trainable) and any("score" in n for n in trainable)
+        assert all("lora_" in n or "score" in n for n in trainable)
+        calls = []
+        model.get_base_model().model.layers[0].mlp.register_forward_pre_hook(
+            lambda *_, calls=calls: calls.append(1)
+        )
+        sequence_scores(model, ids, mask).sum().backward()
+        assert len(calls) == (2 if ckpt else 1)  # checkpointed: run again in backward
+        grads[ckpt] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads[True].keys() == grads[False].keys()
+    for name, g in grads[False].items():
+        assert grads[True][name] is not None, name
+        torch.testing.assert_close(grads[True][name], g, atol=1e-6, rtol=1e-5, msg=name)
+        if "score" in name or "lora_B" in name:  # lora_A's gradient is 0 while B is still 0
+            assert g.abs().sum() > 0, name
 
 
 def test_reward_stats(lm_dir):

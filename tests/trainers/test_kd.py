@@ -8,6 +8,7 @@ starts from the untrained ``toy.llama``.
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -109,8 +110,8 @@ def test_kd_coef_zero_is_sft_and_the_terms_mix_as_documented(toy, teacher, tmp_p
     """16 rows, 2 steps. kd_coef 0: the same losses (1e-6) and final weights (1e-6) as
     ``repulse sft``. kd_coef 0.4: loss = 0.6·nll + 0.4·kd each step and step-1 nll = SFT's
     step-1 loss (1e-6). kd_coef 1 on 8 rows (one batch): the step-1 kd is the hand-scored
-    teacher → student cross-entropy −Σ p_T log p_S per response token (1e-4). Teacher offload and
-    packing change nothing (1e-5)."""
+    teacher → student cross-entropy −Σ p_T log p_S per response token (1e-4). Teacher offload
+    changes nothing (1e-5)."""
     from safetensors.torch import load_file
 
     from repulse.trainers import sft
@@ -147,17 +148,44 @@ def test_kd_coef_zero_is_sft_and_the_terms_mix_as_documented(toy, teacher, tmp_p
         sft_items(toy, toy.sft, 8),
     )
     assert all8["kd"] == pytest.approx(ce, abs=1e-4) and all8["loss"] == pytest.approx(ce, abs=1e-4)
-    for name, extra in {"offload": {"model__teacher_offload": True},
-                        "pack": {"engine__packing_samples": True}}.items():  # fmt: skip
-        rows = go(name, 0.4, **extra)
-        for key in ("loss", "nll", "kd", "grad_norm"):
-            assert [r[key] for r in rows] == pytest.approx([r[key] for r in mixed], abs=1e-5), (name, key)
+    offload = go("offload", 0.4, model__teacher_offload=True)
+    for key in ("loss", "nll", "kd", "grad_norm"):
+        assert [r[key] for r in offload] == pytest.approx([r[key] for r in mixed], abs=1e-5), key
+
+
+def test_kd_packed_equals_padded_on_mixed_lengths(toy, teacher, tmp_path):
+    """On data of mixed lengths (every fourth sample four joined), 2 steps at kd_coef
+    0.4: packing puts several samples in a row (at most 3/4 of the padded rows reach the
+    student, fewer positions) and loss, nll, kd and gradient norm are the padded run's (1e-5)."""
+    from packing import TrainedForwards, assert_packed_fewer, mixed_length_sft
+
+    data = str(mixed_length_sft(toy.sft, tmp_path / "mixed.jsonl", n=16))
+    runs = {}
+    for name, packing in (("pad", False), ("pack", True)):
+        cfg = kd_cfg(
+            toy,
+            teacher,
+            tmp_path / name,
+            model__kd_coef=0.4,
+            engine__packing_samples=packing,
+            train__micro_batch_size=8,
+        )
+        cfg.data.dataset = data
+        with TrainedForwards() as seen:
+            kd.run(cfg)
+        runs[name] = (seen, train_rows(tmp_path / name))
+    assert_packed_fewer(runs["pad"][0], runs["pack"][0], rows_per_forward=8)
+    padded, packed = runs["pad"][1], runs["pack"][1]
+    assert [r["step"] for r in padded] == [1, 2]
+    for key in ("loss", "nll", "kd", "grad_norm"):
+        assert [r[key] for r in packed] == pytest.approx([r[key] for r in padded], abs=1e-5), key
 
 
 def test_kd_teacher_runs_without_gradient(toy, teacher):
     """``KDMethod`` on one micro-batch, with grad enabled and the teacher's parameters even set to
-    require grad: the teacher's forward runs with autograd off, its parameters get no gradient,
-    the student's do, and the teacher's weights are unchanged."""
+    require grad: the teacher's forward runs with autograd off, its parameters get no gradient and
+    its weights are unchanged; every student parameter gets the gradient of the documented loss,
+    written out by hand on a copy of the student (1e-4)."""
     from transformers import AutoModelForCausalLM
 
     from repulse.data.collate import pad_collate
@@ -172,14 +200,34 @@ def test_kd_teacher_runs_without_gradient(toy, teacher):
     before = {k: v.clone() for k, v in frozen.module.state_dict().items()}
     grad_modes = []
     frozen.module.register_forward_hook(lambda *_: grad_modes.append(torch.is_grad_enabled()))
+    by_hand = copy.deepcopy(student)
     method = kd.KDMethod(SimpleNamespace(module=student, device=torch.device("cpu")), frozen, 0.4)
     with torch.enable_grad():
         method.loss(batch).loss_sum.backward()
     assert grad_modes == [False]
     assert all(p.grad is None for p in frozen.module.parameters())
-    assert all(p.grad is not None for p in student.parameters())
     for k, v in frozen.module.state_dict().items():
         assert torch.equal(v, before[k]), k
+    # the student's gradient is that of the documented sum over response tokens t,
+    # 0.6·(−log p_S(x_t)) + 0.4·(−Σ_v p_T(v) log p_S(v)), with the teacher a constant
+    pos = batch["attention_mask"].cumsum(1) - 1
+    with torch.no_grad():
+        p_t = torch.softmax(
+            frozen.module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          position_ids=pos).logits[:, :-1], -1)  # fmt: skip
+    log_s = torch.log_softmax(
+        by_hand(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=pos
+        ).logits[:, :-1],
+        -1,
+    )
+    keep = batch["loss_mask"][:, 1:].bool()
+    nll = -log_s.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    ce = -(p_t * log_s).sum(-1)
+    (0.6 * nll[keep].sum() + 0.4 * ce[keep].sum()).backward()
+    for (name, p), q in zip(student.named_parameters(), by_hand.parameters()):
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
 def test_kd_flags_are_checked_at_parse_time():

@@ -329,3 +329,38 @@ def test_update_order_and_extra_proposal_steps(toy, demo_lm_rm, tmp_path):
     assert "q_only_loss_ctl" in rows_x[0] and "q_only_q_grad_norm" in rows_x[0]
     assert "q_only_loss_ctl" not in rows[0]
     assert any(not torch.equal(q_x[k], q[k]) for k in q)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bit_identical(toy, tmp_path):
+    """``repulse rl --repulse.method repulse`` (the toy Llama as p and q, the e-fraction reward,
+    eta 0.1, a KL penalty to a reference, 2 q-only updates per step) for 10 steps, checkpoints
+    every 3, SIGKILLed after step_3 is on disk and later steps are logged, resumed with
+    ``--ckpt.load_enable``: every logged metric (p's and q's losses, rewards, gradient norms)
+    and the final weights of p and of the proposal q equal an uninterrupted run's bit for bit
+    (so q's optimizer state came back too), and metrics.jsonl holds steps 1..10 once each
+    (``resume.py``)."""
+    from resume import assert_kill_and_resume_is_bit_identical
+    from test_rl import rl_cfg
+    from test_rm import cfg_file
+
+    over = dict(
+        repulse__method="repulse",
+        repulse__beta=10.0,
+        repulse__alpha=0.5,
+        repulse__proposal_lr=1e-2,
+        repulse__q_updates_per_step=2,
+        repulse__bad_threshold=0.1,
+        algo__kl__init_coef=0.05,
+        rollout__batch_size=4,
+        rollout__micro_batch_size=16,
+        train__batch_size=16,
+        train__micro_batch_size=8,
+        train__max_steps=10,
+        ckpt__save_steps=3,
+    )
+    argv = ["rl", "--config", cfg_file(rl_cfg(toy, tmp_path / "unused", **over), tmp_path / "rl.yaml")]
+    full, _ = assert_kill_and_resume_is_bit_identical(argv, tmp_path, every=3, n=10, min_weights=2)
+    assert (full / "proposal" / "model.safetensors").is_file()
+    rows = [json.loads(ln) for ln in (full / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    assert all("loss_ctl" in r and "q_reward" in r and "q_only_loss_ctl" in r for r in rows), rows[0]

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 from same_update import approx, assert_same_update
-from test_rm import ROOT, TEMPLATE, assert_clean_error, cfg_file, cli, metrics, torchrun
+from test_rm import ROOT, TEMPLATE, assert_clean_error, cfg_file, cli, metrics, needs_deepspeed, torchrun
 
 from repulse.config.sections import RLConfig
 
@@ -364,6 +364,8 @@ def test_two_processes_reproduce_one(toy, tmp_path, engine):
         critic__adam__lr=1e-3,
         critic__save_value_network=True,
     )
+    if engine == "deepspeed":
+        needs_deepspeed()
     one = run_rl(rl_cfg(toy, tmp_path / "one", **over))
     two_cfg = rl_cfg(toy, tmp_path / "two", engine__backend=engine, engine__zero_stage=3, **over)
     two_cfg.engine.param_dtype = "fp32"

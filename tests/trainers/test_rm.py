@@ -23,6 +23,14 @@ from repulse.config.sections import OfflineConfig
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes"
 HAS_DS = importlib.util.find_spec("deepspeed") is not None
+DS_REASON = "needs the deepspeed extra (pip install 'repulse[deepspeed]')"
+
+
+def needs_deepspeed() -> None:
+    """Skip the calling test, saying why, where DeepSpeed is not installed."""
+    pytest.importorskip("deepspeed", reason=DS_REASON)
+
+
 TEMPLATE = "User: {}\nAssistant: "
 
 
@@ -205,6 +213,7 @@ def test_rm_learns_the_preference_and_exports_an_identical_hf_scorer(toy, tmp_pa
     assert (mean, std) == get_reward_stats(hf.config)
 
 
+@pytest.mark.slow
 def test_rm_packing_accumulation_and_loss_variants(toy, tmp_path):
     from repulse.trainers import rm
 
@@ -213,12 +222,8 @@ def test_rm_packing_accumulation_and_loss_variants(toy, tmp_path):
         return series(tmp_path / name, "loss")
 
     base = go("pad")
-    # one packed row per micro-batch, the score read at each packed sample's last token
-    assert go("pack", engine__packing_samples=True) == pytest.approx(base, abs=1e-5)
     # chosen and rejected as separate padded rows = one row per pair holding the prompt once
     assert go("unshared", engine__shared_prompt_enable=False) == pytest.approx(base, abs=1e-5)
-    pack_unshared = go("pack_unshared", engine__packing_samples=True, engine__shared_prompt_enable=False)
-    assert pack_unshared == pytest.approx(base, abs=1e-5)
     assert go("eager", engine__attn_implementation="eager") == pytest.approx(base, abs=1e-5)
     # 8 pairs as 8 micro-batches of 1 (accumulated) = 2 micro-batches of 4
     assert go("micro1", train__micro_batch_size=1) == pytest.approx(base, abs=1e-5)
@@ -229,6 +234,44 @@ def test_rm_packing_accumulation_and_loss_variants(toy, tmp_path):
     margin = go("margin", model__margin_loss_enable=True)
     assert margin[0] > base[0] + 0.1
     assert series(tmp_path / "margin", "margin")[0] == pytest.approx(series(tmp_path / "pad", "margin")[0])
+
+
+@pytest.mark.slow
+def test_rm_packed_equals_padded_on_mixed_lengths(toy, tmp_path):
+    """16 pairs of mixed lengths (every fourth pair four joined), micro-batches of 8, 2 steps, in
+    four layouts: one pair per row (prompt shared, the default), pairs packed into rows as long as
+    the longest pair, chosen and rejected as separate padded rows, and all 16 sequences of a
+    micro-batch packed into one row. The packed layouts put several pairs in a row (at most 3/4
+    of the rows, fewer positions) and every step's loss, margin and gradient norm equal the
+    default layout's (1e-5; the gradient norm within ``same_update.METRIC_RTOL``): each score is
+    read at its own sequence's last token."""
+    from packing import TrainedForwards, assert_packed_fewer, mixed_length_pairs
+    from same_update import approx
+
+    from repulse.trainers import rm
+
+    data = str(mixed_length_pairs(toy.pairs, tmp_path / "mixed.jsonl", n=16))
+
+    def go(name: str, **over) -> tuple[TrainedForwards, list[dict]]:
+        cfg = pairs_cfg(toy, tmp_path / name, data__max_len=96, train__micro_batch_size=8, **over)
+        cfg.data.dataset = data
+        with TrainedForwards() as seen:
+            rm.run(cfg)
+        return seen, train_rows(tmp_path / name)
+
+    pad_fw, base = go("pad")
+    assert [r["step"] for r in base] == [1, 2]
+    pack_fw, packed = go("pack", engine__packing_samples=True)
+    assert_packed_fewer(pad_fw, pack_fw, rows_per_forward=8)
+    unshared_fw, unshared = go("unshared", engine__shared_prompt_enable=False)
+    assert {r for r, _ in unshared_fw.shapes} == {16}  # chosen and rejected rows
+    one_row_fw, one_row = go("one_row", engine__packing_samples=True, engine__shared_prompt_enable=False)
+    assert {r for r, _ in one_row_fw.shapes} == {1}  # the whole micro-batch in one row
+    assert one_row_fw.positions < unshared_fw.positions
+    for name, rows in (("pack", packed), ("unshared", unshared), ("one_row", one_row)):
+        for key in ("loss", "margin"):
+            assert [r[key] for r in rows] == pytest.approx([r[key] for r in base], abs=1e-5), (name, key)
+        assert [r["grad_norm"] for r in rows] == approx([r["grad_norm"] for r in base]), name
 
 
 def test_rm_flags_are_checked_at_parse_time():
@@ -270,25 +313,48 @@ def test_rm_bad_pairs_through_the_cli(toy, tmp_path):
         "".join(json.dumps({k: v for k, v in r.items() if k != "margin"}) + "\n" for r in rows)
     )
     proc = cli(
-        [*base, "--data.dataset", str(no_margin), "--data.prompt_key", "prompt", "--model.margin_loss_enable"]
-    )
+        [*base, "--data.dataset", str(no_margin), "--data.prompt_key", "prompt", "--model.margin_loss_enable",
+         "--ckpt.overwrite"]
+    )  # fmt: skip
     assert_clean_error(proc, "--model.margin_loss_enable", "'margin'", "8 of 8 rows")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", sorted((RECIPES / "rm").glob("*.yaml")), ids=lambda p: p.stem)
 def test_rm_recipes_run(toy, tmp_path, monkeypatch, recipe):
-    from transformers import AutoModelForSequenceClassification
+    """The recipe trains 2 steps; its output loads in transformers as a one-label sequence
+    classifier that scores a polite and a rude answer as repulse's own loader does (1e-5), with
+    the training set's reward statistics in its config."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from repulse.models.loading import get_reward_stats, load_scalar_model, sequence_scores
 
     out = run_recipe(toy, tmp_path, "rm", recipe, monkeypatch)
-    assert AutoModelForSequenceClassification.from_pretrained(out, num_labels=1) is not None
+    hf = AutoModelForSequenceClassification.from_pretrained(out, num_labels=1).eval()
+    assert hf.config.architectures == ["LlamaForSequenceClassification"] and hf.config.num_labels == 1
+    tok = AutoTokenizer.from_pretrained(out)
+    prompt = TEMPLATE.format("say the word lime.")
+    items = [{"chosen_ids": tok(prompt + "lime. thank you.")["input_ids"],
+              "rejected_ids": tok(prompt + "lime. you idiot.")["input_ids"]}]  # fmt: skip
+    theirs = _hf_scores(hf, items, tok.pad_token_id)
+    ours = load_scalar_model(str(out), init_from_lm=False, trainable=False)
+    batch = [items[0]["chosen_ids"], items[0]["rejected_ids"]]
+    width = max(map(len, batch))
+    ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in batch])
+    attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch])
+    with torch.no_grad():
+        mine = sequence_scores(ours, ids, attn)
+    torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
+    assert theirs[0] != theirs[1]
+    mean, std = get_reward_stats(hf.config)
+    assert "repulse_reward_mean" in hf.config.to_dict() and math.isfinite(mean) and std > 0
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize(
     "engine",
-    ["fsdp", pytest.param("deepspeed", marks=pytest.mark.skipif(not HAS_DS, reason="needs deepspeed"))],
+    ["fsdp", pytest.param("deepspeed", marks=pytest.mark.skipif(not HAS_DS, reason=DS_REASON))],
 )
 def test_rm_two_processes_reproduce_one(toy, tmp_path, engine):
     """2 gloo processes (fsdp, or deepspeed ZeRO-3) vs 1 local process: losses and metrics within
@@ -319,3 +385,26 @@ def test_rm_two_processes_reproduce_one(toy, tmp_path, engine):
     cfg_two = json.loads((tmp_path / "two" / "config.json").read_text())
     assert cfg_two["repulse_reward_mean"] == pytest.approx(cfg_one["repulse_reward_mean"], abs=1e-5)
     assert cfg_two["repulse_reward_std"] == pytest.approx(cfg_one["repulse_reward_std"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bit_identical(toy, tmp_path):
+    """``repulse rm`` for 12 steps, checkpoints every 4, SIGKILLed after step_4 is on disk and
+    later steps are logged, resumed with ``--ckpt.load_enable``: every logged metric, the final
+    weights (the fresh score head included) and the training-set reward statistics in
+    config.json equal an uninterrupted run's bit for bit, and metrics.jsonl holds steps 1..12
+    once each (``resume.py``)."""
+    from resume import assert_kill_and_resume_is_bit_identical
+
+    argv = [
+        "rm",
+        "--model.model_name_or_path", str(toy.llama),
+        "--data.dataset", str(toy.pairs), "--data.prompt_key", "prompt",
+        "--data.input_template", TEMPLATE, "--data.max_len", "64",
+        "--train.batch_size", "8", "--train.micro_batch_size", "4", "--train.max_steps", "12",
+        "--adam.lr", "1e-3", "--ckpt.save_steps", "4", "--logger.progress_bar", "false",
+    ]  # fmt: skip
+    full, part = assert_kill_and_resume_is_bit_identical(argv, tmp_path, every=4, n=12)
+    stats = [json.loads((out / "config.json").read_text()) for out in (full, part)]
+    for key in ("repulse_reward_mean", "repulse_reward_std"):
+        assert stats[0][key] == stats[1][key], key

@@ -72,14 +72,30 @@ def test_sft_halves_eval_loss_and_exports_identical_model(toy, tmp_path):
     assert torch.equal(reloaded(ids).logits, ours(ids).logits)
     from transformers import AutoTokenizer
 
-    assert AutoTokenizer.from_pretrained(out).eos_token is not None
+    saved, source = AutoTokenizer.from_pretrained(out), AutoTokenizer.from_pretrained(toy.llama)
+    assert saved.get_vocab() == source.get_vocab()
+    assert (saved.eos_token, saved.chat_template) == (source.eos_token, source.chat_template)
+    text = "User: what is three plus two?\nAssistant: five."
+    assert saved(text)["input_ids"] == source(text)["input_ids"]
 
 
 def test_packed_and_padded_give_the_same_losses(toy, tmp_path):
-    sft.run(_cfg(toy, tmp_path / "pad", train__max_steps=3))
-    sft.run(_cfg(toy, tmp_path / "pack", train__max_steps=3, engine__packing_samples=True))
+    """On data of mixed lengths (every fourth sample four joined) packing puts several
+    samples in one row: the trained model sees at most 3/4 of the padded run's rows and fewer
+    positions, and every step's loss is the padded run's within 1e-4 (fp32; same samples, same
+    order, same update: only the float summation order differs)."""
+    from packing import TrainedForwards, assert_packed_fewer, mixed_length_sft
+
+    data = str(mixed_length_sft(toy.sft, tmp_path / "mixed.jsonl", n=24))
+    with TrainedForwards() as padded_fw:
+        sft.run(_cfg(toy, tmp_path / "pad", train__max_steps=3, data__dataset=data))
+    with TrainedForwards() as packed_fw:
+        sft.run(
+            _cfg(toy, tmp_path / "pack", train__max_steps=3, data__dataset=data, engine__packing_samples=True)
+        )
+    assert_packed_fewer(padded_fw, packed_fw, rows_per_forward=8)
     padded, packed = _losses(tmp_path / "pad"), _losses(tmp_path / "pack")
-    # same samples, same order, same update: only float summation order differs (fp32)
+    assert len(padded) == 3
     assert padded == pytest.approx(packed, abs=1e-4)
 
 
@@ -243,10 +259,10 @@ def test_two_processes_reproduce_the_one_process_loss_curve(toy, tmp_path, engin
     """``torchrun --nproc-per-node 2 repulse sft`` (fsdp, or deepspeed ZeRO-3) vs one local
     process: per-step loss and gradient norm within a relative 1e-4, and the same update (fp32;
     only the reduction order differs; ``same_update``)."""
-    from test_rm import HAS_DS, assert_two_processes_match, cfg_file, torchrun
+    from test_rm import assert_two_processes_match, cfg_file, needs_deepspeed, torchrun
 
-    if engine == "deepspeed" and not HAS_DS:
-        pytest.skip("needs deepspeed")
+    if engine == "deepspeed":
+        needs_deepspeed()
     sft.run(_cfg(toy, tmp_path / "one", train__max_steps=3, train__micro_batch_size=4))
     two = _cfg(
         toy,

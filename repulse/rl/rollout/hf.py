@@ -34,7 +34,8 @@ def sample_next(
 
     The log-density is that of the distribution the token was drawn from:
     log q(a) = log softmax(logits / T)[a] − log Σ_{b kept} softmax(logits / T)[b], where the kept
-    set is what top-k (``top_k`` > 0) and top-p (``top_p`` < 1) leave; without truncation it is
+    set is what top-k (``top_k`` > 0) and then top-p (``top_p`` < 1, applied to the top-k
+    distribution renormalised, as vLLM and HF ``generate`` do) leave; without truncation it is
     log softmax(logits / T)[a], the training forward's value at temperature T. Importance weights
     of these samples need exactly this density (a proposal drawn at T = 0.7 with top-k is not
     softmax(logits)). ``temperature == 0``: greedy, log softmax(logits)[a] (the raw policy's
@@ -48,7 +49,7 @@ def sample_next(
     masked = logp
     if 0 < top_k < logp.shape[-1]:
         kth = torch.topk(logp, top_k, dim=-1).values[:, -1:]
-        masked = masked.masked_fill(masked < kth, -math.inf)
+        masked = torch.log_softmax(masked.masked_fill(masked < kth, -math.inf), -1)
     if top_p < 1.0:
         sorted_lp, order = torch.sort(masked, dim=-1, descending=True)
         probs = sorted_lp.exp()
@@ -60,6 +61,21 @@ def sample_next(
         masked = torch.log_softmax(masked, -1)  # renormalise over the kept tokens
     tok = torch.multinomial(masked.exp(), 1).squeeze(-1)
     return tok, masked.gather(-1, tok[:, None]).squeeze(-1)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Penalise tokens already in the prompt or the response (CTRL's rule, as HF and vLLM apply it).
+
+    For each row and each token a with ``seen[row, a]``: l'_a = l_a / θ when l_a > 0, else l_a · θ
+    (θ = ``penalty`` > 1 makes repeats less likely whatever the sign of the logit); other logits are
+    unchanged, and θ = 1 changes nothing. Applied to the raw logits, before temperature, top-k and
+    top-p, so ``sample_next`` reports the density of the penalised distribution that drew the token.
+    """
+    if penalty == 1.0:
+        return logits
+    logits = logits.float()
+    scaled = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, scaled, logits)
 
 
 @torch.no_grad()
@@ -75,6 +91,7 @@ def _decode(
     eos_id: int | None,
     pad_id: int,
     synced: bool,
+    repetition_penalty: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """KV-cached sampling of ``n`` responses for each of the P left-padded prompts ``ids`` [P, L].
 
@@ -82,6 +99,7 @@ def _decode(
     share it), then one token per step for every row. Returns (response [P·n, T], per-token
     log-probs [P·n, T]); rows after their EOS hold ``pad_id`` and 0. With ``synced``, every
     process steps until all processes' rows are done (sharded weights are gathered per forward).
+    ``repetition_penalty`` != 1 penalises the tokens each row has seen (``apply_repetition_penalty``).
     """
     from transformers import DynamicCache
 
@@ -102,10 +120,19 @@ def _decode(
     next_pos = pos[:, -1:].repeat_interleave(n, 0) + 1
     rows = ids.shape[0] * n
     done = torch.zeros(rows, dtype=torch.bool, device=ids.device)
+    seen = None
+    if repetition_penalty != 1.0:  # the tokens of each row's prompt (not its padding), then its response
+        seen = torch.zeros(rows, logits.shape[-1], dtype=torch.bool, device=ids.device)
+        prompt_ids = ids.repeat_interleave(n, 0)
+        seen.scatter_(1, prompt_ids, mask.bool())
     tokens, logps = [], []
     for t in range(max_new_tokens):
+        if seen is not None:
+            logits = apply_repetition_penalty(logits, seen, repetition_penalty)
         tok, lp = sample_next(logits, temperature, top_p, top_k)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        if seen is not None:
+            seen[torch.arange(rows, device=ids.device), tok] |= ~done
         tokens.append(tok)
         logps.append(torch.where(done, torch.zeros_like(lp), lp))
         if eos_id is not None:
@@ -140,6 +167,7 @@ def hf_generate(
     pad_id: int,
     micro_batch_size: int,
     device: torch.device,
+    repetition_penalty: float = 1.0,
 ) -> Samples:
     """Sample ``n_samples`` responses per prompt from an HF causal LM (KV cache), dropout off.
 
@@ -147,6 +175,7 @@ def hf_generate(
     each prompt is prefilled once for its n samples. ``micro_batch_size`` bounds the rows of
     one decoding batch (whole prompt groups, at least one). ``temperature == 0`` means greedy.
     ``Samples.logprobs`` are the sampler's per-token log-densities (see ``sample_next``).
+    ``repetition_penalty`` (1: off) is for batch generation; RL samples from the policy itself.
     """
     if max_new_tokens <= 0:
         raise UserError(
@@ -170,7 +199,7 @@ def hf_generate(
         sl = slice(c * per_chunk, (c + 1) * per_chunk) if c < n_chunks else slice(0, 1)  # a dropped copy
         resp, lps = _decode(
             model, ids[sl].to(device), mask[sl].to(device), n_samples, max_new_tokens, temperature, top_p,
-            top_k, eos_id, pad_id, synced,
+            top_k, eos_id, pad_id, synced, repetition_penalty,
         )  # fmt: skip
         if c < n_chunks:
             chunks.append(resp.cpu())
@@ -219,8 +248,6 @@ class HFRolloutEngine:
         self._loaded: set[str] = set()
 
     def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams) -> Samples:
-        if sampling.repetition_penalty != 1.0:
-            raise UserError("the hf rollout backend has no repetition penalty; use --rollout.backend vllm.")
         seeded = sampling.seed is not None
         with torch.random.fork_rng(devices=[], enabled=seeded):
             if seeded:
@@ -237,6 +264,7 @@ class HFRolloutEngine:
                 pad_id=self.pad_id,
                 micro_batch_size=self.micro_batch_size,
                 device=self.device,
+                repetition_penalty=sampling.repetition_penalty,
             )
         s.versions = torch.full((s.sequences.shape[0],), self.weight_version, dtype=torch.long)
         return s

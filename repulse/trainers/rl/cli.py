@@ -10,6 +10,7 @@ from __future__ import annotations
 from repulse.config import parse_config
 from repulse.config.sections import RLConfig
 from repulse.errors import UserError
+from repulse.rl.rollout.vllm import VLLM_MISSING, vllm_installed
 
 GROUP_ESTIMATORS = {"rloo", "reinforce_baseline", "group_norm", "dr_grpo"}
 ESTIMATORS = {"gae", "reinforce"} | GROUP_ESTIMATORS
@@ -73,6 +74,8 @@ def validate(cfg: RLConfig) -> None:
         )
     if r.backend not in {"hf", "vllm"}:
         raise UserError(f"--rollout.backend must be hf or vllm, got {r.backend!r}.")
+    if r.backend == "vllm" and not vllm_installed():
+        raise UserError(VLLM_MISSING)
     if cfg.actor.policy_loss_type not in {"ppo", "gspo"}:
         raise UserError(f"--actor.policy_loss_type must be ppo or gspo, got {cfg.actor.policy_loss_type!r}.")
     if cfg.actor.policy_loss_type == "gspo" and rp.method != "rl":
@@ -116,6 +119,115 @@ def validate(cfg: RLConfig) -> None:
             raise UserError(
                 f"--algo.dynamic_filtering_range {lo} {hi}: the low end must be below the high end."
             )
+    validate_launch(cfg)
+
+
+def _shape(section) -> tuple[int, int]:
+    return section.num_nodes, section.num_gpus_per_node
+
+
+def validate_launch(cfg: RLConfig) -> None:
+    """Where the roles run (``--launch.*``, the Ray placement flags) and asynchronous training."""
+    from repulse.errors import warn_once
+
+    launch, train, v = cfg.launch, cfg.train, cfg.vllm  # value ranges and choices: checked at parse time
+    if train.async_enable:
+        if launch.backend != "ray" or not v.num_engines:
+            raise UserError(
+                "--train.async_enable draws the next rollouts while a step trains: it needs rollout engines "
+                "that hold weights of their own, i.e. --launch.backend ray with --vllm.num_engines >= 1 (here the "
+                "engines share the trained module, which changes while it trains)."
+            )
+        if launch.colocate_all_models:
+            raise UserError(
+                "--train.async_enable with --launch.colocate_all_models: the hybrid engine's rollout engines "
+                "share the policy's devices and sleep while it trains, so there is nothing to overlap; drop one."
+            )
+        if cfg.repulse.method != "rl":
+            raise UserError(
+                f"--train.async_enable with --repulse.method {cfg.repulse.method}: its REINFORCE step on p's "
+                "samples has no importance correction for samples drawn by older weights, and the proposal is "
+                "sampled inside the step; asynchronous training is for the PPO family (--repulse.method rl)."
+            )
+        if cfg.algo.rollout_is.mode == "none" and train.async_queue_size > 0:
+            warn_once(
+                "async.rollout_is",
+                "--train.async_enable without --algo.rollout_is.mode: samples drawn by weights up to "
+                f"{train.async_queue_size} update(s) old enter the PPO loss uncorrected; --algo.rollout_is.mode "
+                "tis weights each token by pi_old / pi_rollout.",
+            )
+    elif train.async_queue_size != 1:
+        warn_once(
+            "async.queue",
+            f"--train.async_queue_size {train.async_queue_size} has no effect without --train.async_enable.",
+        )
+    if launch.backend != "ray":
+        return
+    if cfg.rollout.backend != "hf":
+        raise UserError(
+            f"--rollout.backend {cfg.rollout.backend} with --launch.backend ray: the Ray backend runs hf "
+            "rollout engines in this version (--rollout.backend hf)."
+        )
+    if v.tensor_parallel_size != 1:
+        raise UserError(
+            f"--vllm.tensor_parallel_size {v.tensor_parallel_size}: hf rollout engines hold a whole model "
+            "each (tensor parallelism needs --rollout.backend vllm); use --vllm.num_engines for more engines."
+        )
+    needs_ref = cfg.algo.kl.init_coef > 0
+    needs_critic = cfg.repulse.method == "rl" and cfg.algo.advantage.estimator == "gae"
+    roles = {"actor": cfg.actor, "critic": cfg.critic, "ref": cfg.ref, "reward": cfg.reward}
+    actor = _shape(cfg.actor)
+    critic = _shape(cfg.critic)
+    if needs_critic and critic[0] * critic[1] != actor[0] * actor[1]:
+        raise UserError(
+            f"--critic.num_nodes x --critic.num_gpus_per_node ({critic[0]} x {critic[1]}) must give the actor's "
+            f"{actor[0]} x {actor[1]} processes: the critic trains on the same data-parallel shards of each step."
+        )
+    pairs = []
+    if launch.colocate_actor_ref:
+        pairs.append(("colocate_actor_ref", "ref", needs_ref))
+    if launch.colocate_critic_reward:
+        pairs.append(
+            ("colocate_critic_reward", "critic", needs_critic and bool(cfg.reward.model_name_or_path))
+        )
+    for flag, role, used in pairs:
+        if not used:
+            warn_once(
+                f"launch.{flag}",
+                f"--launch.{flag} has no effect: this run has no "
+                + ("reference (--algo.kl.init_coef 0)" if role == "ref" else "critic and reward model pair")
+                + ".",
+            )
+        elif flag == "colocate_actor_ref" and _shape(cfg.ref) != actor:
+            raise UserError(
+                f"--launch.colocate_actor_ref needs the reference's --ref.num_nodes x --ref.num_gpus_per_node "
+                f"{_shape(cfg.ref)} to equal the actor's {actor}."
+            )
+        elif flag == "colocate_critic_reward" and _shape(cfg.reward) != _shape(cfg.critic):
+            raise UserError(
+                f"--launch.colocate_critic_reward needs --reward.num_nodes x --reward.num_gpus_per_node "
+                f"{_shape(cfg.reward)} to equal the critic's {_shape(cfg.critic)}."
+            )
+    if launch.colocate_all_models:
+        used = {"ref": needs_ref, "reward": bool(cfg.reward.model_name_or_path)}
+        for role, on in used.items():
+            n, p = _shape(roles[role])
+            if on and n * p > actor[0] * actor[1]:
+                raise UserError(
+                    f"--launch.colocate_all_models puts every model on the policy's devices: --{role}.num_nodes x "
+                    f"--{role}.num_gpus_per_node ({n} x {p}) must not exceed the actor's {actor[0]} x {actor[1]}."
+                )
+        if (v.num_engines or 0) > actor[0] * actor[1]:
+            raise UserError(
+                f"--launch.colocate_all_models: --vllm.num_engines {v.num_engines} engines do not fit the "
+                f"policy's {actor[0] * actor[1]} devices (one engine per device)."
+            )
+    if not cfg.reward.model_name_or_path and _shape(cfg.reward) != (1, 1):
+        warn_once(
+            "launch.reward_shape",
+            "--reward.num_nodes / --reward.num_gpus_per_node have no effect: without --reward.model_name_or_path "
+            "the rewards (functions, HTTP servers) are computed by the controller.",
+        )
 
 
 def main(argv: list[str]) -> int:

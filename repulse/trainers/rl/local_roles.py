@@ -10,15 +10,17 @@ import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from repulse.config.sections import RLConfig
 from repulse.rl.experience import batched_logprobs, batched_values
-from repulse.rl.roles import MicroLoss
+from repulse.rl.roles import ActorRole, Comm, CriticRole, MicroLoss, ReferenceRole, RewardRole, TrainedRole
 from repulse.rl.rollout import HFRolloutEngine, RolloutEngine, Samples
+from repulse.rl.rollout.vllm import VLLMRolloutEngine
 from repulse.rl.scoring import LocalRewards
+from repulse.rl.weight_sync import LocalWeightSync, SyncOptions
 from repulse.run.finite import FiniteGuard
 from repulse.trainers.fit import run_micro_batches
 
@@ -81,9 +83,16 @@ class LocalTrained:
 class LocalActor(LocalTrained):
     """A trained causal LM and the rollout engine that samples from it."""
 
-    def __init__(self, engine, micro_batch_size: int, rollout: RolloutEngine | None = None):
+    def __init__(
+        self,
+        engine,
+        micro_batch_size: int,
+        rollout: RolloutEngine | None = None,
+        sync: SyncOptions | None = None,
+    ):
         super().__init__(engine, micro_batch_size)
         self.rollout = rollout
+        self.sync = LocalWeightSync(rollout, sync) if rollout is not None else None
 
     def unwrapped(self) -> torch.nn.Module:
         return self.engine.unwrapped()
@@ -92,14 +101,16 @@ class LocalActor(LocalTrained):
         return batched_logprobs(self.engine.module, samples.to(self.engine.device), self.micro, temperature)
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        yield from self.engine.full_state_dict().items()
+        yield from self.engine.state_for_rollout().items()  # LoRA merged, base model's names
 
     def sync_rollout(self, version: int) -> None:
         engine = self.rollout
-        engine.begin_update()
-        if getattr(engine, "owns_weights", True):
-            engine.load(self.named_weights())
-        engine.end_update(version)
+        if not getattr(engine, "owns_weights", True):  # samples from the trained module itself
+            engine.begin_update()
+            engine.end_update(version)
+            return
+        # gathered on rank 0 when sharded: the sync broadcasts it to every rank's engine
+        self.sync.push(self.engine.state_for_rollout(), version)
 
 
 class LocalCritic(LocalTrained):
@@ -120,20 +131,62 @@ class LocalReference:
 
 @dataclass
 class Roles:
-    """Everything a method may use; roles it does not need are None."""
+    """Everything a method may use; roles it does not need are None.
+
+    ``shards``: how many data-parallel shards of each step this process holds - 1 under
+    ``torchrun`` (every rank holds its own), the trained groups' width on Ray (the controller holds
+    the whole step, and a role call splits a batch into that many contiguous shards, shard r for
+    the group's rank r, as rank r holds it under ``torchrun``).
+    """
 
     tokenizer: Any
-    comm: LocalComm
-    policy: LocalActor
-    rewards: LocalRewards
-    ref: LocalReference | None = None
-    critic: LocalCritic | None = None
-    proposal: LocalActor | None = None
+    comm: Comm
+    policy: ActorRole
+    rewards: RewardRole
+    ref: ReferenceRole | None = None
+    critic: CriticRole | None = None
+    proposal: ActorRole | None = None
+    shards: int = 1
 
-    def trained(self) -> dict[str, LocalTrained]:
+    def trained(self) -> dict[str, TrainedRole]:
         """The roles with training state, by checkpoint directory name."""
         named = {"actor": self.policy, "critic": self.critic, "proposal": self.proposal}
         return {k: v for k, v in named.items() if v is not None}
+
+
+class RoleBackend(Protocol):
+    """Where the roles live (built once per run; whoever made the backend releases it)."""
+
+    def data_parallel(self, cfg: RLConfig, world: int) -> int:
+        """The data-parallel width D of the trained roles (each optimizer step sees D shards)."""
+
+    def build(
+        self,
+        cfg: RLConfig,
+        needs: set[str],
+        device: torch.device,
+        total_updates: int,
+        accum: int,
+        tokenizer: Any,
+    ) -> Roles: ...
+
+
+class LocalBackend:
+    """Every role in this process; under ``torchrun`` one copy per rank, each holding its shard."""
+
+    def data_parallel(self, cfg: RLConfig, world: int) -> int:
+        return world
+
+    def build(
+        self,
+        cfg: RLConfig,
+        needs: set[str],
+        device: torch.device,
+        total_updates: int,
+        accum: int,
+        tokenizer: Any,
+    ) -> Roles:
+        return build_roles(cfg, needs, device, total_updates, accum, tokenizer)
 
 
 def _engine_for(model, adam, muon, optim, cfg: RLConfig, total_steps: int, accum: int):
@@ -157,65 +210,127 @@ def hf_rollout(engine, tokenizer, cfg: RLConfig) -> HFRolloutEngine:
     )
 
 
+def vllm_rollout(engine, tokenizer, cfg: RLConfig) -> VLLMRolloutEngine:
+    """The vllm backend colocated with a trained engine: an engine of its own in this process,
+    computing in the trainer's dtype, given the weights after every update."""
+    module = engine.unwrapped()
+    dtype = getattr(engine, "compute_dtype", None) or next(module.parameters()).dtype
+    longest = cfg.data.max_len + (cfg.rollout.max_new_tokens or 0)  # a prompt plus its response
+    limit = getattr(getattr(module, "config", None), "max_position_embeddings", None)
+    return VLLMRolloutEngine.from_section(
+        cfg.actor.model_name_or_path,
+        cfg.vllm,
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        dtype=dtype,
+        seed=cfg.train.seed,
+        max_model_len=min(longest, limit) if limit else longest,
+    )
+
+
+def rollout_engine(engine, tokenizer, cfg: RLConfig) -> RolloutEngine:
+    """``--rollout.backend``: hf (samples from the trained module) or vllm."""
+    if cfg.rollout.backend == "vllm":
+        return vllm_rollout(engine, tokenizer, cfg)
+    return hf_rollout(engine, tokenizer, cfg)
+
+
+def sync_options(cfg: RLConfig) -> SyncOptions:
+    return SyncOptions(bucket_mb=cfg.vllm.sync_bucket_mb, timeout_s=cfg.vllm.sync_timeout_s)
+
+
+def load_lm(cfg: RLConfig, path: str, trainable: bool, device: torch.device) -> torch.nn.Module:
+    """A causal LM as every RL role loads it: dropout off, in training forwards too (``disable_dropout``)."""
+    from repulse.models.loading import disable_dropout, load_causal_lm
+
+    return disable_dropout(
+        load_causal_lm(
+            path,
+            dtype=cfg.engine.param_dtype,
+            attn=cfg.engine.attn_implementation,
+            gradient_checkpointing=trainable and cfg.actor.gradient_checkpointing_enable,
+            reentrant=cfg.actor.gradient_checkpointing_reentrant,
+            device=device,
+            trainable=trainable,
+        )
+    )
+
+
+def build_policy(
+    cfg: RLConfig, device: torch.device, total_updates: int, accum: int, tokenizer: Any
+) -> LocalActor:
+    a = cfg.actor
+    engine = _engine_for(
+        load_lm(cfg, a.model_name_or_path, True, device), a.adam, a.muon, a.optim, cfg, total_updates, accum
+    )
+    return LocalActor(
+        engine, cfg.train.micro_batch_size, rollout_engine(engine, tokenizer, cfg), sync_options(cfg)
+    )
+
+
+def build_rewards(cfg: RLConfig, device: torch.device, tokenizer: Any) -> LocalRewards:
+    from repulse.rl.rewards import build_reward_sources
+
+    sources = build_reward_sources(cfg.reward, device, cfg.rollout.micro_batch_size)
+    return LocalRewards(tokenizer, sources, cfg.reward.reduction)
+
+
+def build_reference(cfg: RLConfig, device: torch.device) -> LocalReference:
+    from repulse.engine import prepare_frozen
+
+    path = cfg.ref.model_name_or_path or cfg.actor.model_name_or_path
+    frozen = prepare_frozen(load_lm(cfg, path, False, device), device=device, offload=cfg.ref.offload)
+    return LocalReference(frozen, cfg.train.micro_batch_size)
+
+
+def build_critic(
+    cfg: RLConfig, device: torch.device, total_updates: int, accum: int, tokenizer: Any
+) -> LocalCritic:
+    """The critic: a value head on the critic's (default: the actor's) LM; a fresh head is drawn from
+    the torch RNG, so every process that builds it must be at the same RNG state."""
+    from repulse.models.loading import disable_dropout, load_scalar_model
+
+    model = disable_dropout(
+        load_scalar_model(
+            cfg.critic.model_name_or_path or cfg.actor.model_name_or_path,
+            value_head_prefix="score",
+            pad_token_id=tokenizer.pad_token_id,
+            dtype=cfg.engine.param_dtype,
+            attn=cfg.engine.attn_implementation,
+            device=device,
+        )
+    )
+    c = cfg.critic
+    return LocalCritic(
+        _engine_for(model, c.adam, c.muon, c.optim, cfg, total_updates, accum), cfg.train.micro_batch_size
+    )
+
+
+def build_proposal(
+    cfg: RLConfig, device: torch.device, total_updates: int, accum: int, tokenizer: Any
+) -> LocalActor:
+    """RePULSe's proposal q: a copy of the policy's start with its own optimizer (``--repulse.proposal_lr``)."""
+    a = cfg.actor
+    q_adam = copy.deepcopy(a.adam)
+    q_adam.lr = cfg.repulse.proposal_lr
+    q_total = total_updates * max(1, cfg.repulse.q_updates_per_step)
+    lm = load_lm(cfg, a.model_name_or_path, True, device)
+    engine = _engine_for(lm, q_adam, a.muon, a.optim, cfg, q_total, accum)
+    return LocalActor(
+        engine, cfg.train.micro_batch_size, rollout_engine(engine, tokenizer, cfg), sync_options(cfg)
+    )
+
+
 def build_roles(
     cfg: RLConfig, needs: set[str], device: torch.device, total_updates: int, accum: int, tokenizer: Any
 ) -> Roles:
     """Build the roles in ``needs`` (``ref``, ``critic``, ``proposal``; the policy and rewards always)."""
-    from repulse.engine import prepare_frozen
-    from repulse.models.loading import disable_dropout, load_causal_lm, load_scalar_model
-    from repulse.rl.rewards import build_reward_sources
-
-    path = cfg.actor.model_name_or_path
-    micro = cfg.train.micro_batch_size
-
-    # every RL model runs with dropout off, in training forwards too (see ``disable_dropout``)
-    def lm(p: str, trainable: bool):
-        return disable_dropout(
-            load_causal_lm(
-                p,
-                dtype=cfg.engine.param_dtype,
-                attn=cfg.engine.attn_implementation,
-                gradient_checkpointing=trainable and cfg.actor.gradient_checkpointing_enable,
-                reentrant=cfg.actor.gradient_checkpointing_reentrant,
-                device=device,
-                trainable=trainable,
-            )
-        )
-
-    a = cfg.actor
-    policy_engine = _engine_for(lm(path, True), a.adam, a.muon, a.optim, cfg, total_updates, accum)
-    comm = LocalComm(policy_engine)
-    policy = LocalActor(policy_engine, micro, hf_rollout(policy_engine, tokenizer, cfg))
-    rewards = LocalRewards(
-        tokenizer,
-        build_reward_sources(cfg.reward, device, cfg.rollout.micro_batch_size),
-        cfg.reward.reduction,
-    )
-    roles = Roles(tokenizer, comm, policy, rewards)
+    policy = build_policy(cfg, device, total_updates, accum, tokenizer)
+    roles = Roles(tokenizer, LocalComm(policy.engine), policy, build_rewards(cfg, device, tokenizer))
     if "ref" in needs:
-        frozen = prepare_frozen(
-            lm(cfg.ref.model_name_or_path or path, False), device=device, offload=cfg.ref.offload
-        )
-        roles.ref = LocalReference(frozen, micro)
+        roles.ref = build_reference(cfg, device)
     if "critic" in needs:
-        model = disable_dropout(
-            load_scalar_model(
-                cfg.critic.model_name_or_path or path,
-                value_head_prefix="score",
-                pad_token_id=tokenizer.pad_token_id,
-                dtype=cfg.engine.param_dtype,
-                attn=cfg.engine.attn_implementation,
-                device=device,
-            )
-        )
-        c = cfg.critic
-        roles.critic = LocalCritic(
-            _engine_for(model, c.adam, c.muon, c.optim, cfg, total_updates, accum), micro
-        )
+        roles.critic = build_critic(cfg, device, total_updates, accum, tokenizer)
     if "proposal" in needs:
-        q_adam = copy.deepcopy(a.adam)
-        q_adam.lr = cfg.repulse.proposal_lr
-        q_total = total_updates * max(1, cfg.repulse.q_updates_per_step)
-        q_engine = _engine_for(lm(path, True), q_adam, a.muon, a.optim, cfg, q_total, accum)
-        roles.proposal = LocalActor(q_engine, micro, hf_rollout(q_engine, tokenizer, cfg))
+        roles.proposal = build_proposal(cfg, device, total_updates, accum, tokenizer)
     return roles

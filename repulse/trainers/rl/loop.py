@@ -4,7 +4,9 @@ Per step: the step's prompts → ``method.rollout`` → ``method.train`` → the
 the new weights (``weight_version`` = the step) → metrics, evaluation, checkpoints. What a step
 does is the method's (``repulse.trainers.rl.methods``); what a model does is its role's
 (``repulse.trainers.rl.local_roles``). Under ``torchrun`` every rank runs this loop on its slice
-of each step's prompts.
+of each step's prompts; on Ray (``repulse.launch``) one controller runs it on the whole step and
+the roles are actor groups - the ``backend`` argument builds them. Where the rollouts come from
+(drawn when the step starts, or ahead of it) is ``repulse.trainers.rl.pipeline``'s.
 """
 
 from __future__ import annotations
@@ -25,24 +27,30 @@ from repulse.run.finite import FiniteGuard
 from repulse.run.metrics import MetricsLog
 from repulse.run.progress import Progress
 from repulse.run.start import start_run
-from repulse.trainers.rl.local_roles import Roles, build_roles
+from repulse.trainers.rl.local_roles import LocalBackend, RoleBackend, Roles
 from repulse.trainers.rl.methods import METHODS
 from repulse.trainers.rl.methods.base import sampling
+from repulse.trainers.rl.pipeline import AsyncRollouts, SyncRollouts, staleness
 from repulse.trainers.rl.toy_eval import exact_eval, negdata_sink
 
 
 @torch.no_grad()
 def evaluate(cfg: RLConfig, roles: Roles, eval_prompts: Any) -> dict[str, float]:
     """Mean reward of ``--eval.n_samples_per_prompt`` samples per held-out prompt at ``--eval.temperature``
-    (0: greedy), this rank's share of ``--eval.dataset``; averaged over ranks by the caller."""
-    rank, world = roles.comm.rank, roles.comm.world_size
-    usable = len(eval_prompts) // world * world  # equal shares: sharded engines need equal forward counts
-    mine = list(range(rank, usable, world))
+    (0: greedy), this process's shares of ``--eval.dataset``; averaged over ranks by the caller.
+
+    Shard j of the D data-parallel shards takes prompts j, j + D, ...; a process holding several
+    shards (Ray) asks for shard 0's chunk, then shard 1's, ... in one call, which the roles split
+    back into the shards."""
+    rank, world, shards = roles.comm.rank, roles.comm.world_size, roles.shards
+    width = world * shards
+    usable = len(eval_prompts) // width * width  # equal shares: sharded engines need equal forward counts
+    mine = [list(range(rank * shards + j, usable, width)) for j in range(shards)]
     rewards = []
     n = cfg.eval.n_samples_per_prompt if cfg.eval.temperature > 0 else 1
     per = max(1, cfg.rollout.micro_batch_size // n)
-    for s in range(0, len(mine), per):
-        items = [eval_prompts[i] for i in mine[s : s + per]]
+    for s in range(0, len(mine[0]), per):
+        items = [eval_prompts[i] for part in mine for i in part[s : s + per]]
         prompts = [it["prompt_ids"] for it in items]
         samples = roles.policy.rollout.generate(prompts, n, sampling(cfg, prompts, cfg.eval.temperature))
         r, _ = roles.rewards.score(samples, items)
@@ -79,21 +87,32 @@ def warn_threshold_outside(cfg: RLConfig, seen: tuple[float, float]) -> None:
 
 
 @releases_output_dirs
-def run(cfg: RLConfig) -> int:
+def run(cfg: RLConfig, backend: RoleBackend | None = None) -> int:
+    """The RL run. ``backend`` builds the roles: in this process (default) or as Ray actor groups."""
     from repulse.data.prompts import PromptDataset
     from repulse.models.loading import load_tokenizer
     from repulse.trainers.common import load_split
 
+    if backend is None:
+        if cfg.launch.backend != "local":
+            raise UserError(
+                f"--launch.backend {cfg.launch.backend}: start the run with the `repulse rl` command, "
+                "which places the roles on the cluster."
+            )
+        backend = LocalBackend()
     run_ = start_run(cfg)
     world = run_.world_size
+    # the data-parallel width of the trained roles: the torchrun world, or the Ray groups' width
+    shards_total = backend.data_parallel(cfg, world)
     r = cfg.rollout
-    if r.batch_size % world:
+    if r.batch_size % shards_total:
         raise UserError(
-            f"--rollout.batch_size {r.batch_size} must be a multiple of the number of processes ({world})."
+            f"--rollout.batch_size {r.batch_size} must be a multiple of the number of data-parallel "
+            f"processes ({shards_total})."
         )
     local_prompts = r.batch_size // world
     spec = METHODS[cfg.repulse.method]
-    accum, updates_per_step = spec.geometry(cfg, local_prompts, world)
+    accum, updates_per_step = spec.geometry(cfg, r.batch_size // shards_total, shards_total)
     tok = load_tokenizer(
         cfg.actor.model_name_or_path, chat_template=cfg.data.tokenizer_chat_template, padding_side="left"
     )
@@ -123,7 +142,8 @@ def run(cfg: RLConfig) -> int:
     total = per_fit * fit_steps
     if cfg.train.max_steps > 0:
         total = min(total, cfg.train.max_steps)
-    roles = build_roles(cfg, spec.roles(cfg), run_.device, total * updates_per_step, accum, tok)
+    roles = backend.build(cfg, spec.roles(cfg), run_.device, total * updates_per_step, accum, tok)
+    roles.shards = shards_total // world
     if world > 1:
         # Models (and fresh value heads) were initialised from the shared seed; sampling must
         # not be: with one random stream per rank, ranks would draw identical samples.
@@ -145,6 +165,14 @@ def run(cfg: RLConfig) -> int:
             print(f"[repulse] resumed from {latest} at step {start}", flush=True)
     for actor in actors:
         actor.sync_rollout(start)
+
+    def draw(step: int) -> Any:
+        """The rollout of ``step``: its prompts (this process's share), sampled and scored."""
+        episode, k = divmod(step, steps_per_episode)
+        return method.rollout([prompts[i] for i in batcher.step_indices(episode, k)[0]])
+
+    ahead = cfg.train.async_queue_size if cfg.train.async_enable else 0
+    rollouts = AsyncRollouts(draw, ahead) if ahead > 0 else SyncRollouts(draw)
     from repulse.config.schema import to_dict
 
     log = MetricsLog(out_dir, cfg.logger, to_dict(cfg), run_.rank == 0, start)
@@ -165,14 +193,21 @@ def run(cfg: RLConfig) -> int:
         if before:
             log.log(0, before)
     try:
+        rollouts.start(start, total)
         for step in range(start, total):
             t0 = time.perf_counter()
-            episode, k = divmod(step, steps_per_episode)
-            items = [prompts[i] for i in batcher.step_indices(episode, k)[0]]
-            metrics = method.train(method.rollout(items), step)
+            rollout = rollouts.get(step)
+            t_wait = time.perf_counter() - t0
+            metrics = method.train(rollout, step)
+            if ahead > 0:
+                metrics.update(check_staleness(step, rollout, ahead), time_rollout_wait=t_wait)
             done = step + 1
+            rollouts.before_sync()
+            t_sync = time.perf_counter()
             for actor in actors:
                 actor.sync_rollout(done)
+            metrics["time_sync"] = time.perf_counter() - t_sync
+            rollouts.after_sync(done)
             dt = time.perf_counter() - t0
             metrics["samples_per_s"] = metrics.pop("samples") * world / dt
             metrics["time_step"] = dt
@@ -195,6 +230,7 @@ def run(cfg: RLConfig) -> int:
     except NonFiniteError as exc:
         raise exc.at_step(step + 1) from None
     finally:
+        rollouts.close()
         bar.close()
         log.close()
         if sink is not None:
@@ -209,3 +245,19 @@ def run(cfg: RLConfig) -> int:
     if run_.rank == 0:
         print(f"[repulse] saved the policy to {out_dir}", flush=True)
     return 0
+
+
+def check_staleness(step: int, rollout: Any, bound: int) -> dict[str, float]:
+    """The weight versions that drew ``rollout``, checked against the asynchronous bound k:
+    0 <= step - version <= k for every sample (the pipeline guarantees it; a violation is a bug)."""
+    lag = staleness(step, rollout)
+    if lag is None:
+        raise RuntimeError(
+            "asynchronous training needs the weight version of every sample (Samples.versions)"
+        )
+    if int(lag.min()) < 0 or int(lag.max()) > bound:
+        raise RuntimeError(
+            f"step {step} trains on samples drawn by weight versions {sorted(set((step - lag).tolist()))}: "
+            f"staleness must stay within 0..{bound} (--train.async_queue_size)"
+        )
+    return {"staleness_max": float(lag.max()), "staleness_mean": float(lag.float().mean())}

@@ -111,22 +111,27 @@ class PPOFamily:
     def filter_groups(self, raw: torch.Tensor, metrics: dict) -> torch.Tensor | None:
         """Rows kept by dynamic filtering (DAPO): groups whose mean reward is inside the range.
 
-        Every process keeps the same number of groups (the fewest any process kept, its first
-        ones), so sharded engines run the same number of forwards; None when no process kept any.
+        Every data-parallel shard keeps the same number of groups (the fewest any shard kept, its
+        first ones), so sharded engines run the same number of forwards; None when no shard kept
+        any. The shards are the processes under ``torchrun``, or the contiguous shards of the step
+        that one controller holds (``roles.shards``).
         """
         from repulse.rl.advantages import dynamic_filter_groups
 
         n = self.cfg.rollout.n_samples_per_prompt
         lo, hi = self.cfg.algo.dynamic_filtering_range
         keep = dynamic_filter_groups(raw.cpu(), n, lo, hi)
-        groups = torch.nonzero(keep.view(-1, n)[:, 0]).flatten()
-        count = self.roles.comm.all_reduce(torch.tensor([float(groups.numel())], dtype=torch.float64), "min")
+        per_shard = keep.view(-1, n)[:, 0].view(self.roles.shards, -1)
+        fewest = float(per_shard.sum(-1).min())
+        count = self.roles.comm.all_reduce(torch.tensor([fewest], dtype=torch.float64), "min")
         k = int(count.item())
         metrics["kept_fraction"] = float(keep.float().mean())
         metrics["kept_groups"] = k
         if k == 0:
             return None
-        return (groups[:k, None] * n + torch.arange(n)).flatten()
+        width = per_shard.shape[1]
+        groups = torch.cat([torch.nonzero(g).flatten()[:k] + j * width for j, g in enumerate(per_shard)])
+        return (groups[:, None] * n + torch.arange(n)).flatten()
 
     def shape_rewards(self, raw: torch.Tensor, samples: Samples, max_new: int) -> torch.Tensor:
         """The sequence reward an estimator sees, from the reward sources' output (OpenRLHF's order):
@@ -242,7 +247,12 @@ class PPOFamily:
         )
         value_loss = ValueLoss(cfg.critic.value_clip) if roles.critic is not None else None
         train_actor = step >= cfg.critic.freezing_steps
-        slices = micro_slices(exp.action_mask.shape[0], cfg.train.micro_batch_size)
+        # each data-parallel shard (a torchrun rank, or a contiguous shard of a step held by one
+        # controller) is cut into micro-batches of its own; an optimizer step takes `accum` of
+        # them from every shard, shard by shard, in the same order for every shard
+        shards = roles.shards
+        per_shard = exp.action_mask.shape[0] // shards
+        slices = micro_slices(per_shard, cfg.train.micro_batch_size)
         gen = torch.Generator().manual_seed(cfg.train.seed * 7919 + step)
         agg: dict[str, list[float]] = {}
 
@@ -257,7 +267,11 @@ class PPOFamily:
                 else torch.randperm(len(slices), generator=gen).tolist()
             )
             for g in range(0, len(order), self.accum):
-                mbs = [exp.select(slices[i]) for i in order[g : g + self.accum]]
+                mbs = [
+                    exp.select([j * per_shard + r for r in slices[i]])
+                    for j in range(shards)
+                    for i in order[g : g + self.accum]
+                ]
                 if train_actor:
                     out, optim = roles.policy.train_step(policy_loss, mbs)
                     add({**out, **prefixed("actor_", optim)})

@@ -159,10 +159,16 @@ class RepulseFamily:
         u.info["w_u"] = w
         metrics["ess_u"] = float((1.0 / (w.view(-1, n) ** 2).sum(-1)).mean())
 
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches of one step here: ``accum`` per data-parallel shard this process holds
+        (contiguous groups of rows, so shard j's are the j-th run of ``accum``)."""
+        return self.accum * self.roles.shards
+
     def p_step(self, p_exp: Experience, u: Experience | None, alpha: float, metrics: dict) -> None:
+        m = self.micro_batches
         batches = [
-            RepulseBatch(p, q, self.n)
-            for p, q in zip(_groups(p_exp, self.n, self.accum), _groups(u, self.n, self.accum))
+            RepulseBatch(p, q, self.n) for p, q in zip(_groups(p_exp, self.n, m), _groups(u, self.n, m))
         ]
         out, optim = self.roles.policy.train_step(PolicyRepulseLoss(alpha), batches)
         out["loss_p"] = out.pop("loss")
@@ -170,7 +176,7 @@ class RepulseFamily:
 
     def q_step(self, q_exp: Experience, metrics: dict) -> None:
         loss = ProposalCTLLoss(self.cfg.repulse.beta, self.cfg.rollout.temperature, self.n)
-        out, optim = self.roles.proposal.train_step(loss, _groups(q_exp, self.n, self.accum))
+        out, optim = self.roles.proposal.train_step(loss, _groups(q_exp, self.n, self.micro_batches))
         out["loss_q"] = out.pop("loss")
         metrics.update(out, **prefixed("q_", optim))
 
