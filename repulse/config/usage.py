@@ -225,7 +225,6 @@ METHOD_READS: dict[str, tuple[str, ...]] = {
 # by those commands, and a value away from the default warns once by name. When the feature lands,
 # its line moves to READS.
 NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
-    "actor.aux_loss_coef": (("rl",), "the MoE load-balancing loss is not in this version yet"),
     "rollout.vllm_generate_batch_size": (
         ("rl",),
         "the vLLM engine takes each rollout batch in one call and schedules it itself "

@@ -11,7 +11,8 @@ on the top model so that every head - causal LM, sequence classifier (reward mod
 and every wrapper (peft, FSDP2, DeepSpeed) gets the same loss; the model's config is not
 changed, so what is saved loads and generates as before.
 
-Use (offline trainers, and the RL policy update the same way)::
+Use (offline trainers; the RL roles wrap their losses with ``take``, see
+``repulse.trainers.rl.local_roles``)::
 
     aux = router_aux_loss(model, cfg.model.aux_loss_coef, "--model.aux_loss_coef")  # None when 0
     ...                                  # the method's own forward(s), as before
@@ -95,6 +96,7 @@ class RouterAuxLoss:
         self.coef = float(coef)
         self.experts, self.top_k = experts, top_k
         self._last: torch.Tensor | None = None
+        self._taken: list[torch.Tensor] = []  # the losses of the forwards with gradients since ``take``
         backbone = _backbone(model)
         self._handles = [
             backbone.register_forward_pre_hook(self._ask_for_router_logits, with_kwargs=True),
@@ -114,6 +116,14 @@ class RouterAuxLoss:
             # a cached decoding step routes only its new tokens, while its mask spans the cache too
             mask = mask[:, mask.shape[1] - logits[0].shape[0] // mask.shape[0] :]
         self._last = load_balancing_loss(tuple(logits), self.experts, self.top_k, mask)
+        if torch.is_grad_enabled():
+            self._taken.append(self._last)
+
+    def take(self) -> torch.Tensor | None:
+        """The mean auxiliary loss of the forwards with gradients since the last ``take`` (a loss that
+        runs several, as RePULSe's policy loss over its own and the proposal's samples), or None."""
+        taken, self._taken = self._taken, []
+        return torch.stack(taken).mean() if taken else None
 
     def last(self) -> torch.Tensor:
         """The auxiliary loss of the most recent forward (with its graph when that forward had one)."""

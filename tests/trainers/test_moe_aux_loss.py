@@ -192,3 +192,45 @@ def test_a_dense_model_with_a_coefficient_is_refused(toy, tmp_path):
         sft.run(cfg)
     with pytest.raises(UserError, match="--model.aux_loss_coef must be >= 0"):
         sft.run(_config("sft", toy, toy.llama, tmp_path / "neg", -0.1))
+
+
+# --------------------------------------------------------------------------- RL: the policy, the proposal
+
+
+def _rl_step(toy, moe, out: Path, coef: float, method: str):
+    """One RL step of the toy Mixtral policy (2 prompts x 2 samples, one micro-batch): the step's
+    metrics and the policy's weights after it."""
+    from safetensors.torch import load_file
+    from test_rl import rl_cfg, run_rl
+
+    over = dict(actor__model_name_or_path=str(moe), actor__aux_loss_coef=coef, train__max_steps=1,
+                rollout__batch_size=2, rollout__n_samples_per_prompt=2, rollout__micro_batch_size=4,
+                rollout__max_new_tokens=4, train__batch_size=4, train__micro_batch_size=4,
+                repulse__method=method)  # fmt: skip
+    if method != "rl":
+        over.update(algo__advantage__estimator="reinforce")  # the REINFORCE family reads no estimator
+    cfg = rl_cfg(toy, out, **over)
+    if method != "rl":
+        cfg.algo = type(cfg.algo)()
+    (row,) = run_rl(cfg)
+    weights = load_file(str(next(out.glob("**/model.safetensors"))))
+    return row, weights
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["rl", "repulse"])
+def test_rl_adds_coef_times_aux_loss_to_the_policy(method, toy, moe, tmp_path):
+    """``--actor.aux_loss_coef`` (seed ``--aux_loss_coef`` of train_ppo): the same first rollout
+    (same seed, same start), the same policy loss, a logged router loss > 0 - and the update moves
+    the weights differently, because the gradient gains coef·∇aux. Ignoring the flag leaves no
+    aux_loss and identical weights. RePULSe runs the policy's loss on its own and the proposal's
+    samples (two forwards: their mean router loss) and trains the proposal with it too."""
+    off, w_off = _rl_step(toy, moe, tmp_path / "off", 0.0, method)
+    on, w_on = _rl_step(toy, moe, tmp_path / "on", 0.5, method)
+    assert "aux_loss" not in off and on["aux_loss"] > 0, on
+    assert on["reward"] == off["reward"]
+    for key in ("policy_loss", "repulse_loss_r"):
+        if key in off:
+            assert on[key] == pytest.approx(off[key], abs=1e-6), key
+    moved = [k for k in w_on if not torch.equal(w_on[k], w_off[k])]
+    assert any(".gate." in k for k in moved), moved  # the router itself is pushed toward balance
