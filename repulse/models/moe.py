@@ -96,7 +96,7 @@ class RouterAuxLoss:
         self.coef = float(coef)
         self.experts, self.top_k = experts, top_k
         self._last: torch.Tensor | None = None
-        self._taken: list[torch.Tensor] = []  # the losses of the forwards with gradients since ``take``
+        self._taken: list[torch.Tensor] | None = None  # between ``begin`` and ``take``: their losses
         backbone = _backbone(model)
         self._handles = [
             backbone.register_forward_pre_hook(self._ask_for_router_logits, with_kwargs=True),
@@ -116,13 +116,18 @@ class RouterAuxLoss:
             # a cached decoding step routes only its new tokens, while its mask spans the cache too
             mask = mask[:, mask.shape[1] - logits[0].shape[0] // mask.shape[0] :]
         self._last = load_balancing_loss(tuple(logits), self.experts, self.top_k, mask)
-        if torch.is_grad_enabled():
+        if self._taken is not None and torch.is_grad_enabled():
             self._taken.append(self._last)
 
+    def begin(self) -> None:
+        """Start collecting the losses of the forwards with gradients (for ``take``)."""
+        self._taken = []
+
     def take(self) -> torch.Tensor | None:
-        """The mean auxiliary loss of the forwards with gradients since the last ``take`` (a loss that
-        runs several, as RePULSe's policy loss over its own and the proposal's samples), or None."""
-        taken, self._taken = self._taken, []
+        """The mean auxiliary loss of the forwards with gradients since ``begin`` (a loss that runs
+        several, as RePULSe's policy loss over its own and the proposal's samples), or None; stops
+        collecting, so no graph is held past the loss that uses it."""
+        taken, self._taken = self._taken, None
         return torch.stack(taken).mean() if taken else None
 
     def last(self) -> torch.Tensor:

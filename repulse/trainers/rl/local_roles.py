@@ -54,7 +54,7 @@ class _WithRouterAux:
         return self.loss_fn.units(batch)
 
     def loss(self, model: torch.nn.Module, batch: Any) -> MicroResult:
-        self.aux.take()  # drop what forwards outside this loss left
+        self.aux.begin()
         out = self.loss_fn.loss(model, batch)
         aux = self.aux.take()
         if aux is None:
