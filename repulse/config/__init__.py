@@ -10,8 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from repulse.config.engine_fields import check_engine_fields
 from repulse.config.schema import build, check_model_paths, check_values, help_text, split_flags, to_yaml
+from repulse.config.usage import check_fields
 from repulse.errors import UserError, warn_once
+
+# Commands that train a model through an engine (their --engine.* fields are checked at parse time).
+TRAINING_COMMANDS: tuple[str, ...] = ("sft", "rm", "prm", "dpo", "kto", "kd", "rl")
 
 
 def parse_config(
@@ -25,17 +30,18 @@ def parse_config(
     Order: legacy translation (seed-document flags -> ours), defaults, ``--config``
     files in order, flags; then every value against its field's allowed values
     (``check_values``), then ``validate`` (impossible combinations fail here, with the
-    flag named, never later), then - unless ``--dry-run`` - the model paths
-    (``check_model_paths``: a local-looking path is never sent to the Hub).
+    flag named, never later), then ``check_fields`` (a field this command, or its method,
+    does not read, set away from its default, is refused: ``repulse.config.usage``), then -
+    unless ``--dry-run`` - the model paths (``check_model_paths``: a local-looking path is
+    never sent to the Hub).
     """
-    from repulse.config.legacy import translate_argv
+    from repulse.config.legacy import seed_engine_backend, translate_argv
 
     if "-h" in argv or "--help" in argv:
         print(help_text(root_cls, command))
         return None
+    seed_backend, backend_notes = seed_engine_backend(list(argv), command)
     argv, notes = translate_argv(list(argv), command)
-    for note in notes:
-        warn_once(note, note)
     yaml_files: list[str] = []
     dry_run = False
     rest: list[str] = []
@@ -55,18 +61,53 @@ def parse_config(
         else:
             rest.append(tok)
         i += 1
+    if seed_backend is not None and _yaml_sets(yaml_files, "engine.backend"):
+        seed_backend, backend_notes = None, []  # a recipe that names its engine wins over the seed's
+    if seed_backend is not None:
+        rest = ["--engine.backend", seed_backend, *rest]  # first: an explicit flag later still wins
+    for note in backend_notes + notes:
+        warn_once(note, note)
     cfg = build(root_cls, yaml_files, split_flags(rest))
     check_values(cfg)
-    refuse_unused_model_fields(cfg, command)
     warn_no_effect(cfg)
+    if command in TRAINING_COMMANDS:
+        check_engine_fields(cfg.engine)
     warn_ray_only(cfg)
     if validate is not None:
         validate(cfg)
+    check_fields(cfg, command)
     if dry_run:
         sys.stdout.write(to_yaml(cfg))
         return None
+    if command in TRAINING_COMMANDS and cfg.engine.backend == "deepspeed":
+        require_deepspeed(from_seed=seed_backend is not None)
     check_model_paths(cfg)  # not for --dry-run: a recipe may name a model that is yet to be trained
     return cfg
+
+
+def _yaml_sets(yaml_files: list[str], key: str) -> bool:
+    from repulse.config.schema import flatten, load_yaml
+
+    return any(key in flatten(load_yaml(path)) for path in yaml_files)
+
+
+def require_deepspeed(from_seed: bool = False) -> None:
+    """Fail at parse time, in one paragraph, when DeepSpeed is asked for and not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is not None:
+        return
+    why = (
+        "the seed flags (--zero_stage, --adam_offload, --overlap_comm, --zpg, --grad_accum_dtype) select "
+        "--engine.backend deepspeed, as OpenRLHF trained with DeepSpeed, "
+        if from_seed
+        else "--engine.backend deepspeed was asked for, "
+    )
+    raise UserError(
+        f"{why}but DeepSpeed is not installed. Install it with pip install 'repulse[deepspeed]', or add "
+        "--engine.backend fsdp: torch's FSDP2 gives the same sharding without DeepSpeed (--engine.zero_stage 3 "
+        "shards parameters, gradients and optimizer state; --engine.adam_offload offloads to CPU)."
+    )
 
 
 def write_resolved(cfg: Any, output_dir: str | Path, name: str = "config.yaml") -> Path:
@@ -76,23 +117,6 @@ def write_resolved(cfg: Any, output_dir: str | Path, name: str = "config.yaml") 
     tmp.write_text(to_yaml(cfg))
     tmp.replace(out)
     return out
-
-
-def refuse_unused_model_fields(cfg: Any, command: str) -> None:
-    """A method's ``--model.*`` flag given to another command is an error, not a silent no-op."""
-    from repulse.config.sections import MODEL_FIELDS_USED_BY, ModelSection
-
-    model = getattr(cfg, "model", None)
-    if not isinstance(model, ModelSection):
-        return
-    default = ModelSection()
-    for name, commands in MODEL_FIELDS_USED_BY.items():
-        if command not in commands and getattr(model, name) != getattr(default, name):
-            users = " and ".join(f"repulse {c}" for c in commands)
-            raise UserError(
-                f"--model.{name} is read by {users} only; repulse {command} would ignore it "
-                f"(given {getattr(model, name)!r}). Remove it, or run {users}."
-            )
 
 
 def warn_no_effect(cfg: Any, prefix: str = "") -> None:

@@ -34,6 +34,8 @@ from repulse.config.legacy_tables import (  # noqa: F401  _RL, _TRAIN_COMMON, RU
     _Table,
     _tables,
 )
+from repulse.config.schema import flatten, get_path, load_yaml
+from repulse.config.usage import METHOD_FIELD, ROOTS, accepted
 from repulse.errors import UserError
 
 COMMANDS: tuple[str, ...] = (
@@ -52,6 +54,7 @@ MODULE_TO_COMMAND: dict[str, str] = {
     "train_ppo_ray": "rl",
     "serve_rm": "serve-rm",
     "evaluate_gcg_sz": "gcg",  # the RePULSe fork's GCG evaluation
+    "lora_combiner": "lora-merge",  # flags already the seed's (repulse.models.merge_cli)
     "interactive_chat": "chat",
 }
 
@@ -291,6 +294,13 @@ def translate_argv(argv: list[str], command: str) -> tuple[list[str], list[str]]
         _critic_from_reward_rule(ctx, out)
 
     tables = _tables(command)
+    method = _method(ctx, out, command)
+    for_method = f" --{METHOD_FIELD[command]} {method}" if method is not None else ""
+
+    def kept(dest: str) -> bool:
+        """A seed flag lands only where the command (and method) reads it, else it is ignored with a note."""
+        return accepted(command, dest, method)
+
     new: list[str] = []
     for dest, values in out.emitted:
         new += [f"--{dest}", *values]
@@ -310,9 +320,9 @@ def translate_argv(argv: list[str], command: str) -> tuple[list[str], list[str]]
         elif hit[0] == "unsupported":
             unsupported[f.name] = hit[1]
         else:
-            dests = tuple(d for d in hit[1] if not d.startswith(tuple(out.absent_roles)))
+            dests = tuple(d for d in hit[1] if kept(d.partition("=")[0]))
             if not dests:
-                out.ignore(f.name, "the role it configures is not part of this method")
+                out.ignore(f.name, f"not read by repulse {command}{for_method}")
                 continue
             new += _emit_renamed(f, dests)
             renamed[f.name] = " ".join("--" + d.partition("=")[0] + _const_suffix(d) for d in dests)
@@ -327,6 +337,76 @@ def translate_argv(argv: list[str], command: str) -> tuple[list[str], list[str]]
     if out.ignored:
         notes.append(_ignored_note(out.ignored))
     return new, notes
+
+
+# Seed flags that exist because OpenRLHF trains with DeepSpeed (flat and 0.10.2 ``--ds.*`` names).
+DEEPSPEED_SEED_FLAGS: tuple[str, ...] = (
+    "zero_stage",
+    "adam_offload",
+    "overlap_comm",
+    "zpg",
+    "grad_accum_dtype",
+)
+OFFLINE_COMMANDS: tuple[str, ...] = ("sft", "rm", "prm", "dpo", "kto", "kd")
+
+
+def seed_engine_backend(argv: list[str], command: str) -> tuple[str | None, list[str]]:
+    """The engine a seed command meant: ``("deepspeed", notes)``, or ``(None, notes)``.
+
+    OpenRLHF trains with DeepSpeed, so ``--zero_stage 3`` (or ``--adam_offload``,
+    ``--overlap_comm``, ``--zpg``, ``--grad_accum_dtype``, or their ``--ds.*`` forms) asks for
+    ZeRO. Run on our default single-process engine such a command would train unsharded and,
+    for a large model, run out of memory without saying why; so an offline command carrying
+    any of them selects ``--engine.backend deepspeed`` unless ``--engine.backend`` is given.
+    Our own dotted ``--engine.*`` names select nothing (the engine is then the user's choice
+    and unused fields are warned about, see ``repulse.config.engine_fields``). ``repulse rl``
+    keeps its engine and says so in a note.
+    """
+    if command not in (*OFFLINE_COMMANDS, "rl"):
+        return None, []
+    names = [f.name for f in _group(argv) if f.name is not None]
+    if "engine.backend" in names:
+        return None, []
+    given = [
+        n
+        for n in names
+        if n in DEEPSPEED_SEED_FLAGS or (n.startswith("ds.") and n[3:] in DEEPSPEED_SEED_FLAGS)
+    ]
+    if not given:
+        return None, []
+    listed = ", ".join(f"--{n}" for n in dict.fromkeys(given))
+    if command == "rl":
+        return None, [
+            f"{listed}: OpenRLHF ran this with DeepSpeed; repulse rl trains on --engine.backend local unless "
+            "you add --engine.backend deepspeed or fsdp (DeepSpeed-only settings are then reported as unused)."
+        ]
+    return "deepspeed", [
+        f"{listed}: OpenRLHF trains with DeepSpeed, so this command runs on --engine.backend deepspeed "
+        "(add --engine.backend fsdp or local to choose another engine)."
+    ]
+
+
+def _method(ctx: _Ctx, out: _Out, command: str) -> str | None:
+    """The method the translated command runs (``--repulse.method`` for rl), or None for a command
+    without methods: the flag as written, else what a rule derived, else the last ``--config`` file
+    that sets it, else the default."""
+    field_ = METHOD_FIELD.get(command)
+    if field_ is None:
+        return None
+    given = ctx.one(field_)
+    if given is not None:
+        return given
+    for dest, values in reversed(out.emitted):
+        if dest == field_ and len(values) == 1:
+            return values[0]
+    for path in reversed(ctx.get("config") or []):
+        try:
+            value = flatten(load_yaml(path)).get(field_)
+        except UserError:
+            continue  # the parser names the bad file
+        if value is not None:
+            return str(value)
+    return str(get_path(ROOTS[command](), field_))
 
 
 def table_destinations(name: str, command: str) -> Dest | None:

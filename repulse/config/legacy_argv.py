@@ -86,9 +86,6 @@ class _Out:
     consumed: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     ignored: dict[str, str] = field(default_factory=dict)
-    # config sections of roles the translated command does not build (a RePULSe-fork REINFORCE run
-    # has no critic): flags that configure every role (``--adam_betas``) skip them
-    absent_roles: set[str] = field(default_factory=set)
 
     def emit(self, dest: str, *values: str) -> None:
         self.emitted.append((dest, list(values)))

@@ -87,8 +87,6 @@ def fork_rule(ctx: _Ctx, out: _Out) -> None:
     """All mode-dependent translations of a RePULSe-fork command (spec §1.5-§1.7, §7)."""
     method, transform = _derive_method(ctx)
     out.consumed.update(_FORK_MODE_FLAGS)
-    if method != "rl":
-        out.absent_roles.add("critic.")
     out.emit("repulse.method", method)
     if transform is not None:
         out.emit("repulse.reward_transform", transform)

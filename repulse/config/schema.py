@@ -21,6 +21,7 @@ from typing import Any, Union
 
 import yaml
 
+from repulse.config.recorder import paused
 from repulse.errors import UserError
 
 
@@ -234,7 +235,9 @@ def build(root_cls: type, yaml_files: list[str], flags: list[tuple[str, list[str
 
 
 def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as nested dicts; serialising is not a use of the fields (see ``recorder``)."""
+    with paused():
+        return dataclasses.asdict(cfg)
 
 
 def to_yaml(cfg: Any) -> str:

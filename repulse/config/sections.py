@@ -110,27 +110,6 @@ class ModelSection:
     kd_coef: float = _h(0.4, "KD: weight of the distillation term", ge=0, le=1)
 
 
-# The offline commands that read each method-specific ``model.*`` field; a field set away from its
-# default for any other command is refused (it would be silently ignored).
-MODEL_FIELDS_USED_BY: dict[str, tuple[str, ...]] = {
-    "pretrain_mode_enable": ("sft",),
-    "loss_type": ("rm",),
-    "margin_loss_enable": ("rm",),
-    "compute_fp32_loss_enable": ("rm",),
-    "beta": ("dpo", "kto"),
-    "ipo_enable": ("dpo",),
-    "label_smoothing": ("dpo",),
-    "nll_loss_coef": ("dpo",),
-    "desirable_weight": ("kto",),
-    "undesirable_weight": ("kto",),
-    "placeholder_token": ("prm",),
-    "reward_tokens": ("prm",),
-    "teacher_model": ("kd",),
-    "teacher_offload": ("kd",),
-    "kd_coef": ("kd",),
-}
-
-
 @dataclass
 class EngineSection:
     backend: str = _h(
@@ -182,8 +161,14 @@ class DataSection:
     multiturn: bool = _h(False, "SFT: loss on every assistant turn (needs apply_chat_template)")
     max_len: int = _h(2048, "max tokens per sample (prompt + response)", ge=1)
     max_samples: int = _h(100_000_000, "cap on samples read per dataset", ge=1)
-    disable_fast_tokenizer: bool = _h(False, "use the slow tokenizer")
-    dataloader_num_workers: int = _h(0, "dataloader workers", ge=0)
+    disable_fast_tokenizer: bool = _h(
+        False, "load the slow (pure-Python) tokenizer; refused when the model's has only a fast form"
+    )
+    dataloader_num_workers: int = _h(
+        0,
+        "worker processes that collate the next steps' micro-batches while the model trains (0: inline)",
+        ge=0,
+    )
     prompt_dataset: str | None = _h(None, "RL: prompt data")
     prompt_probs: str | None = _h(None, "RL: mixing probabilities of prompt data")
     prompt_split: str = _h("train", "RL: split of the prompt data")
@@ -252,7 +237,9 @@ class EvalSection:
 
 @dataclass
 class WandbSection:
-    key: str | None = _h(None, "wandb API key (enables wandb)")
+    key: str | None = _h(
+        None, "enables wandb: an API key, or True for the account wandb is logged into (`wandb login`)"
+    )
     org: str | None = _h(None, "wandb entity")
     group: str | None = _h(None, "wandb group")
     project: str = _h("repulse", "wandb project")

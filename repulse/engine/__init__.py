@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from repulse.config.engine_fields import check_engine_fields
 from repulse.engine._common import resolve_dtype
 from repulse.engine.base import Engine, OptimSpec
 from repulse.errors import UserError
@@ -36,6 +38,8 @@ __all__ = [
     "FrozenModel",
     "OptimSpec",
     "build_engine",
+    "export_model",
+    "parameter_bytes",
     "prepare_frozen",
     "resolve_dtype",
 ]
@@ -66,24 +70,18 @@ def build_engine(
         )
     _rank, _world, _local, device = init_distributed()
     dtype = resolve_dtype(cfg.param_dtype, device)
+    # Settings the chosen backend would not use (e.g. --adam_offload on the local engine) are
+    # warned about by name; parse_config did this already for commands, this covers code.
+    check_engine_fields(cfg)
+    engine: Engine
     if cfg.backend == "local":
         from repulse.engine.local import LocalEngine
 
-        if cfg.cpu_offload or cfg.adam_offload:
-            # Commands copied from DeepSpeed-launched recipes carry --adam_offload; on the default
-            # single-process engine there is nothing to offload to, so warn and train without it.
-            from repulse.errors import warn_once
-
-            warn_once(
-                "local-offload",
-                "--engine.cpu_offload / --engine.adam_offload have no effect with --engine.backend local "
-                "(ignored); use --engine.backend fsdp or deepspeed to offload.",
-            )
-        return LocalEngine(model, spec, param_dtype=dtype, **backend_kwargs)
-    if cfg.backend == "fsdp":
+        engine = LocalEngine(model, spec, param_dtype=dtype, **backend_kwargs)
+    elif cfg.backend == "fsdp":
         from repulse.engine.fsdp import FSDPEngine
 
-        return FSDPEngine(
+        engine = FSDPEngine(
             model,
             spec,
             param_dtype=dtype,
@@ -91,17 +89,99 @@ def build_engine(
             offload=bool(cfg.cpu_offload or cfg.adam_offload),
             **backend_kwargs,
         )
-    from repulse.engine.deepspeed_engine import DeepSpeedEngine
+    else:
+        from repulse.engine.deepspeed_engine import DeepSpeedEngine
 
-    return DeepSpeedEngine(
-        model,
-        spec,
-        cfg,
-        param_dtype=dtype,
-        accumulation_steps=max(1, int(accumulation_steps)),
-        micro_batch_size=max(1, int(micro_batch_size)),
-        **backend_kwargs,
-    )
+        engine = DeepSpeedEngine(
+            model,
+            spec,
+            cfg,
+            param_dtype=dtype,
+            accumulation_steps=max(1, int(accumulation_steps)),
+            micro_batch_size=max(1, int(micro_batch_size)),
+            **backend_kwargs,
+        )
+    if cfg.backend != "local" or engine.world_size > 1:
+        report_parameter_memory(engine, cfg)
+    return engine
+
+
+def export_model(engine: Engine, directory: Path, tokenizer: Any | None = None) -> None:
+    """Write a run's final model into ``directory`` (collective: call on every rank).
+
+    A plain HF directory (``engine.export_hf``), or for a LoRA run the adapter in PEFT format,
+    as OpenRLHF's ``save_model`` writes it (``adapter_config.json``,
+    ``adapter_model.safetensors``, the base config and the tokenizer; see
+    :func:`repulse.engine._common.export_peft_adapter`), ready for ``repulse lora-merge``.
+    """
+    from repulse.engine import dist as rdist
+    from repulse.engine._common import export_peft_adapter, is_peft
+
+    model = engine.unwrapped()
+    if not is_peft(model):
+        engine.export_hf(directory, tokenizer)
+        return
+    state = engine.full_state_dict()
+    if rdist.is_main():
+        export_peft_adapter(
+            model, Path(directory), state, tokenizer, dtype=getattr(engine, "compute_dtype", None)
+        )
+        print(
+            f"[repulse] LoRA run: saved the adapter (PEFT format) to {directory}; fold it into the base model "
+            f"with repulse lora-merge --model_path BASE --lora_path {directory} --output_path OUT",
+            flush=True,
+        )
+    rdist.barrier()
+
+
+def parameter_bytes(module: nn.Module) -> tuple[int, int]:
+    """``(resident, whole)``: bytes of ``module``'s parameters held by this process, and of all of them.
+
+    Resident counts what this process stores during training: a DeepSpeed ZeRO-3 parameter's own
+    partition (``ds_tensor``; the gathered ``data`` is freed after use) plus, for the small
+    parameters ZeRO-3 keeps gathered throughout (``ds_persist``, below
+    ``stage3_param_persistence_threshold``), the whole tensor; an FSDP2 DTensor's local shard; or
+    the whole tensor. Whole counts every parameter at its full size, in the same dtype.
+    """
+    resident = whole = 0
+    for p in module.parameters():
+        size = p.element_size()
+        if hasattr(p, "ds_tensor"):
+            resident += p.ds_tensor.numel() * p.ds_tensor.element_size()
+            if getattr(p, "ds_persist", False):
+                resident += int(p.ds_numel) * size
+            whole += int(p.ds_numel) * size
+        elif hasattr(p, "to_local"):
+            resident += p.to_local().numel() * size
+            whole += p.numel() * size
+        else:
+            resident += p.numel() * size
+            whole += p.numel() * size
+    return resident, whole
+
+
+def report_parameter_memory(engine: Engine, cfg: Any) -> list[int]:
+    """Print (rank 0) the parameter bytes every process holds after the engine took the model.
+
+    Collective. Returns the per-process byte counts (rank order). With sharding (fsdp, or
+    deepspeed ZeRO-3) each is about 1/world of the unsharded figure, which the line also gives.
+    """
+    from repulse.engine import dist as rdist
+
+    resident, whole = parameter_bytes(engine.unwrapped())
+    per_rank = torch.zeros(engine.world_size, dtype=torch.float64, device=engine.device)
+    per_rank[engine.rank] = float(resident)
+    per_rank = engine.all_reduce(per_rank, "sum").cpu()
+    counts = [int(v) for v in per_rank.tolist()]
+    if rdist.is_main():
+        stage = f" ZeRO-{cfg.zero_stage}" if cfg.backend == "deepspeed" else ""
+        stage = f" zero_stage {cfg.zero_stage}" if cfg.backend == "fsdp" else stage
+        print(
+            f"[repulse] engine {cfg.backend}{stage} on {engine.world_size} process(es): parameter bytes "
+            f"per process {counts} (unsharded {whole})",
+            flush=True,
+        )
+    return counts
 
 
 class FrozenModel:

@@ -229,6 +229,38 @@ def reapply_optimizer_settings(optimizer: Any, scheduler: Any, settings: dict[st
     scheduler._last_lr = [group["lr"] for group in groups]
 
 
+def export_peft_adapter(
+    model: nn.Module,
+    directory: Path,
+    state: dict[str, torch.Tensor],
+    tokenizer: Any | None,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Write a PEFT model's adapter as OpenRLHF saves a LoRA run (rank 0 only).
+
+    ``directory`` gets ``adapter_config.json`` + ``adapter_model.safetensors`` (from ``state``,
+    the gathered full state dict of the live model, so sharded engines work too), the base
+    model's ``config.json`` (with whatever the run stored in it, e.g. reward statistics) and the
+    tokenizer - no merged weights: ``repulse lora-merge`` (OpenRLHF's ``lora_combiner``) folds the
+    adapter into the base, and ``AutoModelFor*.from_pretrained(directory)`` applies it to the base
+    named in ``adapter_config.json``. (Merged weights beside the adapter would make
+    ``from_pretrained`` apply the adapter twice.) ``dtype`` casts floating tensors, as
+    :func:`export_hf_model` does.
+    """
+    if not is_peft(model):
+        raise ValueError("export_peft_adapter needs a peft model")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    with plain_class(model) as plain:
+        plain.save_pretrained(str(directory), state_dict=state, safe_serialization=True)
+    config = model.get_base_model().config
+    config.save_pretrained(str(directory))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory))
+
+
 def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 

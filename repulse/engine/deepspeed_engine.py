@@ -13,6 +13,10 @@ Loss scaling (the contract in :mod:`repulse.engine.base`): ``backward`` passes
 because ZeRO's gradient reduction averages over data-parallel ranks. The net effect
 is a sum over micro-batches and ranks.
 
+Offload: ``--engine.adam_offload`` keeps the optimizer state on CPU (``offload_optimizer``, any
+stage); ``--engine.cpu_offload`` keeps the parameters there between uses (``offload_param``,
+ZeRO-3 only; other stages warn, see ``repulse.config.engine_fields``).
+
 Optimizer and schedule: for ``adam`` our own AdamW object (or DeepSpeed's CPU Adam
 with ``--engine.adam_offload``, which ZeRO-Offload requires) and our LambdaLR are
 passed to ``deepspeed.initialize``, so the lr curve and AdamW math match the other
@@ -75,14 +79,26 @@ def ds_config(
     micro_batch_size: int,
     world_size: int,
     on_cuda: bool,
+    hidden_size: int | None = None,
 ) -> dict[str, Any]:
-    """The DeepSpeed config dict for ``EngineSection`` ``cfg`` (see the module docstring)."""
+    """The DeepSpeed config dict for ``EngineSection`` ``cfg`` (see the module docstring).
+
+    ZeRO-3 keeps parameters of at most ``stage3_param_persistence_threshold`` elements gathered
+    on every process (DeepSpeed's default: 1e5), to spare all-gathers of norms and biases. With
+    the model's ``hidden_size`` known, the threshold is 10 x hidden_size, the value transformers'
+    Trainer gives DeepSpeed's ``"auto"``: norms and biases stay gathered, weight matrices are
+    sharded whatever the model's size (with 1e5 a small model would not be sharded at all).
+    """
     stage = check_zero_stage(cfg.zero_stage)
     zero: dict[str, Any] = {"stage": stage, "overlap_comm": bool(cfg.overlap_comm) and stage >= 2}
     if cfg.adam_offload:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_cuda}
+    if cfg.cpu_offload and stage == 3:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": on_cuda}
     if stage == 3 and cfg.zpg > 1:
         zero["zero_hpz_partition_size"] = int(cfg.zpg)
+    if stage == 3 and hidden_size:
+        zero["stage3_param_persistence_threshold"] = 10 * int(hidden_size)
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": int(micro_batch_size),
         "gradient_accumulation_steps": int(accumulation_steps),
@@ -114,6 +130,15 @@ def ds_config(
             },
         }
     return config
+
+
+def _hidden_size(model: nn.Module) -> int | None:
+    """The model's hidden size from its HF config (the text model's for multimodal configs), or None."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    size = getattr(config, "hidden_size", None)
+    return int(size) if isinstance(size, int) else None
 
 
 class DeepSpeedEngine:
@@ -152,6 +177,7 @@ class DeepSpeedEngine:
             micro_batch_size,
             self.world_size,
             device.type == "cuda",
+            hidden_size=_hidden_size(model),
         )
         _deep_update(config, config_overrides or {})
         model = model.to(device)

@@ -188,13 +188,28 @@ def load_tokenizer(
     embedding matrix). ``chat_template`` (``--data.tokenizer_chat_template``) replaces the
     tokenizer's template: a jinja string, or a path to a file holding one.
     ``padding_side``: generation and RL batches want ``left``; training batches ``right``.
+
+    ``use_fast=False`` (``--data.disable_fast_tokenizer``) asks for the slow, pure-Python
+    tokenizer. Since transformers 5 ``AutoTokenizer`` ignores ``use_fast``: slow tokenizers remain
+    only for the families that have no fast form (ByT5, CANINE, ...), which load as such. When
+    the model's tokenizer exists only in its fast form (Llama, GPT-2, Qwen, ... and the toy's
+    byte-level BPE), asking for a slow one is refused rather than silently answered with the
+    fast one.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     from transformers import AutoTokenizer
 
-    # transformers 5 always loads the fast tokenizer; the flag is passed for older versions' sake.
     tok = _pretrained(AutoTokenizer, path, "tokenizer", use_fast=use_fast)
+    if not use_fast and getattr(tok, "is_fast", False):
+        import transformers
+
+        raise UserError(
+            f"--data.disable_fast_tokenizer asks for a slow (pure-Python) tokenizer, but the tokenizer of {path} "
+            f"({type(tok).__name__}) has only a fast form in transformers {transformers.__version__}: since "
+            "transformers 5, slow tokenizers exist only for the families that have no fast one. Drop the flag to "
+            "use the fast tokenizer."
+        )
     if chat_template:
         template_file = Path(chat_template)
         if len(chat_template) < 4096 and "{" not in chat_template and template_file.is_file():

@@ -2,12 +2,18 @@
 
 A checkpoint is written to ``step_N.tmp`` and renamed to ``step_N`` only when every
 file (engine state, trainer state, RNG) is on disk, so a run killed mid-save never
-leaves a half-written checkpoint, and every finished one survives. A ``step_N.tmp``
-left by such a kill is never loaded, and is removed when the next run in the directory
-starts (``repulse.run.start``: the run owns its directory by then).
+leaves a half-written checkpoint, and every finished one survives.
 
-Nothing non-finite is saved: every engine's weights are checked first, and a NaN or an
-infinity refuses the save with a ``NonFiniteError`` naming the tensor.
+With ``save_hf`` (``--ckpt.save_hf``, seed ``--save_hf_ckpt``) each engine's model is also
+exported next to its state as ``step_N/<engine>_hf/``: the gathered weights as a plain HF
+directory (with the tokenizer) that ``from_pretrained`` loads - or, for a LoRA run, the
+adapter in PEFT format, as the run's final output (``repulse.engine.export_model``). It is
+part of the checkpoint: written before the rename, rotated with it, ignored by resume.
+
+A ``step_N.tmp`` left by such a kill is never loaded, and is removed when the next run in the
+directory starts (``repulse.run.start``: the run owns its directory by then). Nothing non-finite
+is saved: every engine's weights are checked first, and a NaN or an infinity refuses the save
+with a ``NonFiniteError`` naming the tensor.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 
 import torch
 
+from repulse.engine import export_model
 from repulse.engine.dist import barrier, is_main
 from repulse.errors import NonFiniteError
 from repulse.models.files import weights_default_mode
@@ -35,10 +42,14 @@ def _step_of(p: Path) -> int:
 class Checkpoints:
     """``<root>/step_N/`` directories: ``engine/`` (or several engines), ``trainer.json``, ``rng_rank*.pt``."""
 
-    def __init__(self, root: str | Path, max_num: int, rank: int):
+    def __init__(
+        self, root: str | Path, max_num: int, rank: int, save_hf: bool = False, tokenizer: Any | None = None
+    ):
         self.root = Path(root)
         self.max_num = max(1, max_num)
         self.rank = rank
+        self.save_hf = save_hf
+        self.tokenizer = tokenizer
 
     def remove_stale(self) -> list[Path]:
         """Delete the ``step_N.tmp`` directories a killed save left behind; returns them."""
@@ -82,6 +93,8 @@ class Checkpoints:
         barrier()
         for name, engine in engines.items():
             engine.save(tmp / name)
+            if self.save_hf:
+                export_model(engine, tmp / f"{name}_hf", self.tokenizer)
         torch.save(rng_state(), tmp / f"rng_rank{self.rank}.pt")
         barrier()
         if is_main():

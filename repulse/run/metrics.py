@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from repulse.errors import UserError
+
 
 def _clean(value: Any) -> Any:
     if hasattr(value, "item"):
@@ -19,6 +21,47 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def wandb_api_key(key: str) -> str | None:
+    """The API key ``--logger.wandb.key`` (seed ``--use_wandb``) gives wandb, or None for the account
+    wandb is already logged into: OpenRLHF's ``--use_wandb True`` (any case) means "log in as
+    whoever ``wandb login`` / ``WANDB_API_KEY`` set up", any other value is the key itself."""
+    return None if key.strip().lower() == "true" else key
+
+
+def open_wandb(cfg: Any, run_config: dict | None, output_dir: Path) -> Any:
+    """Start a wandb run as OpenRLHF does: ``--wandb_org`` the entity, ``--wandb_project``,
+    ``--wandb_group``, ``--wandb_run_name``, the resolved config as the run's config. Its files go
+    to ``<output_dir>/wandb``. An explicit key is handed to this run only (not written to
+    ``~/.netrc`` as ``wandb.login`` would); ``WANDB_MODE=offline`` writes the run locally for
+    ``wandb sync``. wandb is an optional extra, imported only here.
+    """
+    from repulse.errors import require_extra
+
+    wandb = require_extra("wandb", "wandb")
+    key = wandb_api_key(cfg.key)
+    try:
+        return wandb.init(
+            project=cfg.project,
+            entity=cfg.org,
+            group=cfg.group,
+            name=cfg.run_name,
+            config=run_config,
+            dir=str(output_dir),
+            settings=wandb.Settings(api_key=key) if key is not None else None,
+            reinit="finish_previous",
+        )
+    except wandb.errors.UsageError as exc:
+        how = (
+            "--logger.wandb.key True (--use_wandb True) logs in as the account wandb is already logged into"
+            if key is None
+            else "--logger.wandb.key (--use_wandb) gave wandb an API key"
+        )
+        raise UserError(
+            f"{how}, and wandb refused to start: {exc} Run `wandb login` (or set WANDB_API_KEY), pass the API "
+            "key itself, or set WANDB_MODE=offline to write the run locally."
+        ) from None
 
 
 class MetricsLog:
@@ -48,18 +91,7 @@ class MetricsLog:
 
             self._tb = SummaryWriter(logger_cfg.tensorboard_dir)
         if logger_cfg.wandb.key:
-            from repulse.errors import require_extra
-
-            wandb = require_extra("wandb", "wandb")
-            wandb.login(key=logger_cfg.wandb.key)
-            self._wandb = wandb.init(
-                project=logger_cfg.wandb.project,
-                entity=logger_cfg.wandb.org,
-                group=logger_cfg.wandb.group,
-                name=logger_cfg.wandb.run_name,
-                config=run_config,
-                reinit=True,
-            )
+            self._wandb = open_wandb(logger_cfg.wandb, run_config, Path(output_dir))
 
     @staticmethod
     def _step_of(line: str) -> int | None:

@@ -81,7 +81,8 @@ def claim_run_dir(cfg: Any, out: Path, world_size: int) -> None:
     Every check comes before the first write, so a refused start changes nothing.
     """
     ck = cfg.ckpt
-    if ck.load_enable and ck.overwrite:
+    load_enable, overwrite = ck.load_enable, ck.overwrite  # both decide how the run starts
+    if load_enable and overwrite:
         raise UserError(
             "--ckpt.load_enable resumes the run in --ckpt.output_dir and --ckpt.overwrite starts over in it: "
             "give one of them."
@@ -91,13 +92,13 @@ def claim_run_dir(cfg: Any, out: Path, world_size: int) -> None:
     ckpt_dir = Path(ck.path or out / "checkpoints")
     earlier = earlier_outputs(out, RUN_CONFIG, RUN_RESULTS, ckpt_dir)
     notes: list[str] = []
-    if earlier and ck.overwrite:
+    if earlier and overwrite:
         removed = remove_earlier_outputs(out, RUN_RESULTS, ckpt_dir)
         notes.append(
             f"[repulse] --ckpt.overwrite: starting over in {out}"
             + (f"; removed the earlier run's {', '.join(removed)}" if removed else "")
         )
-    elif earlier and ck.load_enable:
+    elif earlier and load_enable:
         latest = Checkpoints(ckpt_dir, 1, 0).latest()
         if latest is None:
             raise UserError(

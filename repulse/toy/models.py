@@ -96,3 +96,56 @@ def build_model(
 def count_parameters(model: Any) -> int:
     """Distinct parameters (a tied embedding counts once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def moe_config(
+    tokenizer: Any, hidden_size: int = 64, num_layers: int = 2, num_experts: int = 4, top_k: int = 2
+) -> Any:
+    """A tiny Mixtral (mixture-of-experts) config: ``num_experts`` experts, ``top_k`` per token."""
+    from transformers import MixtralConfig
+
+    return MixtralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        num_local_experts=num_experts,
+        num_experts_per_tok=top_k,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def build_moe_model(
+    out_dir: Path,
+    tokenizer_dir: Path,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_experts: int = 4,
+    top_k: int = 2,
+) -> Path:
+    """Save a randomly initialised tiny Mixtral (2 layers, 4 experts, top-2 routing by default)
+    with its tokenizer into ``out_dir``: the MoE model of the router auxiliary-loss tests.
+
+    Not part of ``build_all``: only the tests that need a mixture of experts build it.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = moe_config(tokenizer, hidden_size, num_layers, num_experts, top_k)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _quiet_progress():
+        model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -43,7 +43,8 @@ def load_split(
     return load_mixture(spec, probs, split=split, max_samples=max_samples, seed=seed, flag=flag)
 
 
-def fit_spec(cfg: Any, run: Run, train_set, eval_set, collate, name: str) -> FitSpec:
+def fit_spec(cfg: Any, run: Run, train_set, eval_set, collate, name: str, tokenizer: Any = None) -> FitSpec:
+    """The loop's settings from ``cfg``; ``tokenizer`` goes into the HF models of ``--ckpt.save_hf``."""
     return FitSpec(
         train_set=train_set,
         collate=collate,
@@ -64,6 +65,9 @@ def fit_spec(cfg: Any, run: Run, train_set, eval_set, collate, name: str) -> Fit
         eval_set=eval_set,
         progress=cfg.logger.progress_bar,
         name=name,
+        num_workers=cfg.data.dataloader_num_workers,
+        save_hf=cfg.ckpt.save_hf,
+        tokenizer=tokenizer,
         nan_policy=cfg.train.nan_policy,
         nan_max_consecutive_skips=cfg.train.nan_max_consecutive_skips,
     )

@@ -193,9 +193,17 @@ class DPOMethod:
     """DPO / IPO / cDPO (+ NLL) on a preference-collated micro-batch; units = pairs."""
 
     def __init__(
-        self, engine: Any, ref: Any, beta: float, label_smoothing: float, ipo: bool, nll_coef: float
+        self,
+        engine: Any,
+        ref: Any,
+        beta: float,
+        label_smoothing: float,
+        ipo: bool,
+        nll_coef: float,
+        aux: Any = None,
     ):
         self.engine = engine
+        self.aux = aux  # RouterAuxLoss of an MoE policy (--model.aux_loss_coef), or None
         self.ref = ref
         self.beta = beta
         self.label_smoothing = label_smoothing
@@ -230,7 +238,11 @@ class DPOMethod:
             chosen_logp=(float(logps[:b].detach().sum()), b),
             rejected_logp=(float(logps[b:].detach().sum()), b),
         )
-        return MicroResult(per_pair.sum(), stats)
+        loss_sum = per_pair.sum()
+        if self.aux is not None:  # the policy's forward above (the frozen reference has no hooks)
+            loss_sum, aux_stats = self.aux.add(loss_sum, b)
+            stats.update(aux_stats)
+        return MicroResult(loss_sum, stats)
 
 
 def main(argv: list[str]) -> int:
@@ -244,7 +256,9 @@ def main(argv: list[str]) -> int:
 def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.preference import PreferenceDataset
+    from repulse.engine import export_model
     from repulse.models.loading import load_causal_lm, load_tokenizer
+    from repulse.models.moe import router_aux_loss
     from repulse.run.start import start_run
     from repulse.trainers.common import build_trained_engine, fit_spec
     from repulse.trainers.fit import fit
@@ -252,7 +266,12 @@ def run(cfg: OfflineConfig) -> int:
     validate(cfg)
     path = cfg.model.model_name_or_path
     run_ = start_run(cfg)
-    tokenizer = load_tokenizer(path, chat_template=cfg.data.tokenizer_chat_template, padding_side="right")
+    tokenizer = load_tokenizer(
+        path,
+        chat_template=cfg.data.tokenizer_chat_template,
+        use_fast=not cfg.data.disable_fast_tokenizer,
+        padding_side="right",
+    )
     train_set, eval_set = train_eval_sets(cfg, lambda rows: PreferenceDataset(rows, tokenizer, cfg.data))
     collate = pair_collate(cfg, tokenizer.pad_token_id)
     model = load_causal_lm(
@@ -265,12 +284,14 @@ def run(cfg: OfflineConfig) -> int:
         load_in_4bit=cfg.model.load_in_4bit,
         device=run_.device,
     )
+    aux = router_aux_loss(model, cfg.model.aux_loss_coef, "--model.aux_loss_coef", path)
     ref = load_frozen_lm(cfg.ref.model_name_or_path or path, cfg, run_.device, cfg.ref.offload)
-    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "dpo")
+    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "dpo", tokenizer)
     engine = build_trained_engine(cfg, run_, model, spec)
     m = cfg.model
-    fit(engine, DPOMethod(engine, ref, m.beta, m.label_smoothing, m.ipo_enable, m.nll_loss_coef), spec)
-    engine.export_hf(run_.output_dir, tokenizer)
+    method = DPOMethod(engine, ref, m.beta, m.label_smoothing, m.ipo_enable, m.nll_loss_coef, aux)
+    fit(engine, method, spec)
+    export_model(engine, run_.output_dir, tokenizer)
     if run_.rank == 0:
         print(f"[repulse] saved the DPO policy to {run_.output_dir}", flush=True)
     return 0

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import torch
 
 from repulse.data.collate import MicroBatcher
+from repulse.data.loader import step_batches
 from repulse.errors import NonFiniteError, UserError
 from repulse.run.checkpoints import Checkpoints
 from repulse.run.finite import FiniteGuard
@@ -176,6 +177,9 @@ class FitSpec:
     eval_set: Sequence[Any] | None = None
     progress: bool = True
     name: str = "train"
+    num_workers: int = 0  # processes collating the next steps' micro-batches (--data.dataloader_num_workers)
+    save_hf: bool = False  # an HF model beside each checkpoint (--ckpt.save_hf)
+    tokenizer: Any = None  # saved with those HF models
     nan_policy: str = "stop"
     nan_max_consecutive_skips: int = 10
 
@@ -221,7 +225,7 @@ def fit(
     steps_per_epoch = batcher.steps_per_epoch
     n_total = total_steps(spec, world)
     engines = {"model": engine, **(extra_engines or {})}
-    ckpts = Checkpoints(spec.ckpt_dir, spec.max_ckpt, rank)
+    ckpts = Checkpoints(spec.ckpt_dir, spec.max_ckpt, rank, spec.save_hf, spec.tokenizer)
     start = 0
     if spec.resume:
         latest = ckpts.latest()
@@ -239,14 +243,13 @@ def fit(
     if spec.eval_set is not None and start == 0:
         log.log(0, evaluate(engine, method, spec), prefix="eval_")
     step = start
+    steps = range(start, n_total)
+    batches = step_batches(spec.train_set, spec.collate, batcher, steps, spec.num_workers)
     try:
-        for step in range(start, n_total):
+        for step in steps:
             epoch, in_epoch = divmod(step, steps_per_epoch)
             t0 = time.perf_counter()
-            mbs = [
-                spec.collate([spec.train_set[i] for i in idxs])
-                for idxs in batcher.step_indices(epoch, in_epoch)
-            ]
+            mbs = next(batches)
             tokens = sum(batch_tokens(mb) for mb in mbs)
             stats = run_micro_batches(engine, method, mbs, train=True, guard=guard)
             stats.update(engine.step())
@@ -276,6 +279,7 @@ def fit(
     except NonFiniteError as exc:
         raise exc.at_step(step + 1) from None
     finally:
+        batches.close()
         bar.close()
         log.close()
     return last

@@ -52,8 +52,9 @@ def lm_logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
 class KDMethod:
     """(1 − c)·NLL + c·(teacher → student cross-entropy) over response tokens; units = tokens."""
 
-    def __init__(self, engine: Any, teacher: Any, kd_coef: float):
+    def __init__(self, engine: Any, teacher: Any, kd_coef: float, aux: Any = None):
         self.engine = engine
+        self.aux = aux  # RouterAuxLoss of an MoE student (--model.aux_loss_coef), or None
         self.teacher = teacher
         self.kd_coef = kd_coef
 
@@ -82,9 +83,11 @@ class KDMethod:
         kd_sum, n = kd_loss(logits[:, :-1], t_logits[:, :-1], mask)
         loss_sum = (1.0 - self.kd_coef) * nll_sum + self.kd_coef * kd_sum
         count = float(n)
-        return MicroResult(
-            loss_sum, {"nll": (float(nll_sum.detach()), count), "kd": (float(kd_sum.detach()), count)}
-        )
+        stats = {"nll": (float(nll_sum.detach()), count), "kd": (float(kd_sum.detach()), count)}
+        if self.aux is not None:  # the student's forward (the frozen teacher has no hooks)
+            loss_sum, aux_stats = self.aux.add(loss_sum, count)
+            stats.update(aux_stats)
+        return MicroResult(loss_sum, stats)
 
 
 def main(argv: list[str]) -> int:
@@ -98,7 +101,9 @@ def main(argv: list[str]) -> int:
 def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.sft import SFTDataset
+    from repulse.engine import export_model
     from repulse.models.loading import load_causal_lm, load_tokenizer
+    from repulse.models.moe import router_aux_loss
     from repulse.run.start import start_run
     from repulse.trainers.common import build_trained_engine, fit_spec, token_collate
     from repulse.trainers.fit import fit
@@ -106,7 +111,12 @@ def run(cfg: OfflineConfig) -> int:
     validate(cfg)
     path = cfg.model.model_name_or_path
     run_ = start_run(cfg)
-    tokenizer = load_tokenizer(path, chat_template=cfg.data.tokenizer_chat_template, padding_side="right")
+    tokenizer = load_tokenizer(
+        path,
+        chat_template=cfg.data.tokenizer_chat_template,
+        use_fast=not cfg.data.disable_fast_tokenizer,
+        padding_side="right",
+    )
     train_set, eval_set = train_eval_sets(cfg, lambda rows: SFTDataset(rows, tokenizer, cfg.data))
     collate = token_collate(cfg, tokenizer.pad_token_id)
     model = load_causal_lm(
@@ -119,11 +129,12 @@ def run(cfg: OfflineConfig) -> int:
         load_in_4bit=cfg.model.load_in_4bit,
         device=run_.device,
     )
+    aux = router_aux_loss(model, cfg.model.aux_loss_coef, "--model.aux_loss_coef", path)
     teacher = load_frozen_lm(cfg.model.teacher_model, cfg, run_.device, cfg.model.teacher_offload)
-    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "kd")
+    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "kd", tokenizer)
     engine = build_trained_engine(cfg, run_, model, spec)
-    fit(engine, KDMethod(engine, teacher, cfg.model.kd_coef), spec)
-    engine.export_hf(run_.output_dir, tokenizer)
+    fit(engine, KDMethod(engine, teacher, cfg.model.kd_coef, aux), spec)
+    export_model(engine, run_.output_dir, tokenizer)
     if run_.rank == 0:
         print(f"[repulse] saved the distilled student to {run_.output_dir}", flush=True)
     return 0

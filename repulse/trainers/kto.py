@@ -67,9 +67,16 @@ class KTOMethod:
     """KTO on a ``kto_collate`` micro-batch (main keys + ``kl_*`` keys); units = samples."""
 
     def __init__(
-        self, engine: Any, ref: Any, beta: float, desirable_weight: float, undesirable_weight: float
+        self,
+        engine: Any,
+        ref: Any,
+        beta: float,
+        desirable_weight: float,
+        undesirable_weight: float,
+        aux: Any = None,
     ):
         self.engine = engine
+        self.aux = aux  # RouterAuxLoss of an MoE policy (--model.aux_loss_coef), or None
         self.ref = ref
         self.beta = beta
         self.weights = (desirable_weight, undesirable_weight)
@@ -115,7 +122,11 @@ class KTOMethod:
             "chosen_logp": (float(logps.detach()[good].sum()), n_good),
             "rejected_logp": (float(logps.detach()[bad].sum()), n_bad),
         }
-        return MicroResult(per_sample.sum(), stats)
+        loss_sum = per_sample.sum()
+        if self.aux is not None:  # the latest policy forward: the trained one (after the KL point's)
+            loss_sum, aux_stats = self.aux.add(loss_sum, float(labels.numel()))
+            stats.update(aux_stats)
+        return MicroResult(loss_sum, stats)
 
 
 def main(argv: list[str]) -> int:
@@ -131,7 +142,9 @@ def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.collate import kto_collate
     from repulse.data.unpaired import UnpairedDataset
+    from repulse.engine import export_model
     from repulse.models.loading import load_causal_lm, load_tokenizer
+    from repulse.models.moe import router_aux_loss
     from repulse.run.start import start_run
     from repulse.trainers.common import build_trained_engine, fit_spec
     from repulse.trainers.fit import fit
@@ -139,7 +152,12 @@ def run(cfg: OfflineConfig) -> int:
     validate(cfg)
     path = cfg.model.model_name_or_path
     run_ = start_run(cfg)
-    tokenizer = load_tokenizer(path, chat_template=cfg.data.tokenizer_chat_template, padding_side="right")
+    tokenizer = load_tokenizer(
+        path,
+        chat_template=cfg.data.tokenizer_chat_template,
+        use_fast=not cfg.data.disable_fast_tokenizer,
+        padding_side="right",
+    )
     train_set, eval_set = train_eval_sets(cfg, lambda rows: UnpairedDataset(rows, tokenizer, cfg.data))
     collate = partial(
         kto_collate,
@@ -157,12 +175,13 @@ def run(cfg: OfflineConfig) -> int:
         load_in_4bit=cfg.model.load_in_4bit,
         device=run_.device,
     )
+    aux = router_aux_loss(model, cfg.model.aux_loss_coef, "--model.aux_loss_coef", path)
     ref = load_frozen_lm(cfg.ref.model_name_or_path or path, cfg, run_.device, cfg.ref.offload)
-    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "kto")
+    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "kto", tokenizer)
     engine = build_trained_engine(cfg, run_, model, spec)
     m = cfg.model
-    fit(engine, KTOMethod(engine, ref, m.beta, m.desirable_weight, m.undesirable_weight), spec)
-    engine.export_hf(run_.output_dir, tokenizer)
+    fit(engine, KTOMethod(engine, ref, m.beta, m.desirable_weight, m.undesirable_weight, aux), spec)
+    export_model(engine, run_.output_dir, tokenizer)
     if run_.rank == 0:
         print(f"[repulse] saved the KTO policy to {run_.output_dir}", flush=True)
     return 0

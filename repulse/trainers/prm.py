@@ -71,8 +71,9 @@ def step_logits(model: torch.nn.Module, batch: dict, reward_ids: torch.Tensor) -
 class PRMMethod:
     """Cross-entropy over the reward tokens at the step placeholders; units = labelled steps."""
 
-    def __init__(self, engine: Any, reward_token_ids: list[int]):
+    def __init__(self, engine: Any, reward_token_ids: list[int], aux: Any = None):
         self.engine = engine
+        self.aux = aux  # RouterAuxLoss of an MoE model (--model.aux_loss_coef), or None
         self.reward_ids = torch.tensor(reward_token_ids, dtype=torch.long, device=engine.device)
 
     def units(self, batch: dict) -> float:
@@ -87,7 +88,11 @@ class PRMMethod:
         logits = step_logits(self.engine.module, batch, self.reward_ids)
         per_step, correct = prm_loss(logits, batch["step_labels"][batch["step_mask"]])
         n = self.units(batch)
-        return MicroResult(per_step.sum(), {"acc": (float(correct.sum()), n), "steps": (n, 1.0)})
+        loss_sum, stats = per_step.sum(), {"acc": (float(correct.sum()), n), "steps": (n, 1.0)}
+        if self.aux is not None:
+            loss_sum, aux_stats = self.aux.add(loss_sum, n)
+            stats.update(aux_stats)
+        return MicroResult(loss_sum, stats)
 
 
 def main(argv: list[str]) -> int:
@@ -101,7 +106,9 @@ def main(argv: list[str]) -> int:
 def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.process import ProcessRewardDataset
+    from repulse.engine import export_model
     from repulse.models.loading import load_causal_lm, load_tokenizer
+    from repulse.models.moe import router_aux_loss
     from repulse.run.start import start_run
     from repulse.trainers.common import build_trained_engine, fit_spec, token_collate
     from repulse.trainers.fit import fit
@@ -109,7 +116,12 @@ def run(cfg: OfflineConfig) -> int:
     validate(cfg)
     path = cfg.model.model_name_or_path
     run_ = start_run(cfg)
-    tokenizer = load_tokenizer(path, chat_template=cfg.data.tokenizer_chat_template, padding_side="right")
+    tokenizer = load_tokenizer(
+        path,
+        chat_template=cfg.data.tokenizer_chat_template,
+        use_fast=not cfg.data.disable_fast_tokenizer,
+        padding_side="right",
+    )
     reward_tokens = cfg.model.reward_tokens or DEFAULT_REWARD_TOKENS
     train_set, eval_set = train_eval_sets(
         cfg,
@@ -128,10 +140,11 @@ def run(cfg: OfflineConfig) -> int:
         load_in_4bit=cfg.model.load_in_4bit,
         device=run_.device,
     )
-    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "prm")
+    aux = router_aux_loss(model, cfg.model.aux_loss_coef, "--model.aux_loss_coef", path)
+    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "prm", tokenizer)
     engine = build_trained_engine(cfg, run_, model, spec)
-    fit(engine, PRMMethod(engine, train_set.reward_token_ids), spec)
-    engine.export_hf(run_.output_dir, tokenizer)
+    fit(engine, PRMMethod(engine, train_set.reward_token_ids, aux), spec)
+    export_model(engine, run_.output_dir, tokenizer)
     if run_.rank == 0:
         print(f"[repulse] saved the process reward model to {run_.output_dir}", flush=True)
     return 0

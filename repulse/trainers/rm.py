@@ -83,8 +83,9 @@ def tied_token_values(
 class RewardModelMethod:
     """Pairwise reward-model loss on a preference-collated micro-batch; units = pairs."""
 
-    def __init__(self, engine: Any, loss_type: str, margin: bool, loss_dtype: torch.dtype):
+    def __init__(self, engine: Any, loss_type: str, margin: bool, loss_dtype: torch.dtype, aux: Any = None):
         self.engine = engine
+        self.aux = aux  # RouterAuxLoss of an MoE reward model (--model.aux_loss_coef), or None
         self.loss_type = loss_type
         self.margin = margin
         self.loss_dtype = loss_dtype
@@ -123,7 +124,11 @@ class RewardModelMethod:
         fn = pairwise_sigmoid_loss if self.loss_type == "sigmoid" else pairwise_logexp_loss
         per_pair = fn(chosen, rejected, margin)
         stats = {k: (float(v) * b, b) for k, v in rm_metrics(chosen, rejected).items()}
-        return MicroResult(per_pair.sum(), stats)
+        loss_sum = per_pair.sum()
+        if self.aux is not None:
+            loss_sum, aux_stats = self.aux.add(loss_sum, b)
+            stats.update(aux_stats)
+        return MicroResult(loss_sum, stats)
 
 
 @torch.no_grad()
@@ -165,7 +170,9 @@ def main(argv: list[str]) -> int:
 def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.preference import PreferenceDataset, reward_format
+    from repulse.engine import export_model
     from repulse.models.loading import load_scalar_model, load_tokenizer, resolve_dtype, set_reward_stats
+    from repulse.models.moe import router_aux_loss
     from repulse.models.scalar import set_reward_format
     from repulse.run.start import start_run
     from repulse.trainers.common import build_trained_engine, fit_spec
@@ -174,7 +181,12 @@ def run(cfg: OfflineConfig) -> int:
     validate(cfg)
     path = cfg.model.model_name_or_path
     run_ = start_run(cfg)
-    tokenizer = load_tokenizer(path, chat_template=cfg.data.tokenizer_chat_template, padding_side="right")
+    tokenizer = load_tokenizer(
+        path,
+        chat_template=cfg.data.tokenizer_chat_template,
+        use_fast=not cfg.data.disable_fast_tokenizer,
+        padding_side="right",
+    )
     train_set, eval_set = train_eval_sets(cfg, lambda rows: PreferenceDataset(rows, tokenizer, cfg.data))
     for name, ds in (("--data.dataset", train_set), ("--eval.dataset", eval_set)):
         if cfg.model.margin_loss_enable and ds is not None and ds.stats["no_margin"]:
@@ -196,19 +208,20 @@ def run(cfg: OfflineConfig) -> int:
         load_in_4bit=cfg.model.load_in_4bit,
         device=run_.device,
     )
-    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "rm")
+    aux = router_aux_loss(model, cfg.model.aux_loss_coef, "--model.aux_loss_coef", path)
+    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "rm", tokenizer)
     engine = build_trained_engine(cfg, run_, model, spec)
     loss_dtype = (
         torch.float32
         if cfg.model.compute_fp32_loss_enable
         else resolve_dtype(cfg.engine.param_dtype, run_.device)
     )
-    method = RewardModelMethod(engine, cfg.model.loss_type, cfg.model.margin_loss_enable, loss_dtype)
+    method = RewardModelMethod(engine, cfg.model.loss_type, cfg.model.margin_loss_enable, loss_dtype, aux)
     fit(engine, method, spec)
     mean, std = reward_stats(engine, method, train_set, collate, cfg.train.micro_batch_size)
     set_reward_stats(engine.unwrapped(), mean, std)
     set_reward_format(engine.unwrapped(), reward_format(cfg.data, tokenizer))
-    engine.export_hf(run_.output_dir, tokenizer)
+    export_model(engine, run_.output_dir, tokenizer)
     if run_.rank == 0:
         print(
             f"[repulse] saved the reward model to {run_.output_dir} "

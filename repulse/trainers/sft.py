@@ -29,8 +29,9 @@ def validate(cfg: OfflineConfig) -> None:
 class SFTMethod:
     """Token-level NLL on the response (or every token in pretrain mode)."""
 
-    def __init__(self, engine: Any):
+    def __init__(self, engine: Any, aux: Any = None):
         self.engine = engine
+        self.aux = aux  # RouterAuxLoss of an MoE model (--model.aux_loss_coef), or None
 
     def units(self, batch: dict) -> float:
         return float(batch["loss_mask"][:, 1:].sum())
@@ -45,7 +46,11 @@ class SFTMethod:
         )
         mask = batch["loss_mask"][:, 1:].to(logp.dtype)
         loss_sum, n_tokens, _ = sft_loss(logp, mask)
-        return MicroResult(loss_sum, {"nll_tokens": (float(n_tokens), 1.0)})
+        stats = {"nll_tokens": (float(n_tokens), 1.0)}
+        if self.aux is not None:
+            loss_sum, aux_stats = self.aux.add(loss_sum, float(n_tokens))
+            stats.update(aux_stats)
+        return MicroResult(loss_sum, stats)
 
 
 def main(argv: list[str]) -> int:
@@ -59,7 +64,9 @@ def main(argv: list[str]) -> int:
 def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.sft import SFTDataset
+    from repulse.engine import export_model
     from repulse.models.loading import load_causal_lm, load_tokenizer
+    from repulse.models.moe import router_aux_loss
     from repulse.run.start import start_run
     from repulse.trainers.common import (
         build_trained_engine,
@@ -73,7 +80,12 @@ def run(cfg: OfflineConfig) -> int:
     path = require(cfg.model.model_name_or_path, "--model.model_name_or_path", "the model to fine-tune")
     require(cfg.data.dataset, "--data.dataset", "the training data")
     run_ = start_run(cfg)
-    tokenizer = load_tokenizer(path, chat_template=cfg.data.tokenizer_chat_template, padding_side="right")
+    tokenizer = load_tokenizer(
+        path,
+        chat_template=cfg.data.tokenizer_chat_template,
+        use_fast=not cfg.data.disable_fast_tokenizer,
+        padding_side="right",
+    )
     rows = load_split(
         cfg.data.dataset,
         cfg.data.dataset_split,
@@ -100,10 +112,11 @@ def run(cfg: OfflineConfig) -> int:
         load_in_4bit=cfg.model.load_in_4bit,
         device=run_.device,
     )
-    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "sft")
+    aux = router_aux_loss(model, cfg.model.aux_loss_coef, "--model.aux_loss_coef", path)
+    spec = fit_spec(cfg, run_, train_set, eval_set, collate, "sft", tokenizer)
     engine = build_trained_engine(cfg, run_, model, spec)
-    fit(engine, SFTMethod(engine), spec)
-    engine.export_hf(run_.output_dir, tokenizer)
+    fit(engine, SFTMethod(engine, aux), spec)
+    export_model(engine, run_.output_dir, tokenizer)
     if run_.rank == 0:
         print(f"[repulse] saved the fine-tuned model to {run_.output_dir}", flush=True)
     return 0

@@ -26,7 +26,7 @@ from repulse.config import parse_config
 from repulse.config.sections import ChatConfig
 from repulse.data.templates import check_input_template
 from repulse.errors import UserError
-from repulse.workflows.inference import check_sampling, has_reward, refuse_rl_only_reward_fields
+from repulse.workflows.inference import check_sampling, has_reward
 
 
 def validate(cfg: ChatConfig) -> None:
@@ -44,11 +44,6 @@ def validate(cfg: ChatConfig) -> None:
     if cfg.rollout.n_samples_per_prompt != 1:
         raise UserError("repulse chat replies once per turn: --rollout.n_samples_per_prompt must be 1.")
     check_sampling(cfg.rollout)
-    refuse_rl_only_reward_fields(cfg.reward, "chat")
-    if cfg.reward.normalize_enable:
-        raise UserError(
-            "--reward.normalize_enable normalises over a file of rewards; a chat prints each reply's raw score."
-        )
 
 
 def main(argv: list[str]) -> int:

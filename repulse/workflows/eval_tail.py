@@ -114,11 +114,12 @@ def sample_and_summarise(cfg: EvalTailConfig) -> int:
     torch.manual_seed(cfg.train.seed + 1_000_003 * rank)
     rows_in = load_mixture(
         cfg.data.prompt_dataset,
-        None,
+        cfg.data.prompt_probs,
         split=cfg.data.prompt_split,
         max_samples=cfg.data.max_samples,
         seed=cfg.train.seed,
         flag="--data.prompt_dataset",
+        probs_flag="--data.prompt_probs",
     )
     prompts = PromptDataset(rows_in, tok, cfg.data)
     # Every rank must make the same number of generate calls (they synchronise with each

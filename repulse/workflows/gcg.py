@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from repulse.config import parse_config
+from repulse.config.schema import to_dict
 from repulse.config.sections import GcgConfig
 from repulse.errors import UserError, warn_once
 from repulse.rl.rewards import check_reward_section
@@ -323,8 +324,6 @@ def attack_and_score(cfg: GcgConfig) -> int:
         print(f"[repulse] gcg target {i + 1}/{len(rows)}: loss {res.init_loss:.3f} -> {res.best_loss:.3f}; "
               f"{etas}; {time.time() - t0:.0f}s", flush=True)  # fmt: skip
 
-    from dataclasses import asdict
-
     data = {
         "format": FORMAT,
         "policy": str(g.policy),
@@ -339,7 +338,7 @@ def attack_and_score(cfg: GcgConfig) -> int:
             "max_new_tokens": r.max_new_tokens,
             "n_samples_per_prompt": r.n_samples_per_prompt,
         },
-        "gcg": asdict(g),
+        "gcg": to_dict(g),
         "summary": summarise(results, g.eta),
         "targets": results,
     }

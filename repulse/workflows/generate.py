@@ -22,10 +22,10 @@ the chunks; one file comes out, with every prompt × n exactly once (``repulse.w
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from repulse.config import parse_config
+from repulse.config.schema import to_dict
 from repulse.config.sections import GenerateConfig, InferEngineSection
 from repulse.data.templates import check_input_template
 from repulse.errors import UserError, warn_once
@@ -33,7 +33,6 @@ from repulse.workflows.inference import (
     check_sampling,
     check_vllm_flags,
     has_reward,
-    refuse_rl_only_reward_fields,
 )
 from repulse.workflows.postprocess import DEFAULT_REWARD_TEMPLATE, check_post_processor, check_reward_template
 
@@ -89,7 +88,6 @@ def validate(cfg: GenerateConfig) -> None:
         raise UserError(
             "--engine.attn_implementation is read by the hf backend only; vLLM picks its own attention kernels."
         )
-    refuse_rl_only_reward_fields(cfg.reward, "generate")
     if cfg.score.post_processor != "none" and not has_reward(cfg.reward):
         raise UserError(
             f"--score.post_processor {cfg.score.post_processor} needs rewards: give --reward.model_name_or_path "
@@ -249,10 +247,10 @@ def run(cfg: GenerateConfig) -> int:
         model_identity(policy),
         [it["ids"] for it in prompts],
         [output_row(it, cfg.data.input_key, "") for it in prompts],
-        dataclasses.asdict(cfg.rollout),
-        dataclasses.asdict(cfg.engine),
-        dataclasses.asdict(cfg.vllm) if cfg.rollout.backend == "vllm" else None,
-        dataclasses.asdict(cfg.reward) if has_reward(cfg.reward) else None,
+        to_dict(cfg.rollout),
+        to_dict(cfg.engine),
+        to_dict(cfg.vllm) if cfg.rollout.backend == "vllm" else None,
+        to_dict(cfg.reward) if has_reward(cfg.reward) else None,
         model_identity(cfg.reward.model_name_or_path) if has_reward(cfg.reward) else None,
         cfg.data.iter,
     )

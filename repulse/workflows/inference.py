@@ -1,8 +1,8 @@
 """What ``repulse generate``, ``score`` and ``chat`` share: the sampling parameters a config asks
 for, the rollout engine it names, and turning (prompt, response) rows into rewards.
 
-Checks that the reward section carries no RL-only knob: a batch command would silently ignore
-``--reward.clip_range`` and friends, so setting one is an error here.
+The reward section's RL-only knobs (``--reward.clip_range`` and friends) are refused for these
+commands at parse time by ``repulse.config.usage``, which lists who reads each field.
 """
 
 from __future__ import annotations
@@ -16,28 +16,6 @@ from repulse.config.sections import GenerationSection, InferVllmSection, RewardS
 from repulse.errors import UserError, warn_once
 from repulse.rl.rewards import RewardInput, RewardSource, build_reward_sources, combine
 from repulse.rl.rollout import HFRolloutEngine, RolloutEngine, SamplingParams
-
-# RewardSection fields that shape rewards inside RL training (or place Ray actors): no batch
-# command reads them.
-RL_ONLY_REWARD_FIELDS = (
-    "clip_range",
-    "overlong_buffer_len",
-    "overlong_penalty_factor",
-    "stop_properly_penalty_coef",
-    "num_nodes",
-    "num_gpus_per_node",
-)
-
-
-def refuse_rl_only_reward_fields(reward: RewardSection, command: str) -> None:
-    default = RewardSection()
-    for name in RL_ONLY_REWARD_FIELDS:
-        if getattr(reward, name) != getattr(default, name):
-            raise UserError(
-                f"--reward.{name} shapes rewards during RL training (repulse rl); repulse {command} writes "
-                f"the reward sources' scores as they are and would ignore it (given {getattr(reward, name)!r}). "
-                "Remove it."
-            )
 
 
 def has_reward(reward: RewardSection) -> bool:

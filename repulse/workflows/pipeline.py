@@ -169,7 +169,6 @@ def validate_for(kind: str) -> Callable[[Any], None]:
 
 def check_stages(cfg: Any, kind: str) -> None:
     """Each stage's own parse-time checks, on iteration 0's filled-in config, before any work."""
-    from repulse.config import refuse_unused_model_fields
     from repulse.trainers import dpo, sft
     from repulse.workflows import generate, score
 
@@ -178,7 +177,6 @@ def check_stages(cfg: Any, kind: str) -> None:
         generate.validate(configs["generate"])
     score.validate(configs["score"])
     trainer = KINDS[kind].trainer
-    refuse_unused_model_fields(configs[trainer], trainer)
     (sft if trainer == "sft" else dpo).validate(configs[trainer])
 
 

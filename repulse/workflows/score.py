@@ -22,15 +22,14 @@ Output rows: ``{"input", "output", "reward", ...the row's other keys}``, then ``
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from repulse.config import parse_config
+from repulse.config.schema import to_dict
 from repulse.config.sections import ScoreConfig
 from repulse.data.templates import check_input_template
 from repulse.errors import UserError
 from repulse.workflows.generate import check_post_processing
-from repulse.workflows.inference import refuse_rl_only_reward_fields
 
 
 def validate(cfg: ScoreConfig) -> None:
@@ -56,7 +55,6 @@ def validate(cfg: ScoreConfig) -> None:
             "--data.input_template and --data.apply_chat_template both render the input: choose one."
         )
     check_input_template(cfg.data.input_template)
-    refuse_rl_only_reward_fields(cfg.reward, "score")
     check_post_processing(cfg, None, "score")
 
 
@@ -172,7 +170,7 @@ def run(cfg: ScoreConfig) -> int:
     key = fingerprint(
         "score",
         rows,
-        dataclasses.asdict(cfg.reward),
+        to_dict(cfg.reward),
         model_identity(cfg.reward.model_name_or_path),
         micro,
     )

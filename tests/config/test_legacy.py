@@ -20,6 +20,8 @@ import yaml
 from repulse.config import legacy
 from repulse.config.legacy import flip_sign, split_launcher, translate_argv
 from repulse.config.sections import GcgConfig, OfflineConfig, RLConfig
+from repulse.config.usage import ROOTS as COMMAND_ROOTS
+from repulse.config.usage import accepted
 from repulse.errors import UserError
 
 _spec = importlib.util.spec_from_file_location("seed_commands", Path(__file__).with_name("seed_commands.py"))
@@ -128,14 +130,18 @@ def test_seed_command_translates_to_valid_fields(seed):
 
 @pytest.mark.parametrize("seed", TRANSLATABLE, ids=lambda s: s.name)
 def test_seed_command_parses(seed):
-    """The translated argv goes through the real parser: types convert, no unknown option, and
-    each flag the table renames holds the seed's value (or the table's constant) in the config."""
+    """The translated argv goes through the real parser: types convert, no unknown option, no
+    field the command (and its method) does not read (``repulse.config.usage``), and each flag
+    the table renames holds the seed's value (or the table's constant) in the config."""
     from repulse.config.schema import build, convert, get_path, leaves, split_flags
+    from repulse.config.usage import check_fields
 
     command, argv = split_launcher(shell_split(seed.text))
     new, _ = translate_argv(argv, command)
     root = ROOTS.get(command, OfflineConfig)
     cfg = build(root, [], split_flags(new))
+    if command in COMMAND_ROOTS:
+        check_fields(cfg, command)
     # every table-mapped flag's value reached its field(s), converted (the last one written wins)
     table, expected = leaves(root), {}
     fork = command == "rl" and any(name in legacy.FORK_FLAGS for name, _ in group(argv))
@@ -147,13 +153,10 @@ def test_seed_command_parses(seed):
         for dest, eq, const in (d.partition("=") for d in legacy.table_destinations(name, command) or ()):
             expected[dest] = convert([const] if eq else values or ["true"], table[dest].type, f"--{dest}")
     assert expected or command == "serve-rm", seed.name
-    no_critic = command == "rl" and cfg.repulse.method != "rl"  # the REINFORCE family builds no critic
+    if command in COMMAND_ROOTS:  # a seed flag landing on a field the method does not read is dropped
+        method = cfg.repulse.method if command == "rl" else None
+        expected = {d: v for d, v in expected.items() if accepted(command, d, method)}
     for dest, value in expected.items():
-        if no_critic and dest.startswith("critic."):
-            assert get_path(cfg, dest) == get_path(root(), dest), (
-                f"{dest} reached the critic of a {seed.name} run"
-            )
-            continue
         assert get_path(cfg, dest) == value, (seed.name, dest, value, get_path(cfg, dest))
 
 
@@ -176,14 +179,20 @@ def test_seed_values_are_preserved(seed):
             else:
                 assert f"--{name}" in ignored_notes(notes)[0], name
             continue
-        method = dict(out_groups).get("repulse.method", ["rl"])[0]
+        method = as_dict(new).get("repulse.method", ["rl"])[0] if command == "rl" else None
+        landed = 0
         for dest in dests:
             dest_name, eq, const = dest.partition("=")
             expected = (dest_name, [const] if eq else values)
-            if method != "rl" and dest_name.startswith("critic."):  # the REINFORCE family has no critic
-                assert expected not in out_groups, f"--{name} reached the critic of a {method} run"
-                continue
-            assert expected in out_groups, f"--{name} {values} lost in translation"
+            if accepted(command, dest_name, method):
+                assert expected in out_groups, f"--{name} {values} lost in translation"
+                landed += 1
+            else:  # a field this command (method) does not read: dropped, not passed on to be refused
+                assert expected not in out_groups, f"--{name} lands on {dest_name}, which is not read"
+        if not landed:
+            assert f"--{name} (not read by repulse {command}" in ignored_notes(notes)[0] or re.search(
+                rf"--{name}[ ,][^(]*\(not read by repulse {command}", ignored_notes(notes)[0]
+            ), name
 
 
 def test_every_seed_command_is_extracted():
@@ -311,6 +320,12 @@ def test_toy_repulse_command():
     assert "critic.adam.lr" not in d and "actor.optim.lr_scheduler" in d
     assert d["actor.adam.betas"] == ["0.9", "0.999"] and "critic.adam.betas" not in d  # no critic here
     assert any("sign flipped" in n for n in notes)
+    # flags only PPO reads land nowhere, and the note says why
+    assert "train.batch_size" not in d and "algo.max_epochs" not in d
+    assert (
+        "--train_batch_size, --max_epochs (not read by repulse rl --repulse.method repulse)"
+        in (ignored_notes(notes)[0])
+    )
 
 
 def test_clutter_flags_produce_exactly_one_note():
@@ -664,6 +679,18 @@ def _check_flag(flag: str, command: str) -> None:
     assert targets, (
         f"{flag} ({command}) is neither in the table nor a field of our config (nor in RULE_CASES)"
     )
+    if command in COMMAND_ROOTS and not any(accepted(command, d, None) for d, _, _ in targets):
+        # a field the command does not read: a seed name is dropped with a note naming the flag and the
+        # command; our own name is kept and refused when the config is checked
+        if not new:
+            (note,) = ignored_notes(notes)
+            assert _names_flag(note, flag) and f"not read by repulse {command}" in note, (flag, note)
+            return
+        from repulse.config.usage import check_fields
+
+        with pytest.raises(UserError, match=f"is not read by repulse {command}"):
+            check_fields(build(root, [], split_flags(new)), command)
+        return
     cfg = build(root, [], split_flags(new))
     for dest, eq, const in targets:
         want = _const(table[dest].type, const) if eq else expected

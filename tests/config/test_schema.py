@@ -14,7 +14,7 @@ from repulse.errors import UserError
 
 
 def parse(argv, root=OfflineConfig):
-    return parse_config("sft", root, argv)
+    return parse_config("rl" if root is RLConfig else "sft", root, argv)
 
 
 def test_flags_types_and_bare_booleans():
@@ -130,7 +130,7 @@ def test_a_method_flag_given_to_another_command_is_refused(command, flag, value)
 
     argv = ["--model.model_name_or_path", "m", "--data.dataset", "d", flag] + ([value] if value else [])
     with pytest.raises(
-        UserError, match=f"{flag} is read by repulse .* only; repulse {command} would ignore it"
+        UserError, match=f"{flag} .* is not read by repulse {command}, which would ignore it: only repulse "
     ):
         parse_config(command, OfflineConfig, argv)
     parse_config("kd" if flag == "--model.kd_coef" else "dpo" if flag == "--model.beta" else

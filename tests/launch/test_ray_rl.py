@@ -123,6 +123,7 @@ def repulse_cfg(toy, rm: Path, out: Path):
     )  # fmt: skip
     cfg.data.input_template = TEMPLATE
     cfg.critic = CriticSection()  # no critic: its fields (set by rl_cfg) are refused for RePULSe
+    cfg.train.batch_size = type(cfg.train)().batch_size  # read by the PPO family only
     rp = cfg.repulse
     rp.method, rp.beta, rp.alpha, rp.proposal_lr, rp.bad_threshold = "repulse", 2.0, 0.1, 1e-2, -1.0
     rp.analytic_bad_word_calc = True  # the toy's exact P(bad) of p, before the first step and after the last

@@ -354,12 +354,15 @@ def test_sigkill_then_resume_is_bit_identical(toy, tmp_path):
         algo__kl__init_coef=0.05,
         rollout__batch_size=4,
         rollout__micro_batch_size=16,
-        train__batch_size=16,
         train__micro_batch_size=8,
         train__max_steps=10,
         ckpt__save_steps=3,
     )
-    argv = ["rl", "--config", cfg_file(rl_cfg(toy, tmp_path / "unused", **over), tmp_path / "rl.yaml")]
+    cfg = rl_cfg(toy, tmp_path / "unused", **over)
+    defaults = type(cfg)()
+    cfg.train.batch_size = defaults.train.batch_size  # read by the PPO family only (refused here)
+    cfg.critic = defaults.critic  # RePULSe has no critic
+    argv = ["rl", "--config", cfg_file(cfg, tmp_path / "rl.yaml")]
     full, _ = assert_kill_and_resume_is_bit_identical(argv, tmp_path, every=3, n=10, min_weights=2)
     assert (full / "proposal" / "model.safetensors").is_file()
     rows = [json.loads(ln) for ln in (full / "metrics.jsonl").read_text().splitlines() if ln.strip()]

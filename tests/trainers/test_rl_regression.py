@@ -21,13 +21,17 @@ FUNCS = HERE / "rl_reward_funcs.py"
 
 COMMON = (
     "--rollout.batch_size 4 --rollout.n_samples_per_prompt 4 --rollout.max_new_tokens 8 "
-    "--train.batch_size 16 --train.micro_batch_size 8 --train.max_steps 3 --actor.adam.lr 1e-2 "
+    "--train.micro_batch_size 8 --train.max_steps 3 --actor.adam.lr 1e-2 "
     "--logger.progress_bar false --train.seed 7"
 ).split()
 CONFIGS = {
-    "grpo": "--algo.advantage.estimator group_norm --algo.kl.init_coef 0",
-    "ppo_gae_kl": "--algo.advantage.estimator gae --algo.kl.init_coef 0.05 --algo.max_epochs 2",
-    "rloo_klloss": "--algo.advantage.estimator rloo --algo.kl.use_loss --algo.kl.init_coef 0.1 --algo.kl.estimator k3",
+    # the PPO family's optimizer steps take --train.batch_size samples; the REINFORCE family reads none
+    "grpo": "--train.batch_size 16 --algo.advantage.estimator group_norm --algo.kl.init_coef 0",
+    "ppo_gae_kl": "--train.batch_size 16 --algo.advantage.estimator gae --algo.kl.init_coef 0.05 --algo.max_epochs 2",
+    "rloo_klloss": (
+        "--train.batch_size 16 --algo.advantage.estimator rloo --algo.kl.use_loss --algo.kl.init_coef 0.1 "
+        "--algo.kl.estimator k3"
+    ),
     "repulse": (
         "--repulse.method repulse --algo.kl.init_coef 0.02 --repulse.beta 2 --repulse.alpha 0.5 "
         "--repulse.proposal_lr 1e-2"

@@ -331,14 +331,17 @@ def test_sft_seed_command_runs_to_completion(toy, tmp_path, name):
     (``--train.batch_size 4 --train.micro_batch_size 2 --train.max_steps 2``).
 
     Checks: exit 0; the resolved config.yaml holds the seed's values under our names (keys,
-    template, packing, ZeRO stage, bf16, learning rate(s)), so the translation reached the run;
-    metrics.jsonl has steps 1 and 2 with finite losses and the seed's peak learning rate at step 2
+    template, packing, ZeRO stage and the DeepSpeed engine it selects, bf16, learning rate(s)),
+    so the translation reached the run; metrics.jsonl has steps 1 and 2 with finite losses and the seed's peak learning rate at step 2
     (warmup: 0 at step 1); the exported directory loads with ``AutoModelForCausalLM`` /
     ``AutoTokenizer`` as a bf16 Llama with the toy model's tensors and gives finite logits."""
     import yaml
     from safetensors.torch import load_file
+    from test_rm import HAS_DS
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not HAS_DS:
+        pytest.skip("the seed's --zero_stage selects DeepSpeed, which is not installed")
     rows = [json.loads(line) for line in toy.sft.read_text().splitlines()[:16]]
     data = tmp_path / "openorca.jsonl"  # OpenOrca's columns
     data.write_text(
@@ -356,6 +359,7 @@ def test_sft_seed_command_runs_to_completion(toy, tmp_path, name):
     assert (cfg["data"]["input_key"], cfg["data"]["output_key"]) == ("question", "response")
     assert cfg["data"]["dataset"] == str(data) and cfg["model"]["model_name_or_path"] == str(toy.llama)
     assert cfg["engine"]["packing_samples"] is True and cfg["engine"]["zero_stage"] == 2
+    assert cfg["engine"]["backend"] == "deepspeed"  # OpenRLHF's engine, chosen by the seed's ZeRO flag
     assert cfg["engine"]["param_dtype"] == "bf16" and cfg["model"]["gradient_checkpointing_enable"] is True
     assert cfg["adam"]["lr"] == 5e-6
     if name != "v0102_sft_muon":

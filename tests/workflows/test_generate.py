@@ -197,7 +197,10 @@ def test_iter_dpo_with_one_response_per_prompt_is_one_paragraph(toy, tmp_path, c
     [
         (["--vllm.enable_prefix_caching"], "read by the vllm backend only"),
         (["--score.post_processor", "rs"], "needs rewards"),
-        (["--reward.model_name_or_path", "x", "--reward.clip_range", "-1", "1"], "shapes rewards during RL"),
+        (
+            ["--reward.model_name_or_path", "x", "--reward.clip_range", "-1", "1"],
+            "is not read by repulse generate",
+        ),
         (["--score.reward_template", "{input}{reward}"], "csft only"),
         (["--data.iter", "2"], "needs --data.rollout_batch_size"),
         (["--rollout.top_p", "0"], "--rollout.top_p must be > 0 and <= 1"),

@@ -45,7 +45,7 @@ def rs_config(toy, tmp_path, workflow_recipe) -> Path:
         (["--pipeline.reference", "ref"], "used by repulse pipeline iterative-dpo only"),
         (["--dpo.model.beta", "0.2"], "unknown option --dpo.model.beta"),
         (["--generate.rollout.top_p", "2"], "--generate.rollout.top_p must be > 0 and <= 1"),
-        (["--sft.model.beta", "0.2"], "--model.beta is read by repulse dpo and repulse kto only"),
+        (["--sft.model.beta", "0.2"], "--sft.model.beta 0.2 is not read by repulse sft"),
     ],
 )
 def test_options_the_pipeline_sets_or_cannot_use_are_refused(rs_config, capsys, flags, needle):

@@ -11,7 +11,6 @@ from repulse.config import parse_config
 from repulse.config.sections import RLConfig
 from repulse.errors import UserError
 from repulse.rl.rollout.vllm import VLLM_MISSING, vllm_installed
-from repulse.trainers.rl.fields import refuse_unread
 
 GROUP_ESTIMATORS = {"rloo", "reinforce_baseline", "group_norm", "dr_grpo"}
 ESTIMATORS = {"gae", "reinforce"} | GROUP_ESTIMATORS
@@ -52,7 +51,6 @@ def validate(cfg: RLConfig) -> None:
             raise UserError(
                 "--repulse.method reward_transform needs --repulse.reward_transform minus_alpha_exp_beta_r or minus_alpha_ind."
             )
-    refuse_unread(cfg)
     if not cfg.actor.model_name_or_path:
         raise UserError("--actor.model_name_or_path is required: the policy to train.")
     if not cfg.data.prompt_dataset:

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 import torch
 
 from repulse.config.sections import RLConfig
+from repulse.losses.moe import with_aux_loss
+from repulse.models.moe import RouterAuxLoss, router_aux_loss, router_config
 from repulse.rl.experience import batched_logprobs, batched_values
 from repulse.rl.roles import ActorRole, Comm, CriticRole, MicroLoss, ReferenceRole, RewardRole, TrainedRole
 from repulse.rl.rollout import HFRolloutEngine, RolloutEngine, Samples
@@ -22,7 +24,7 @@ from repulse.rl.rollout.vllm import VLLMRolloutEngine
 from repulse.rl.scoring import LocalRewards
 from repulse.rl.weight_sync import LocalWeightSync, SyncOptions
 from repulse.run.finite import FiniteGuard
-from repulse.trainers.fit import run_micro_batches
+from repulse.trainers.fit import MicroResult, run_micro_batches
 
 
 @dataclass
@@ -37,6 +39,29 @@ class _Bound:
 
     def loss(self, batch: Any):
         return self.loss_fn.loss(self.model, batch)
+
+
+@dataclass
+class _WithRouterAux:
+    """A ``MicroLoss`` plus an MoE model's router load-balancing loss over the forwards it ran:
+    ``loss_sum + coef·units·aux`` (``--actor.aux_loss_coef``, as OpenRLHF adds ``aux_loss_coef x
+    aux_loss`` to the actor's and the critic's losses)."""
+
+    loss_fn: MicroLoss
+    aux: RouterAuxLoss
+
+    def units(self, batch: Any) -> float:
+        return self.loss_fn.units(batch)
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> MicroResult:
+        self.aux.begin()
+        out = self.loss_fn.loss(model, batch)
+        aux = self.aux.take()
+        if aux is None:
+            raise RuntimeError("the MoE model ran no forward with gradients in this loss")
+        units = float(self.units(batch))
+        stats = {"aux_loss": (float(aux.detach()) * units, units)}
+        return MicroResult(with_aux_loss(out.loss_sum, aux, self.aux.coef, units), {**out.stats, **stats})
 
 
 class LocalComm:
@@ -55,13 +80,16 @@ class LocalComm:
 class LocalTrained:
     """A trained role over an engine (local / fsdp / deepspeed)."""
 
-    def __init__(self, engine, micro_batch_size: int):
+    def __init__(self, engine, micro_batch_size: int, aux: RouterAuxLoss | None = None):
         self.engine, self.micro = engine, micro_batch_size
         self.guard: FiniteGuard | None = None  # the run's nan policy (None: stop)
+        self.aux = aux  # an MoE model's router loss, added to every loss it trains on
 
     def train_step(
         self, loss: MicroLoss, micro_batches: Sequence[Any]
     ) -> tuple[dict[str, float], dict[str, float]]:
+        if self.aux is not None:
+            loss = _WithRouterAux(loss, self.aux)
         out = run_micro_batches(
             self.engine, _Bound(loss, self.engine.module), micro_batches, train=True, guard=self.guard
         )
@@ -89,8 +117,9 @@ class LocalActor(LocalTrained):
         micro_batch_size: int,
         rollout: RolloutEngine | None = None,
         sync: SyncOptions | None = None,
+        aux: RouterAuxLoss | None = None,
     ):
-        super().__init__(engine, micro_batch_size)
+        super().__init__(engine, micro_batch_size, aux)
         self.rollout = rollout
         self.sync = LocalWeightSync(rollout, sync) if rollout is not None else None
 
@@ -260,11 +289,11 @@ def build_policy(
     cfg: RLConfig, device: torch.device, total_updates: int, accum: int, tokenizer: Any
 ) -> LocalActor:
     a = cfg.actor
-    engine = _engine_for(
-        load_lm(cfg, a.model_name_or_path, True, device), a.adam, a.muon, a.optim, cfg, total_updates, accum
-    )
+    lm = load_lm(cfg, a.model_name_or_path, True, device)
+    aux = router_aux_loss(lm, a.aux_loss_coef, "--actor.aux_loss_coef", a.model_name_or_path)
+    engine = _engine_for(lm, a.adam, a.muon, a.optim, cfg, total_updates, accum)
     return LocalActor(
-        engine, cfg.train.micro_batch_size, rollout_engine(engine, tokenizer, cfg), sync_options(cfg)
+        engine, cfg.train.micro_batch_size, rollout_engine(engine, tokenizer, cfg), sync_options(cfg), aux
     )
 
 
@@ -301,8 +330,16 @@ def build_critic(
         )
     )
     c = cfg.critic
+    # an MoE critic gains the router loss at the actor's coefficient, as in OpenRLHF (one flag)
+    aux = (
+        router_aux_loss(model, cfg.actor.aux_loss_coef, "--actor.aux_loss_coef")
+        if router_config(model) is not None
+        else None
+    )
     return LocalCritic(
-        _engine_for(model, c.adam, c.muon, c.optim, cfg, total_updates, accum), cfg.train.micro_batch_size
+        _engine_for(model, c.adam, c.muon, c.optim, cfg, total_updates, accum),
+        cfg.train.micro_batch_size,
+        aux,
     )
 
 
@@ -315,9 +352,10 @@ def build_proposal(
     q_adam.lr = cfg.repulse.proposal_lr
     q_total = total_updates * max(1, cfg.repulse.q_updates_per_step)
     lm = load_lm(cfg, a.model_name_or_path, True, device)
+    aux = router_aux_loss(lm, a.aux_loss_coef, "--actor.aux_loss_coef", a.model_name_or_path)
     engine = _engine_for(lm, q_adam, a.muon, a.optim, cfg, q_total, accum)
     return LocalActor(
-        engine, cfg.train.micro_batch_size, rollout_engine(engine, tokenizer, cfg), sync_options(cfg)
+        engine, cfg.train.micro_batch_size, rollout_engine(engine, tokenizer, cfg), sync_options(cfg), aux
     )
 
 

@@ -79,7 +79,8 @@ def test_repulse_runs(toy, tmp_path, nproc):
     cfg.rollout.backend = "vllm"
     cfg.critic = RLConfig().critic  # RePULSe has no critic: its fields stay at their defaults
     cfg.repulse.bad_threshold = 0.05  # the toy reward is in [0, 1]: a few samples are "bad"
-    cfg.train.batch_size = cfg.train.micro_batch_size = 16  # whole prompt groups per process
+    cfg.train.micro_batch_size = 16  # whole prompt groups per process
+    cfg.train.batch_size = RLConfig().train.batch_size  # read by the PPO family only
     cfg.train.max_steps = 2
     rows = run_cli(cfg, tmp_path, f"repulse{nproc}", nproc=nproc)
     assert [r["step"] for r in rows] == [1, 2]

@@ -2,8 +2,8 @@
 
 Each entry says how big its optimizer steps are (``geometry``), which roles it needs beyond the
 policy and the rewards (``roles``), which method-specific config fields its code path reads
-(``reads``: a field of another method, set on the command line, is refused at parse time), and
-how to build it. A new method is a module here plus one entry.
+(``reads``: the entries of ``repulse.config.usage.METHOD_READS`` that name it; a field of another
+method, set on the command line, is refused at parse time), and how to build it. A new method is a module here plus one entry.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from repulse.config.sections import RLConfig
-from repulse.trainers.rl.fields import METHOD_READS
+from repulse.config.usage import method_fields
 from repulse.trainers.rl.methods.base import RLMethod
 from repulse.trainers.rl.methods.ppo import PPOFamily, kl_needed, updates_per_rollout
 from repulse.trainers.rl.methods.repulse import RepulseFamily, repulse_accumulation
@@ -61,9 +61,9 @@ def _repulse(cfg: RLConfig, roles: Any, accum: int, updates: int, sink: Any) -> 
 
 
 METHODS: dict[str, MethodSpec] = {
-    "rl": MethodSpec("rl", _ppo_geometry, _ppo_roles, METHOD_READS["rl"], _ppo),
+    "rl": MethodSpec("rl", _ppo_geometry, _ppo_roles, method_fields("rl", "rl"), _ppo),
     **{
-        name: MethodSpec(name, _repulse_geometry, _repulse_roles, METHOD_READS[name], _repulse)
+        name: MethodSpec(name, _repulse_geometry, _repulse_roles, method_fields("rl", name), _repulse)
         for name in ("reinforce", "reward_transform", "p_proposal", "repulse")
     },
 }
