@@ -130,7 +130,7 @@ READS: dict[str, tuple[str, ...]] = {
     "engine.shared_prompt_enable": ("rm", "dpo"),
     # outputs, evaluation, logging
     "ckpt.": TRAINING,
-    "ckpt.save_hf": OFFLINE,
+    "ckpt.save_hf": (*OFFLINE, "rl"),
     "ckpt.output_dir": ALL,
     "ckpt.overwrite": ALL,
     "eval.": TRAINING,
@@ -229,10 +229,6 @@ NOT_YET: dict[str, tuple[tuple[str, ...], str]] = {
         ("rl",),
         "the vLLM engine takes each rollout batch in one call and schedules it itself "
         "(--vllm.max_num_seqs bounds the sequences decoded at once)",
-    ),
-    "ckpt.save_hf": (
-        ("rl",),
-        "repulse rl writes no HF model beside its checkpoints yet; its output directory is one",
     ),
 }
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,22 @@ class Checkpoints:
     """``<root>/step_N/`` directories: ``engine/`` (or several engines), ``trainer.json``, ``rng_rank*.pt``."""
 
     def __init__(
-        self, root: str | Path, max_num: int, rank: int, save_hf: bool = False, tokenizer: Any | None = None
+        self,
+        root: str | Path,
+        max_num: int,
+        rank: int,
+        save_hf: bool = False,
+        tokenizer: Any | None = None,
+        export: Callable[[Any, Path, Any], None] = export_model,
     ):
+        """``export(saved, directory, tokenizer)`` writes one saved object's HF model (``save_hf``):
+        ``export_model`` for an engine; RL roles, which may live in other processes, export themselves."""
         self.root = Path(root)
         self.max_num = max(1, max_num)
         self.rank = rank
         self.save_hf = save_hf
         self.tokenizer = tokenizer
+        self.export = export
 
     def remove_stale(self) -> list[Path]:
         """Delete the ``step_N.tmp`` directories a killed save left behind; returns them."""
@@ -94,7 +104,7 @@ class Checkpoints:
         for name, engine in engines.items():
             engine.save(tmp / name)
             if self.save_hf:
-                export_model(engine, tmp / f"{name}_hf", self.tokenizer)
+                self.export(engine, tmp / f"{name}_hf", self.tokenizer)
         torch.save(rng_state(), tmp / f"rng_rank{self.rank}.pt")
         barrier()
         if is_main():

@@ -432,10 +432,10 @@ def test_a_feature_not_in_this_version_warns_once_by_name(monkeypatch, capsys):
 
     monkeypatch.setattr(repulse.errors, "_warned", set())
     base = ["--actor.model_name_or_path", "m", "--data.prompt_dataset", "p", "--reward.remote_url", "r.py"]
-    parse_config("rl", RLConfig, [*base, "--save_hf_ckpt"])
-    parse_config("rl", RLConfig, [*base, "--ckpt.save_hf"])
+    parse_config("rl", RLConfig, [*base, "--vllm_generate_batch_size", "8"])
+    parse_config("rl", RLConfig, [*base, "--rollout.vllm_generate_batch_size", "8"])
     err = capsys.readouterr().err
-    assert err.count("--ckpt.save_hf True has no effect in this version yet: repulse rl writes no HF") == 1
+    assert err.count("--rollout.vllm_generate_batch_size 8 has no effect in this version yet") == 1
     # a command that will not read it either way refuses it, naming those that do
     with pytest.raises(UserError, match="--ckpt.save_hf True is not read by repulse eval-tail.*repulse sft"):
         parse_config("eval-tail", usage.ROOTS["eval-tail"], ["--ckpt.save_hf"])

@@ -64,3 +64,29 @@ def test_the_seed_flag_lands_on_the_field():
 
     cfg = parse_config("sft", OfflineConfig, ["--pretrain", "m", "--dataset", "d", "--save_hf_ckpt"])
     assert cfg.ckpt.save_hf is True
+
+
+@pytest.mark.slow
+def test_rl_checkpoints_hold_the_policys_hf_model_of_their_step(toy, tmp_path):
+    """``repulse rl --ckpt.save_hf`` (the seed's ``train_ppo_ray --save_hf_ckpt``): ``step_N/actor_hf``
+    loads with ``from_pretrained`` and holds the policy's weights at step N, not the final ones."""
+    from safetensors.torch import load_model
+    from test_rl import rl_cfg, run_rl
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "rl"
+    cfg = rl_cfg(toy, out, train__max_steps=2, ckpt__save_steps=1, ckpt__save_hf=True,
+                 algo__advantage__estimator="group_norm")  # fmt: skip
+    run_rl(cfg)
+    step = out / "checkpoints" / "step_1"
+    hf = step / "actor_hf"
+    assert (hf / "config.json").is_file() and not (step / "critic_hf").exists()
+    tokenizer = AutoTokenizer.from_pretrained(hf)
+    engine_state = AutoModelForCausalLM.from_pretrained(toy.llama)
+    load_model(engine_state, str(step / "actor" / "model.safetensors"))
+    expected = _logits(engine_state, tokenizer)
+    torch.testing.assert_close(
+        _logits(AutoModelForCausalLM.from_pretrained(hf), tokenizer), expected, atol=0, rtol=0
+    )
+    final = _logits(AutoModelForCausalLM.from_pretrained(out), tokenizer)
+    assert (expected - final).abs().max() > 1e-4  # step 1, not the final step 2

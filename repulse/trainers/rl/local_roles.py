@@ -105,7 +105,10 @@ class LocalTrained:
         self.engine.load(directory)
 
     def export_hf(self, directory: Path, tokenizer: Any) -> None:
-        self.engine.export_hf(directory, tokenizer)
+        """The HF model (a LoRA run: its PEFT adapter, as the offline trainers write it)."""
+        from repulse.engine import export_model
+
+        export_model(self.engine, directory, tokenizer)
 
 
 class LocalActor(LocalTrained):

@@ -155,7 +155,14 @@ def run(cfg: RLConfig, backend: RoleBackend | None = None) -> int:
         role.guard = guard
     actors = [a for a in (roles.policy, roles.proposal) if a is not None]
     out_dir = Path(cfg.ckpt.output_dir)
-    ckpts = Checkpoints(Path(cfg.ckpt.path or out_dir / "checkpoints"), cfg.ckpt.max_num, run_.rank)
+    ckpts = Checkpoints(
+        Path(cfg.ckpt.path or out_dir / "checkpoints"),
+        cfg.ckpt.max_num,
+        run_.rank,
+        save_hf=cfg.ckpt.save_hf,
+        tokenizer=roles.tokenizer,
+        export=lambda role, directory, tokenizer: role.export_hf(directory, tokenizer),
+    )
     start = 0
     if cfg.ckpt.load_enable and (latest := ckpts.latest()) is not None:
         state = ckpts.load(latest, roles.trained())
