@@ -12,7 +12,7 @@ VLLM_VENV  ?= .venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
 # the tests marked `vllm`: the rollout backend and weight sync, and `repulse generate` on vLLM
-VLLM_TESTS ?= tests/rl/vllm_backend tests/workflows/test_generate_vllm.py
+VLLM_TESTS ?= tests/rl/vllm_backend tests/workflows/test_generate_vllm.py tests/workflows/test_seed_batch_inference.py
 
 .PHONY: install install-vllm demo test test-main test-vllm lint format bench clean
 
