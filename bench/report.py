@@ -119,12 +119,36 @@ def render_vs_trl(data: dict[str, Any]) -> list[str]:
     return out + ([""] + errors if errors else [])
 
 
+def _generation_speedup(case: dict[str, Any], fast: str, base: str) -> dict[str, Any] | None:
+    """Per round, ``base``'s mean logged generation time per step over ``fast``'s (the
+    ``time_generate`` metric of both runs): the sampler alone, without the update around it."""
+    per_round = []
+    for rnd in sorted({t["round"] for t in case["trials"]}):
+        times = {}
+        for t in case["trials"]:
+            if t["round"] == rnd and not t["error"] and t["extra"].get("mean_time_generate"):
+                times[t["impl"]] = t["extra"]["mean_time_generate"]
+        if fast in times and base in times:
+            per_round.append(times[base] / times[fast])
+    if not per_round:
+        return None
+    import statistics
+
+    return {
+        "ratio_of_medians": statistics.median(per_round),
+        "paired_min": min(per_round),
+        "paired_max": max(per_round),
+    }
+
+
 def render_rollout(data: dict[str, Any]) -> list[str]:
-    """One row per case: the three throughputs and the three ratios (medians, paired ranges)."""
-    head = ["case", "parameters", "new tokens", *ROLLOUT_IMPLS.values(), *ROLLOUT_RATIOS.values()]
+    """One row per case: the four throughputs, the three ratios (medians, paired ranges), and the
+    generation phase alone (vLLM against hf in the same venv)."""
+    gen = "generation alone: vLLM / hf"
+    head = ["case", "parameters", "new tokens", *ROLLOUT_IMPLS.values(), *ROLLOUT_RATIOS.values(), gen]
     out = [
         "| " + " | ".join(head) + " |",
-        "|---|---:|---:|" + "---:|" * len(ROLLOUT_IMPLS) + "---|" * len(ROLLOUT_RATIOS),
+        "|---|---:|---:|" + "---:|" * len(ROLLOUT_IMPLS) + "---|" * (len(ROLLOUT_RATIOS) + 1),
     ]
     errors: list[str] = []
     for c in data["cases"]:
@@ -136,12 +160,15 @@ def render_rollout(data: dict[str, Any]) -> list[str]:
             str(w.get("max_new_tokens", "?")),
             *(_num(imp.get(k, {}).get("median")) for k in ROLLOUT_IMPLS),
             *(_ratio(ratios.get(k)) for k in ROLLOUT_RATIOS),
+            _ratio(_generation_speedup(c, "repulse_vllm", "repulse_hf_vllm_venv")),
         ]
         out.append("| " + " | ".join(cells) + " |")
         errors += _errors(c)
     unit = data["cases"][0]["unit"] if data["cases"] else "samples/s"
     return [
-        f"Throughput in {unit} (median over rounds); ratios: median over rounds (paired range).",
+        f"Throughput in {unit} (median over rounds); ratios of the medians (range of the per-round "
+        "ratios). Generation alone: per round, the hf run's mean `time_generate` per step over the vLLM "
+        "run's, both in vLLM's venv (median, range).",
         "",
         *out,
     ] + ([""] + errors if errors else [])
