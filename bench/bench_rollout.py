@@ -112,6 +112,23 @@ def build_cases(args, assets) -> list[harness.Case]:
     ]
 
 
+def cpu_ratio(case: dict, a: str, b: str) -> dict | None:
+    """Like ``paired`` on the CPU-time throughput (units per CPU-second of each worker process)."""
+    per_round = []
+    for rnd in sorted({t["round"] for t in case["trials"]}):
+        x = [t["extra"].get("throughput_cpu") for t in case["trials"] if t["impl"] == a and t["round"] == rnd]
+        y = [t["extra"].get("throughput_cpu") for t in case["trials"] if t["impl"] == b and t["round"] == rnd]
+        if x and y and x[0] and y[0]:
+            per_round.append(x[0] / y[0])
+    if not per_round:
+        return None
+    return {
+        "ratio_of_medians": statistics.median(per_round),
+        "paired_min": min(per_round),
+        "paired_max": max(per_round),
+    }
+
+
 def paired(case: dict, a: str, b: str) -> dict | None:
     """Ratio of medians and the range of per-round ratios of implementation ``a`` over ``b``."""
     ia, ib = case["impls"].get(a, {}), case["impls"].get(b, {})
@@ -182,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
             r = paired(case, a, b)
             if r is not None:
                 case.setdefault("ratios", {})[f"{a}/{b}"] = r
+        for a, b in (("repulse_vllm", "trl"), ("repulse", "trl"), ("repulse_vllm", "repulse_hf_vllm_venv")):
+            r = cpu_ratio(case, a, b)
+            if r is not None:
+                case.setdefault("cpu_ratios", {})[f"{a}/{b}"] = r
     harness.print_summary(summary)
     samples = load.samples or [os.getloadavg()[0]]
     config = {

@@ -163,12 +163,24 @@ def render_rollout(data: dict[str, Any]) -> list[str]:
             _ratio(_generation_speedup(c, "repulse_vllm", "repulse_hf_vllm_venv")),
         ]
         out.append("| " + " | ".join(cells) + " |")
+        cpu = c.get("cpu_ratios") or {}
+        if cpu:
+            blank = [""] * (2 + len(ROLLOUT_IMPLS))
+            cells = [
+                f"`{c['name']}` per CPU-second",
+                *blank,
+                *(_ratio(cpu.get(k)) for k in ROLLOUT_RATIOS),
+                "",
+            ]
+            out.append("| " + " | ".join(cells) + " |")
         errors += _errors(c)
     unit = data["cases"][0]["unit"] if data["cases"] else "samples/s"
     return [
         f"Throughput in {unit} (median over rounds); ratios of the medians (range of the per-round "
         "ratios). Generation alone: per round, the hf run's mean `time_generate` per step over the vLLM "
-        "run's, both in vLLM's venv (median, range).",
+        "run's, both in vLLM's venv (median, range). Rows 'per CPU-second': the same ratios of samples "
+        "per CPU-second of each worker process (one thread each), which the load of other jobs "
+        "does not move.",
         "",
         *out,
     ] + ([""] + errors if errors else [])
