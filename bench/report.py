@@ -277,9 +277,12 @@ def render_summary() -> str:
             if name == "rollout":
                 for key, label in ROLLOUT_RATIOS.items():
                     a, b = key.split("/")
+                    cpu = (c.get("cpu_ratios") or {}).get(key)
                     rows.append(
                         f"| {name} | `{c['name']}` {label} | {c['unit']} | {_num(imp.get(a, {}).get('median'))} | "
-                        f"{_num(imp.get(b, {}).get('median'))} | {_ratio((c.get('ratios') or {}).get(key))} | |"
+                        f"{_num(imp.get(b, {}).get('median'))} | {_ratio((c.get('ratios') or {}).get(key))}"
+                        + (f"; per CPU-second {_ratio(cpu)}" if cpu else "")
+                        + " | |"
                     )
                 continue
             if name == "scale":
