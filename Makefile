@@ -11,6 +11,8 @@ STAMP  := $(VENV)/.installed
 VLLM_VENV  ?= .venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
+# the tests marked `vllm`: the rollout backend and weight sync, and `repulse generate` on vLLM
+VLLM_TESTS ?= tests/rl/vllm_backend tests/workflows/test_generate_vllm.py tests/workflows/test_seed_batch_inference.py
 
 .PHONY: install install-vllm demo test test-main test-vllm lint format bench clean
 
@@ -46,7 +48,7 @@ test-main: $(STAMP)
 	$(PY) -m pytest -q
 
 test-vllm: $(VLLM_STAMP)
-	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_PY) -m pytest -q -m vllm tests/rl/vllm_backend
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_PY) -m pytest -q -m vllm $(VLLM_TESTS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

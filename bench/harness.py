@@ -138,12 +138,14 @@ class StepClock:
         self.pad_id = pad_id
         self.t0 = time.perf_counter()
         self.step_ends: list[float] = []
+        self.cpu_at_step: list[float] = []  # this process's CPU seconds (all its threads)
         self.tokens_at_step: list[int] = []
         self.tokens = 0
         self._hooked: set[int] = set()
 
     def mark_step(self) -> None:
         self.step_ends.append(time.perf_counter() - self.t0)
+        self.cpu_at_step.append(time.process_time())
         self.tokens_at_step.append(self.tokens)
 
     def count_tokens_of(self, model: Any) -> None:
@@ -178,6 +180,7 @@ class StepClock:
     def result(self, **extra: Any) -> dict[str, Any]:
         return {
             "step_ends": self.step_ends,
+            "cpu_at_step": self.cpu_at_step,
             "tokens_at_step": self.tokens_at_step,
             "peak_rss_mib": peak_rss_mib(),
             **extra,
@@ -350,6 +353,14 @@ def summarize(
     # process on the machine slowed down, but also periodic costs of the trainer itself; the
     # headline number is the plain one above, this one is kept to show how noisy a trial was.
     out["throughput_median_step"] = out["units_per_step"] / out["step_s_median"]
+    # CPU-time variant (rank 0's process): units per CPU-second of the timed window. On a machine
+    # shared with other jobs a process waits for a core without burning CPU time, so with one
+    # thread per process this measures the work done, not the load; it misses time spent in
+    # other processes (torchrun ranks > 0) and counts spinning threads, so it is a cross-check.
+    cpu = main.get("cpu_at_step") or []
+    if len(cpu) == len(ends) and cpu[-1] > cpu[warmup]:
+        out["cpu_s_per_step"] = (cpu[-1] - cpu[warmup]) / timed
+        out["throughput_cpu"] = out["units_per_step"] / out["cpu_s_per_step"]
     out["unit"] = unit
     return out
 

@@ -1,6 +1,7 @@
 """Render ``bench/results/*.json`` as Markdown tables inside ``bench/README.md`` and the README.
 
-Usage: ``python bench/report.py [--check]`` (standard library only: runs with any Python 3.10+).
+Usage: ``python bench/report.py [--check]`` (standard library only: runs with any Python 3.10+);
+``python bench/report.py --table rollout`` prints one results file's table and writes nothing.
 The full tables go between ``<!-- bench:results:start -->`` and ``<!-- bench:results:end -->``
 of ``bench/README.md``; a one-table summary (the ratios) between ``<!-- bench-results:start -->``
 and ``<!-- bench-results:end -->`` of the top-level ``README.md``. Everything else in both files
@@ -23,12 +24,26 @@ README = BENCH_DIR / "README.md"
 START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
 TOP_README = BENCH_DIR.parent / "README.md"
 TOP_START, TOP_END = "<!-- bench-results:start -->", "<!-- bench-results:end -->"
-ORDER = ["sft", "pref", "rl", "scale"]
+ORDER = ["sft", "pref", "rl", "rollout", "scale"]
 TITLES = {
     "sft": "SFT tokens/s vs TRL SFTTrainer (`bench_sft.py`)",
     "pref": "RM / DPO pairs/s vs TRL RewardTrainer / DPOTrainer (`bench_pref.py`)",
     "rl": "GRPO / RLOO samples/s vs TRL GRPOTrainer / RLOOTrainer (`bench_rl.py`)",
+    "rollout": "GRPO samples/s by rollout backend: vLLM vs hf vs TRL GRPOTrainer (`bench_rollout.py`)",
     "scale": "repulse SFT, 1 vs 2 processes (`bench_scale.py`)",
+}
+# bench_rollout.py's implementations, in table order, and the ratios its table shows
+# (repulse_hf_vllm_venv: the hf backend in vLLM's venv, the like-for-like base of vLLM / hf)
+ROLLOUT_IMPLS = {
+    "repulse_vllm": "repulse, vLLM",
+    "repulse_hf_vllm_venv": "repulse, hf (vLLM's venv)",
+    "repulse": "repulse, hf",
+    "trl": "TRL",
+}
+ROLLOUT_RATIOS = {
+    "repulse_vllm/trl": "vLLM / TRL",
+    "repulse/trl": "hf / TRL",
+    "repulse_vllm/repulse_hf_vllm_venv": "vLLM / hf",
 }
 
 
@@ -104,6 +119,92 @@ def render_vs_trl(data: dict[str, Any]) -> list[str]:
     return out + ([""] + errors if errors else [])
 
 
+def _generation_speedup(case: dict[str, Any], fast: str, base: str) -> dict[str, Any] | None:
+    """Per round, ``base``'s mean logged generation time per step over ``fast``'s (the
+    ``time_generate`` metric of both runs): the sampler alone, without the update around it."""
+    per_round = []
+    for rnd in sorted({t["round"] for t in case["trials"]}):
+        times = {}
+        for t in case["trials"]:
+            if t["round"] == rnd and not t["error"] and t["extra"].get("mean_time_generate"):
+                times[t["impl"]] = t["extra"]["mean_time_generate"]
+        if fast in times and base in times:
+            per_round.append(times[base] / times[fast])
+    if not per_round:
+        return None
+    import statistics
+
+    return {
+        "ratio_of_medians": statistics.median(per_round),
+        "paired_min": min(per_round),
+        "paired_max": max(per_round),
+    }
+
+
+def render_rollout(data: dict[str, Any]) -> list[str]:
+    """One row per case: the four throughputs, the three ratios (medians, paired ranges), and the
+    generation phase alone (vLLM against hf in the same venv)."""
+    gen = "generation alone: vLLM / hf"
+    head = ["case", "parameters", "new tokens", *ROLLOUT_IMPLS.values(), *ROLLOUT_RATIOS.values(), gen]
+    out = [
+        "| " + " | ".join(head) + " |",
+        "|---|---:|---:|" + "---:|" * len(ROLLOUT_IMPLS) + "---|" * (len(ROLLOUT_RATIOS) + 1),
+    ]
+    errors: list[str] = []
+    for c in data["cases"]:
+        w, imp, ratios = c.get("workload", {}), c["impls"], c.get("ratios") or {}
+        params = w.get("model_parameters")
+        cells = [
+            f"`{c['name']}`",
+            f"{params / 1e6:.1f}M" if params else "toy (1M)",
+            str(w.get("max_new_tokens", "?")),
+            *(_num(imp.get(k, {}).get("median")) for k in ROLLOUT_IMPLS),
+            *(_ratio(ratios.get(k)) for k in ROLLOUT_RATIOS),
+            _ratio(_generation_speedup(c, "repulse_vllm", "repulse_hf_vllm_venv")),
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+        cpu = c.get("cpu_ratios") or {}
+        if cpu:
+            blank = [""] * (2 + len(ROLLOUT_IMPLS))
+            cells = [
+                f"`{c['name']}` per CPU-second",
+                *blank,
+                *(_ratio(cpu.get(k)) for k in ROLLOUT_RATIOS),
+                "",
+            ]
+            out.append("| " + " | ".join(cells) + " |")
+        errors += _errors(c)
+    unit = data["cases"][0]["unit"] if data["cases"] else "samples/s"
+    return [
+        f"Throughput in {unit} (median over rounds); ratios of the medians (range of the per-round "
+        "ratios). Generation alone: per round, the hf run's mean `time_generate` per step over the vLLM "
+        "run's, both in vLLM's venv (median, range). Rows 'per CPU-second': the same ratios of samples "
+        "per CPU-second of each worker process (one thread each), which the load of other jobs "
+        "does not move.",
+        "",
+        *out,
+    ] + ([""] + errors if errors else [])
+
+
+def render_table(name: str) -> str:
+    """One results file as Markdown: its heading, machine line, table and notes."""
+    data = json.loads((RESULTS / f"{name}.json").read_text())
+    kind = name.split("_quick")[0]
+    lines = [f"### {TITLES.get(kind, name)}", "", _machine(data["machine"], data.get("config", {})), ""]
+    lines += _render(kind, data)
+    for note in data.get("notes", []):
+        lines += ["", f"> {note}"]
+    return "\n".join(lines)
+
+
+def _render(name: str, data: dict[str, Any]) -> list[str]:
+    if name == "scale":
+        return render_scale(data)
+    if name == "rollout":
+        return render_rollout(data)
+    return render_vs_trl(data)
+
+
 def render_scale(data: dict[str, Any]) -> list[str]:
     out = [
         "| variant | tokens/s | vs 1 process (paired range) | peak RSS per process (MiB) |",
@@ -140,7 +241,7 @@ def render() -> str:
     results = _results()
     for name, data in results:
         lines += [f"### {TITLES.get(name, name)}", "", _machine(data["machine"], data.get("config", {})), ""]
-        lines += render_scale(data) if name == "scale" else render_vs_trl(data)
+        lines += _render(name, data)
         for note in data.get("notes", []):
             lines += ["", f"> {note}"]
         lines.append("")
@@ -173,6 +274,17 @@ def render_summary() -> str:
         dates.add(str(data["machine"].get("date", "?"))[:10])
         for c in data["cases"]:
             imp = c["impls"]
+            if name == "rollout":
+                for key, label in ROLLOUT_RATIOS.items():
+                    a, b = key.split("/")
+                    cpu = (c.get("cpu_ratios") or {}).get(key)
+                    rows.append(
+                        f"| {name} | `{c['name']}` {label} | {c['unit']} | {_num(imp.get(a, {}).get('median'))} | "
+                        f"{_num(imp.get(b, {}).get('median'))} | {_ratio((c.get('ratios') or {}).get(key))}"
+                        + (f"; per CPU-second {_ratio(cpu)}" if cpu else "")
+                        + " | |"
+                    )
+                continue
             if name == "scale":
                 for impl, st in imp.items():
                     if impl == "1proc":
@@ -213,7 +325,18 @@ def _splice(path: Path, start: str, end: str, body: str) -> tuple[str, str] | No
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="exit 1 if a README is stale; write nothing")
+    p.add_argument(
+        "--table",
+        metavar="NAME",
+        help="print the Markdown of bench/results/NAME.json (e.g. rollout) and write nothing else",
+    )
     args = p.parse_args(argv)
+    if args.table:
+        if not (RESULTS / f"{args.table}.json").exists():
+            sys.stderr.write(f"error: no {RESULTS / args.table}.json; run its bench driver first.\n")
+            return 2
+        print(render_table(args.table))
+        return 0
     targets = [(README, START, END, render()), (TOP_README, TOP_START, TOP_END, render_summary())]
     status = 0
     for path, start, end, body in targets:

@@ -19,7 +19,7 @@ if [[ ! -x "$PY" ]]; then
 fi
 
 status=0
-for bench in bench_sft bench_pref bench_rl bench_scale; do
+for bench in bench_sft bench_pref bench_rl bench_rollout bench_scale; do
   echo "=== $bench $* ==="
   # Each trial has its own timeout inside the driver; this outer one only catches a wedged driver.
   timeout 7200 "$PY" "$HERE/$bench.py" "$@" || { echo "!!! $bench failed (status $?)" >&2; status=1; }

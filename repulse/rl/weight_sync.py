@@ -148,7 +148,8 @@ class _Channel:
         return WeightSyncError(
             f"weight sync: {what} failed on rank {self.rank} of {self.describe} after "
             f"{time.monotonic() - started:.1f} s: a peer (rank {', '.join(map(str, peers))}) exited or did not "
-            f"answer within the {limit.total_seconds():g} s timeout. The weights were not updated. "
+            f"answer within the {limit.total_seconds():g} s timeout. The update did not complete: an engine "
+            "that began it keeps its weight_version and refuses to sample until a later update completes. "
             f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r})"
         )
 

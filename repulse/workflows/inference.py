@@ -16,6 +16,7 @@ from repulse.config.sections import GenerationSection, InferVllmSection, RewardS
 from repulse.errors import UserError, warn_once
 from repulse.rl.rewards import RewardInput, RewardSource, build_reward_sources, combine
 from repulse.rl.rollout import HFRolloutEngine, RolloutEngine, SamplingParams
+from repulse.rl.rollout.vllm import VLLM_MISSING, vllm_installed
 
 
 def has_reward(reward: RewardSection) -> bool:
@@ -46,8 +47,11 @@ def check_sampling(r: GenerationSection) -> None:
 
 
 def check_vllm_flags(vllm: InferVllmSection, backend: str) -> None:
-    """``--vllm.*`` takes effect with the vllm backend only: refused with hf."""
+    """``--vllm.*`` takes effect with the vllm backend only: refused with hf. The vllm backend without
+    vLLM installed is refused here, at parse time, before a model loads or an output file is begun."""
     if backend == "vllm":
+        if not vllm_installed():
+            raise UserError(VLLM_MISSING)
         return
     default = InferVllmSection()
     changed = [f.name for f in dataclasses.fields(vllm) if getattr(vllm, f.name) != getattr(default, f.name)]

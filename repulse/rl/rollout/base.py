@@ -46,6 +46,21 @@ class SamplingParams:
         return not self.greedy and (self.top_k > 0 or self.top_p < 1.0)
 
 
+def refuse_mid_update(updating: bool, weight_version: int) -> None:
+    """Raise if an engine is asked to sample while a weight update is open.
+
+    An update that failed or was cut off (a peer died mid-sync, tensors were missing) leaves some
+    tensors new and some old; sampling from that mix would train on a policy that never existed.
+    The engine stays refused until an update completes.
+    """
+    if updating:
+        raise RuntimeError(
+            f"this rollout engine holds an incomplete weight update on top of version {weight_version} (a sync "
+            "failed or was cut off after it began): it would sample from a mix of two policies. Complete a new "
+            "update (begin_update / load / end_update) before generating."
+        )
+
+
 @runtime_checkable
 class RolloutEngine(Protocol):
     """A sampler with versioned weights.
@@ -65,8 +80,10 @@ class RolloutEngine(Protocol):
     def wake_up(self, tags: list[str] | None = None) -> None:
         """Take back what ``sleep`` freed (``tags``: e.g. ["weights"] before a sync, then ["kv_cache"])."""
 
-    def begin_update(self) -> None: ...
+    def begin_update(self) -> None:
+        """Open an update; ``generate`` is refused from here until an ``end_update`` succeeds."""
 
     def load(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None: ...
 
-    def end_update(self, version: int) -> None: ...
+    def end_update(self, version: int) -> None:
+        """Close the update (refused if tensors are missing); ``weight_version`` becomes ``version``."""

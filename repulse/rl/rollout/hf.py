@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from repulse.errors import UserError
-from repulse.rl.rollout.base import SamplingParams
+from repulse.rl.rollout.base import SamplingParams, refuse_mid_update
 from repulse.rl.rollout.samples import Samples, left_pad, response_mask
 
 
@@ -248,6 +248,7 @@ class HFRolloutEngine:
         self._loaded: set[str] = set()
 
     def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams) -> Samples:
+        refuse_mid_update(self._updating, self.weight_version)
         seeded = sampling.seed is not None
         with torch.random.fork_rng(devices=[], enabled=seeded):
             if seeded:

