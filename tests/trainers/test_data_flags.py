@@ -51,7 +51,8 @@ def test_seed_disable_fast_tokenizer_is_one_clear_paragraph(toy, tmp_path):
 )
 def test_commands_that_would_ignore_the_data_flags_refuse_them(flag, value):
     with pytest.raises(
-        UserError, match=f"{flag} is read by repulse sft, .* only; repulse rl would ignore it"
+        UserError,
+        match=f"{flag} .* is not read by repulse rl, which would ignore it: only repulse sft, .* read it",
     ):
         parse_config("rl", RLConfig, ["--pretrain", "m", flag, *value])
 

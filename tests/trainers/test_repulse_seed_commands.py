@@ -49,11 +49,16 @@ def _toy_argv(text: str, lm: Path, rm: Path, prompts: Path, out: Path) -> list[s
         del argv[i : i + 2]
     shrink = [
         "--rollout.batch_size", "1", "--rollout.n_samples_per_prompt", "4",
-        "--rollout.micro_batch_size", "8", "--rollout.max_new_tokens", "2", "--train.batch_size", "4",
+        "--rollout.micro_batch_size", "8", "--rollout.max_new_tokens", "2",
         "--train.micro_batch_size", "4", "--train.max_steps", "3", "--train.num_episodes", "3", "--repulse.fit_steps", "1",
         "--engine.param_dtype", "fp32", "--actor.gradient_checkpointing_enable", "false",
         "--ckpt.output_dir", str(out), "--logger.progress_bar", "false",
     ]  # fmt: skip
+    if parse_config("rl", RLConfig, argv + shrink, None).repulse.method == "rl":
+        shrink += [
+            "--train.batch_size",
+            "4",
+        ]  # only the PPO family reads it (the others: one batch per rollout)
     return argv + shrink
 
 
