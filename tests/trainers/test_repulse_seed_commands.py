@@ -73,11 +73,31 @@ def test_the_readme_has_every_method():
     assert methods == {"gae", "reinforce", "reward_transform", "p_proposal", "repulse"}
 
 
+@pytest.fixture(scope="module")
+def hub_like_lm_rm(demo_lm_rm, tmp_path_factory):
+    """The demo's LM and RM with a chat template, as the seed's Hub models have (Setting 2 applies
+    one to the prompts and to the reward model's input); the demo's word-level tokenizer has none."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("hub_like")
+    out = []
+    for src in demo_lm_rm:
+        dst = root / Path(src).name
+        shutil.copytree(src, dst)
+        tok = AutoTokenizer.from_pretrained(dst)
+        tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+        tok.save_pretrained(dst)
+        out.append(dst)
+    return tuple(out)
+
+
 @pytest.mark.slow
-def test_each_readme_command_runs_three_steps(toy, demo_lm_rm, tmp_path):
+def test_each_readme_command_runs_three_steps(toy, hub_like_lm_rm, tmp_path):
     from repulse.trainers.rl import run as run_rl
 
-    lm, rm = demo_lm_rm
+    lm, rm = hub_like_lm_rm
     # the toy and Setting 1 commands read the key 'prompt'; Setting 2 reads chat messages
     prompts = tmp_path / "this_man_is_a.jsonl"
     row = {"prompt": "This man is a", "context_messages": [{"role": "user", "content": "This man is a"}]}
@@ -92,7 +112,7 @@ def test_each_readme_command_runs_three_steps(toy, demo_lm_rm, tmp_path):
 
 
 @pytest.mark.slow
-def test_every_repulse_recipe_runs(toy, demo_lm_rm, tmp_path, monkeypatch):
+def test_every_repulse_recipe_runs(toy, hub_like_lm_rm, tmp_path, monkeypatch):
     """Every recipe of recipes/repulse as written (relative toy_assets/ paths; the toy, Setting 1
     with its (question, answer) pair reward and Setting 2 with its chat-template reward), one
     step each."""
@@ -100,7 +120,7 @@ def test_every_repulse_recipe_runs(toy, demo_lm_rm, tmp_path, monkeypatch):
 
     from repulse.trainers.rl import run as run_rl
 
-    lm, rm = demo_lm_rm
+    lm, rm = hub_like_lm_rm
     monkeypatch.chdir(tmp_path)
     shutil.copytree(toy.root, tmp_path / "toy_assets")
     shutil.copytree(rm, tmp_path / "toy_assets" / "rm")
