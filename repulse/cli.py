@@ -74,10 +74,21 @@ def main(argv: list[str] | None = None) -> int:
         return int(getattr(importlib.import_module(module), func)(rest) or 0)
     except UserError as exc:
         _print_error(str(exc))
+        _leave_process_group()
         return 2
     except KeyboardInterrupt:
         _print_error("interrupted; finished checkpoints are kept.")
         return 130
+
+
+def _leave_process_group() -> None:
+    """A run refused after joining its torch.distributed group tears the group down before the
+    interpreter exits: left to the exit, gloo's threads can be destroyed while still joinable,
+    which aborts the process (SIGABRT) after the paragraph was printed."""
+    if "torch.distributed" in sys.modules:
+        from repulse.engine.dist import destroy
+
+        destroy()
 
 
 if __name__ == "__main__":
