@@ -336,6 +336,14 @@ class VLLMRolloutEngine:
             self.sleep()
         return s
 
+    def rng_state(self) -> dict[str, Any]:
+        """The engine's own random stream (each call's base seed), which a checkpoint keeps: a
+        resumed run then draws the samples the uninterrupted one draws."""
+        return {"sampling": self._rng.getstate()}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        self._rng.setstate(state["sampling"])
+
     # ------------------------------------------------------------------ sleep
 
     def sleep(self, level: int = 1) -> None:

@@ -135,6 +135,14 @@ class LocalActor(LocalTrained):
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         yield from self.engine.state_for_rollout().items()  # LoRA merged, base model's names
 
+    def save(self, directory: Path) -> None:
+        super().save(directory)
+        save_sampler_state(self.rollout, Path(directory), self.engine.rank)
+
+    def load(self, directory: Path) -> None:
+        super().load(directory)
+        load_sampler_state(self.rollout, Path(directory), self.engine.rank)
+
     def sync_rollout(self, version: int) -> None:
         engine = self.rollout
         if not getattr(engine, "owns_weights", True):  # samples from the trained module itself
@@ -143,6 +151,21 @@ class LocalActor(LocalTrained):
             return
         # gathered on rank 0 when sharded: the sync broadcasts it to every rank's engine
         self.sync.push(self.engine.state_for_rollout(), version)
+
+
+def save_sampler_state(engine: Any, directory: Path, rank: int, name: str = "sampler") -> None:
+    """A rollout engine with a random stream of its own (vLLM's per-call base seeds; the hf engine
+    draws from the process's RNG, which the checkpoint keeps anyway) saves it with the role."""
+    state = getattr(engine, "rng_state", None)
+    if state is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(state(), directory / f"{name}_rank{rank}.pt")
+
+
+def load_sampler_state(engine: Any, directory: Path, rank: int, name: str = "sampler") -> None:
+    path = directory / f"{name}_rank{rank}.pt"
+    if path.exists() and hasattr(engine, "set_rng_state"):
+        engine.set_rng_state(torch.load(path, weights_only=False))
 
 
 class LocalCritic(LocalTrained):

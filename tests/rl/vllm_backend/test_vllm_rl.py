@@ -17,6 +17,7 @@ holds only if the engine got the weights after every update.
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,22 @@ def test_repulse_runs(toy, tmp_path, nproc):
     for key in ("reward", "q_reward", "loss_ctl"):
         assert all(math.isfinite(r[key]) for r in rows), key
     assert (Path(cfg.ckpt.output_dir) / "proposal" / "config.json").is_file()
+
+
+def test_a_resumed_run_draws_what_the_uninterrupted_run_draws(toy, tmp_path):
+    """The engine's base seeds come from a random stream of its own, which the checkpoint keeps
+    beside the policy: resumed from step_2, steps 3-4 sample, score and update exactly as the
+    uninterrupted run's steps 3-4 (a stream restarted at its seed would redraw step 1's noise)."""
+    cfg = rl_cfg(toy, tmp_path / "full", algo__advantage__estimator="group_norm", train__max_steps=4)
+    cfg.rollout.backend, cfg.ckpt.save_steps, cfg.ckpt.max_num = "vllm", 1, 4
+    full = run_cli(cfg, tmp_path, "full")
+    part = tmp_path / "part"
+    shutil.copytree(tmp_path / "full", part)
+    shutil.rmtree(part / "checkpoints" / "step_3")  # the last finished checkpoint is now step_2
+    assert (part / "checkpoints" / "step_2" / "actor" / "sampler_rank0.pt").is_file()
+    cfg.ckpt.output_dir, cfg.ckpt.load_enable = str(part), True
+    resumed = run_cli(cfg, tmp_path, "part")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(full[2:], resumed[2:]):
+        for key in ("reward", "policy_loss", "response_length"):
+            assert a[key] == b[key], (key, a["step"], a[key], b[key])
