@@ -100,6 +100,43 @@ def _keep_process_state() -> Iterator[None]:
             np.random.set_state(np_state)
 
 
+@contextlib.contextmanager
+def _unique_shm_names(distributed: bool) -> Iterator[None]:
+    """Give this engine's CPU shared-memory segments a name no other engine uses.
+
+    vLLM's CPU backend names a tensor-parallel group's segments after its init method's port, and
+    under ``external_launcher`` the init method is the constant ``env://``: a second engine on the
+    machine, or a segment left by a killed one, fails with "create shm in SHMManager failed.
+    errno: 17". The trainer's process group already exists, so vLLM uses the init method for
+    nothing else: rank 0 draws a token, every rank of the world receives it, and the init method
+    carries it while the engine is built. Once every rank has built its engine (and mapped the
+    segments) the names are unlinked, so that a killed run leaves nothing in /dev/shm.
+    """
+    if not distributed:
+        yield
+        return
+    import uuid
+
+    from vllm.v1.executor.uniproc_executor import ExecutorWithExternalLauncher
+
+    token = [uuid.uuid4().hex[:12] if torch.distributed.get_rank() == 0 else None]
+    torch.distributed.broadcast_object_list(token, src=0)
+    original = ExecutorWithExternalLauncher._distributed_args
+
+    def distributed_args(executor: Any) -> tuple[str, int, int]:
+        _, rank, local_rank = original(executor)
+        return f"tcp://127.0.0.1:repulse{token[0]}", rank, local_rank
+
+    ExecutorWithExternalLauncher._distributed_args = distributed_args
+    try:
+        yield
+    finally:
+        ExecutorWithExternalLauncher._distributed_args = original
+    torch.distributed.barrier()
+    for segment in Path("/dev/shm").glob(f"repulse{token[0]}-*"):
+        segment.unlink(missing_ok=True)
+
+
 def checkpoint_tensor_names(model_path: str | Path) -> set[str] | None:
     """The tensor names of an HF checkpoint directory (its safetensors files); None if it has none.
 
@@ -237,7 +274,7 @@ class VLLMRolloutEngine:
             kwargs["max_num_seqs"] = int(max_num_seqs)
         if self._distributed:
             kwargs["distributed_executor_backend"] = "external_launcher"
-        with _keep_process_state():
+        with _keep_process_state(), _unique_shm_names(self._distributed):
             self._llm = vllm.LLM(**kwargs)
         self._vllm = vllm
         self._rng = random.Random(f"{seed}/{rank // tp}")  # one stream per engine, shared by its TP ranks
