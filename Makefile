@@ -11,8 +11,9 @@ STAMP  := $(VENV)/.installed
 VLLM_VENV  ?= .venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
-# the tests marked `vllm`: the rollout backend and weight sync, and `repulse generate` on vLLM
-VLLM_TESTS ?= tests/rl/vllm_backend tests/workflows/test_generate_vllm.py tests/workflows/test_seed_batch_inference.py
+# the tests marked `vllm`: the rollout backend and weight sync, vLLM engines on Ray, and
+# `repulse generate` on vLLM
+VLLM_TESTS ?= tests/rl/vllm_backend tests/launch/test_ray_vllm.py tests/workflows/test_generate_vllm.py tests/workflows/test_seed_batch_inference.py
 
 .PHONY: install install-vllm demo test test-main test-vllm lint format bench clean
 

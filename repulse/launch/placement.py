@@ -12,7 +12,7 @@ so their rank-r actors share bundle r and each takes an equal fraction of it:
 
 Otherwise each role has a pool of its own (``--<role>.num_nodes`` × ``--<role>.num_gpus_per_node``;
 RePULSe's proposal takes the actor's shape), and ``--vllm.num_engines`` rollout engines a pool of
-``num_engines`` bundles: fully disaggregated. After Ray places a pool its bundles are ordered by
+``num_engines × --vllm.tensor_parallel_size`` bundles (one per engine rank): fully disaggregated. After Ray places a pool its bundles are ordered by
 node (nodes in order of their first bundle, bundles in index order within a node), so that a
 group's ranks fill one node before the next and ``LOCAL_RANK`` is the rank's place on its node.
 """
@@ -97,8 +97,9 @@ def plan(cfg: RLConfig, needs: set[str]) -> tuple[dict[str, PoolPlan], list[Grou
         else:
             pool = "reward"
         add("reward", pool, n * p, False, False, (n, p))
-    if engines:
-        add("rollout", "policy" if all_in else "rollout", engines, True, True, (1, engines))
+    if engines:  # a vLLM engine of tensor-parallel size t is t consecutive actors of the group
+        size = engines * (cfg.vllm.tensor_parallel_size if cfg.rollout.backend == "vllm" else 1)
+        add("rollout", "policy" if all_in else "rollout", size, True, True, (1, size))
     for g in groups:
         if g.size > pools[g.pool].bundles:
             raise UserError(

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from repulse.config.sections import RLConfig
-from repulse.rl.rollout import HFRolloutEngine, Samples, SamplingParams
+from repulse.rl.rollout import HFRolloutEngine, RolloutEngine, Samples, SamplingParams
 from repulse.rl.weight_sync import GroupWeightReceiver, GroupWeightSender, SyncOptions
 from repulse.run.finite import FiniteGuard
 from repulse.run.rng import rng_state, seed_everything, set_rng_state
@@ -50,7 +50,7 @@ class RoleWorker:
         self.cfg, self.kind, self.rank, self.world_size = cfg, kind, rank, world_size
         self.shard_seed = shard_seed  # reseed here once built (actors that sample), or None
         self.role: Any = None
-        self.engines: dict[str, HFRolloutEngine] = {}
+        self.engines: dict[str, RolloutEngine] = {}
         self.senders: dict[str, GroupWeightSender] = {}
         self.receivers: dict[str, GroupWeightReceiver] = {}
         self.device = torch.device("cpu")
@@ -100,10 +100,11 @@ class RoleWorker:
         cfg = self.cfg
         seed_everything(cfg.train.seed, cfg.train.full_determinism_enable)
         kind, dev = self.kind, self.device
+        samples = not cfg.vllm.num_engines  # else the engine actors sample: no engine in here
         if kind == "policy":
-            self.role = local_roles.build_policy(cfg, dev, total_updates, accum, tokenizer)
+            self.role = local_roles.build_policy(cfg, dev, total_updates, accum, tokenizer, samples)
         elif kind == "proposal":
-            self.role = local_roles.build_proposal(cfg, dev, total_updates, accum, tokenizer)
+            self.role = local_roles.build_proposal(cfg, dev, total_updates, accum, tokenizer, samples)
         elif kind == "critic":
             self.role = local_roles.build_critic(cfg, dev, total_updates, accum, tokenizer)
         elif kind == "ref":
@@ -112,24 +113,40 @@ class RoleWorker:
             self.role = local_roles.build_rewards(cfg, dev, tokenizer)
         elif kind == "rollout":
             for which in sorted(needs):  # one engine per actor role it serves: policy, proposal
-                model = local_roles.load_lm(cfg, cfg.actor.model_name_or_path, False, dev)
-                # the trainer's parameters require grad, and CPU kernels round differently on that
-                # flag (even under no_grad): with it the copy's forward is the trainer's, bit for bit
-                model.requires_grad_(True)
-                self.engines[which] = HFRolloutEngine(
-                    lambda m=model: m,
-                    eos_id=tokenizer.eos_token_id,
-                    pad_id=tokenizer.pad_token_id,
-                    micro_batch_size=cfg.rollout.micro_batch_size,
-                    device=dev,
-                    owns_weights=True,
-                )
+                self.engines[which] = self._engine(tokenizer)
         else:
             raise ValueError(f"unknown role kind {kind!r}")
         if kind in {"policy", "proposal", "critic"}:  # the loss check's policy; the controller counts
             self.role.guard = FiniteGuard.from_config(cfg.train)
         if self.shard_seed is not None:
             torch.manual_seed(self.shard_seed)
+
+    def _engine(self, tokenizer: Any) -> RolloutEngine:
+        """A rollout engine holding a copy of the policy's weights (``--rollout.backend``). vLLM: the
+        ranks of this group form its world, so ``--vllm.tensor_parallel_size`` consecutive ranks
+        make one engine, as under ``torchrun``."""
+        cfg, dev = self.cfg, self.device
+        if cfg.rollout.backend == "vllm":
+            from transformers import AutoConfig
+
+            from repulse.models.loading import resolve_dtype
+
+            limit = getattr(
+                AutoConfig.from_pretrained(cfg.actor.model_name_or_path), "max_position_embeddings", None
+            )
+            return local_roles.vllm_engine(cfg, tokenizer, resolve_dtype(cfg.engine.param_dtype, dev), limit)
+        model = local_roles.load_lm(cfg, cfg.actor.model_name_or_path, False, dev)
+        # the trainer's parameters require grad, and CPU kernels round differently on that flag
+        # (even under no_grad): with it the copy's forward is the trainer's, bit for bit
+        model.requires_grad_(True)
+        return HFRolloutEngine(
+            lambda m=model: m,
+            eos_id=tokenizer.eos_token_id,
+            pad_id=tokenizer.pad_token_id,
+            micro_batch_size=cfg.rollout.micro_batch_size,
+            device=dev,
+            owns_weights=True,
+        )
 
     # ------------------------------------------------------------------ the role protocols
 
@@ -185,9 +202,13 @@ class RoleWorker:
     def save_rng(self, directory: str) -> None:
         """A rollout engine's random state (it draws the samples), next to its policy's checkpoint."""
         torch.save(rng_state(), Path(directory) / f"rng_{self.kind}_rank{self.rank}.pt")
+        for which, engine in self.engines.items():
+            local_roles.save_sampler_state(engine, Path(directory), self.rank, f"sampler_{which}")
 
     def load_rng(self, directory: str) -> None:
         set_rng_state(torch.load(Path(directory) / f"rng_{self.kind}_rank{self.rank}.pt", weights_only=False))
+        for which, engine in self.engines.items():
+            local_roles.load_sampler_state(engine, Path(directory), self.rank, f"sampler_{which}")
 
     def export_hf(self, directory: str, tokenizer: Any) -> None:
         self.role.export_hf(Path(directory), tokenizer)

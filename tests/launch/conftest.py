@@ -33,9 +33,9 @@ def free_port() -> int:
 
 
 class TwoNodes:
-    def __init__(self, cluster, dashboard_port: int):
+    def __init__(self, cluster, dashboard_port: int | None):
         self.cluster, self.address = cluster, cluster.address
-        self.dashboard = f"http://127.0.0.1:{dashboard_port}"
+        self.dashboard = f"http://127.0.0.1:{dashboard_port}" if dashboard_port else None
         self.node_ids = {n.node_id: name for n, name in zip(cluster.list_all_nodes(), ("node_a", "node_b"))}
 
 
@@ -43,9 +43,11 @@ class TwoNodes:
 def two_nodes():
     """Two raylets on this machine: node_a (the head, with the job server) and node_b."""
     pytest.importorskip("ray")
+    from ray._private.utils import get_dashboard_dependency_error
     from ray.cluster_utils import Cluster
 
-    port = free_port()
+    # the job server (``ray job submit``) needs ray[default]; vLLM's venv holds plain ray
+    port = free_port() if get_dashboard_dependency_error() is None else None
     env_keep = {k: os.environ.get(k) for k in ("PYTHONPATH", "OMP_NUM_THREADS")}
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env_keep["PYTHONPATH"]) if p)
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -54,8 +56,8 @@ def two_nodes():
         head_node_args={
             "num_cpus": NODE_CPUS,
             "resources": {"node_a": 1},
-            "include_dashboard": True,
-            "dashboard_port": port,
+            "include_dashboard": port is not None,
+            **({"dashboard_port": port} if port else {}),
         },
     )
     # node_b gets a session directory of its own, as a second machine would: raylets sharing one

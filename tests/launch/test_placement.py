@@ -86,6 +86,26 @@ def test_colocated_shapes_must_match_and_engines_must_fit():
         cfg_of("--vllm.num_engines", "1", "--vllm.tensor_parallel_size", "2")
 
 
+def test_a_vllm_engine_of_tensor_parallel_size_t_is_t_actors():
+    """vLLM engines on Ray: ``num_engines x tp`` actors in the engines' pool (consecutive ranks form one
+    engine); without engines of their own, the policy's actors must split into engines of t."""
+    from repulse.trainers.rl.cli import validate_launch
+
+    cfg = cfg_of("--actor.num_gpus_per_node", "2", "--vllm.num_engines", "3")
+    cfg.rollout.backend, cfg.vllm.tensor_parallel_size = "vllm", 2  # (vLLM is not installed here)
+    validate_launch(cfg)
+    pools, groups = plan(cfg, set())
+    assert pools["rollout"].bundles == 6 and [g.size for g in groups if g.kind == "rollout"] == [6]
+    cfg.rollout.backend = "hf"
+    assert plan(cfg, set())[0]["rollout"].bundles == 3
+    cfg = cfg_of("--actor.num_gpus_per_node", "3")
+    cfg.rollout.backend, cfg.vllm.tensor_parallel_size = "vllm", 2
+    with pytest.raises(UserError, match="2 must divide --actor.num_nodes x --actor.num_gpus_per_node"):
+        validate_launch(cfg)
+    cfg.actor.num_gpus_per_node = 4
+    validate_launch(cfg)
+
+
 def test_bundles_are_ordered_by_node_and_local_ranks_count_within_a_node():
     # Ray placed bundles 0 and 2 on node a, 1 and 3 on node b
     nodes = {0: "a", 1: "b", 2: "a", 3: "b"}

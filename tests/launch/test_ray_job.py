@@ -43,6 +43,7 @@ def test_seed_ppo_ray_command_runs_under_ray_job_submit(toy, toy_rm, two_nodes, 
         "--train.max_steps", "2", "--engine.param_dtype", "fp32", "--engine.backend", "local",
         "--launch.cpus_per_device", "0.5", "--logger.progress_bar", "false",
     ]  # fmt: skip
+    assert two_nodes.dashboard, "the job server needs ray[default] (the ray extra) in this venv"
     job = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", two_nodes.dashboard,
            "--working-dir", str(ROOT), "--", sys.executable, "-m", "repulse", "rl", *argv, *shrink]  # fmt: skip
     proc = subprocess.run(job, env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -163,15 +163,18 @@ def validate_launch(cfg: RLConfig) -> None:
         )
     if launch.backend != "ray":
         return
-    if cfg.rollout.backend != "hf":
+    tp = v.tensor_parallel_size
+    if tp != 1 and cfg.rollout.backend != "vllm":
         raise UserError(
-            f"--rollout.backend {cfg.rollout.backend} with --launch.backend ray: the Ray backend runs hf "
-            "rollout engines in this version (--rollout.backend hf)."
+            f"--vllm.tensor_parallel_size {tp}: hf rollout engines hold a whole model each (tensor "
+            "parallelism needs --rollout.backend vllm); use --vllm.num_engines for more engines."
         )
-    if v.tensor_parallel_size != 1:
+    procs = cfg.actor.num_nodes * cfg.actor.num_gpus_per_node
+    if tp != 1 and not v.num_engines and procs % tp:
         raise UserError(
-            f"--vllm.tensor_parallel_size {v.tensor_parallel_size}: hf rollout engines hold a whole model "
-            "each (tensor parallelism needs --rollout.backend vllm); use --vllm.num_engines for more engines."
+            f"--vllm.tensor_parallel_size {tp} without --vllm.num_engines: the policy's {procs} actors sample "
+            f"with their own vLLM engines, {tp} consecutive actors per engine, so {tp} must divide "
+            "--actor.num_nodes x --actor.num_gpus_per_node; or give --vllm.num_engines (engines of their own)."
         )
     needs_ref = cfg.algo.kl.init_coef > 0
     needs_critic = cfg.repulse.method == "rl" and cfg.algo.advantage.estimator == "gae"

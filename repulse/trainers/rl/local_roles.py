@@ -270,8 +270,14 @@ def vllm_rollout(engine, tokenizer, cfg: RLConfig) -> VLLMRolloutEngine:
     computing in the trainer's dtype, given the weights after every update."""
     module = engine.unwrapped()
     dtype = getattr(engine, "compute_dtype", None) or next(module.parameters()).dtype
-    longest = cfg.data.max_len + (cfg.rollout.max_new_tokens or 0)  # a prompt plus its response
     limit = getattr(getattr(module, "config", None), "max_position_embeddings", None)
+    return vllm_engine(cfg, tokenizer, dtype, limit)
+
+
+def vllm_engine(cfg: RLConfig, tokenizer, dtype: torch.dtype, limit: int | None) -> VLLMRolloutEngine:
+    """A vLLM engine of the policy's checkpoint, long enough for a prompt plus its response (at most
+    the model's ``limit`` positions), computing in ``dtype`` (the trainer's, for equal log-probs)."""
+    longest = cfg.data.max_len + (cfg.rollout.max_new_tokens or 0)
     return VLLMRolloutEngine.from_section(
         cfg.actor.model_name_or_path,
         cfg.vllm,
@@ -312,15 +318,15 @@ def load_lm(cfg: RLConfig, path: str, trainable: bool, device: torch.device) -> 
 
 
 def build_policy(
-    cfg: RLConfig, device: torch.device, total_updates: int, accum: int, tokenizer: Any
+    cfg: RLConfig, device: torch.device, total_updates: int, accum: int, tokenizer: Any, samples: bool = True
 ) -> LocalActor:
+    """The policy; with ``samples`` False (Ray with engines of their own) it gets no rollout engine."""
     a = cfg.actor
     lm = load_lm(cfg, a.model_name_or_path, True, device)
     aux = router_aux_loss(lm, a.aux_loss_coef, "--actor.aux_loss_coef", a.model_name_or_path)
     engine = _engine_for(lm, a.adam, a.muon, a.optim, cfg, total_updates, accum)
-    return LocalActor(
-        engine, cfg.train.micro_batch_size, rollout_engine(engine, tokenizer, cfg), sync_options(cfg), aux
-    )
+    rollout = rollout_engine(engine, tokenizer, cfg) if samples else None
+    return LocalActor(engine, cfg.train.micro_batch_size, rollout, sync_options(cfg), aux)
 
 
 def build_rewards(cfg: RLConfig, device: torch.device, tokenizer: Any) -> LocalRewards:
@@ -370,7 +376,7 @@ def build_critic(
 
 
 def build_proposal(
-    cfg: RLConfig, device: torch.device, total_updates: int, accum: int, tokenizer: Any
+    cfg: RLConfig, device: torch.device, total_updates: int, accum: int, tokenizer: Any, samples: bool = True
 ) -> LocalActor:
     """RePULSe's proposal q: a copy of the policy's start with its own optimizer (``--repulse.proposal_lr``)."""
     a = cfg.actor
@@ -380,9 +386,8 @@ def build_proposal(
     lm = load_lm(cfg, a.model_name_or_path, True, device)
     aux = router_aux_loss(lm, a.aux_loss_coef, "--actor.aux_loss_coef", a.model_name_or_path)
     engine = _engine_for(lm, q_adam, a.muon, a.optim, cfg, q_total, accum)
-    return LocalActor(
-        engine, cfg.train.micro_batch_size, rollout_engine(engine, tokenizer, cfg), sync_options(cfg), aux
-    )
+    rollout = rollout_engine(engine, tokenizer, cfg) if samples else None
+    return LocalActor(engine, cfg.train.micro_batch_size, rollout, sync_options(cfg), aux)
 
 
 def build_roles(
