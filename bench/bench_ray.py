@@ -89,20 +89,6 @@ def run_case(name: str, toy, root: Path, steps: int, warmup: int) -> dict:
     return result
 
 
-def table(results: list[dict]) -> str:
-    cols = ["generation", "reward", "training", "sync", "wait", "step", "samples_per_s", "wall_s"]
-    lines = ["| case | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for r in results:
-        cells = []
-        for c in cols:
-            v = r.get(c)
-            cells.append(
-                "-" if v is None else f"{v:.0f}" if c in {"samples_per_s", "wall_s"} else f"{v * 1000:.0f} ms"
-            )
-        lines.append(f"| {r['case']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=12)
@@ -110,7 +96,7 @@ def main() -> int:
     ap.add_argument("--only", default=",".join(CASES))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "ray.json"))
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
+    sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
     from repulse.toy import build_all
 
     results = []
@@ -120,12 +106,13 @@ def main() -> int:
             print(f"=== {name}", flush=True)
             results.append(run_case(name, toy, Path(tmp), args.steps, args.warmup))
             print(json.dumps(results[-1]), flush=True)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    Path(args.out).write_text(
-        json.dumps({"cases": results, "loadavg_1m": load, "cpus": os.cpu_count()}, indent=1)
-    )
-    print(table(results))
-    print(f"(1-minute load average at the end: {load}; {os.cpu_count()} CPUs)")
+    from harness import machine_info
+    from report import render_ray
+
+    config = {"steps": args.steps, "warmup": args.warmup, "rounds": 1, "threads": 1}
+    data = {"machine": machine_info(), "config": config, "cases": results}
+    Path(args.out).write_text(json.dumps(data, indent=1) + "\n")
+    print("\n".join(render_ray(data)))
     return 0
 
 

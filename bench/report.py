@@ -4,7 +4,8 @@ Usage: ``python bench/report.py [--check]`` (standard library only: runs with an
 ``python bench/report.py --table rollout`` prints one results file's table and writes nothing.
 The full tables go between ``<!-- bench:results:start -->`` and ``<!-- bench:results:end -->``
 of ``bench/README.md``; a one-table summary (the ratios) between ``<!-- bench-results:start -->``
-and ``<!-- bench-results:end -->`` of the top-level ``README.md``. Everything else in both files
+and ``<!-- bench-results:end -->`` of the top-level ``README.md``, and the Ray phase table between
+``<!-- bench-ray:start -->`` and ``<!-- bench-ray:end -->`` of its multi-node section. Everything else in both files
 is left alone. ``--check`` exits 1 if either is not up to date with the JSON (writing nothing).
 
 Why generated: numbers typed by hand drift from the measurements; the JSON is the record.
@@ -24,14 +25,17 @@ README = BENCH_DIR / "README.md"
 START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
 TOP_README = BENCH_DIR.parent / "README.md"
 TOP_START, TOP_END = "<!-- bench-results:start -->", "<!-- bench-results:end -->"
-ORDER = ["sft", "pref", "rl", "rollout", "scale"]
+RAY_START, RAY_END = "<!-- bench-ray:start -->", "<!-- bench-ray:end -->"  # the Ray section's phase table
+ORDER = ["sft", "pref", "rl", "rollout", "scale", "ray"]
 TITLES = {
     "sft": "SFT tokens/s vs TRL SFTTrainer (`bench_sft.py`)",
     "pref": "RM / DPO pairs/s vs TRL RewardTrainer / DPOTrainer (`bench_pref.py`)",
     "rl": "GRPO / RLOO samples/s vs TRL GRPOTrainer / RLOOTrainer (`bench_rl.py`)",
     "rollout": "GRPO samples/s by rollout backend: vLLM vs hf vs TRL GRPOTrainer (`bench_rollout.py`)",
     "scale": "repulse SFT, 1 vs 2 processes (`bench_scale.py`)",
+    "ray": "GRPO phase timings on Ray vs one process (`bench_ray.py`)",
 }
+RAY_PHASES = ["generation", "reward", "training", "sync", "wait", "step"]
 # bench_rollout.py's implementations, in table order, and the ratios its table shows
 # (repulse_hf_vllm_venv: the hf backend in vLLM's venv, the like-for-like base of vLLM / hf)
 ROLLOUT_IMPLS = {
@@ -81,8 +85,8 @@ def _machine(m: dict[str, Any], cfg: dict[str, Any]) -> str:
     load_s = f", load average at the end {load[0]:.1f}" if load else ""
     return (
         f"_{m.get('date', '?')}; {m.get('cpu_count')} CPUs ({m.get('cpu_model') or 'unknown CPU'}){load_s}; "
-        f"torch {v.get('torch')}, transformers {v.get('transformers')}, trl {v.get('trl')}, "
-        f"deepspeed {v.get('deepspeed')}; {cfg.get('rounds')} interleaved rounds, "
+        + ", ".join(f"{k} {v[k]}" for k in ("torch", "transformers", "trl", "deepspeed") if v.get(k))
+        + f"; {cfg.get('rounds')} interleaved round(s), "
         f"{cfg.get('threads', '?')} thread(s) per process"
         + ("; QUICK smoke run, not a result" if cfg.get("quick") else "")
         + "._"
@@ -186,6 +190,29 @@ def render_rollout(data: dict[str, Any]) -> list[str]:
     ] + ([""] + errors if errors else [])
 
 
+def render_ray(data: dict[str, Any]) -> list[str]:
+    """One row per case: the median time per step of each phase, samples/s, and the step time
+    over the one-process run's (measured in the same run of the driver)."""
+    cases = {c["case"]: c for c in data["cases"]}
+    local = cases.get("local", {}).get("step")
+    head = ["case", *RAY_PHASES, "samples/s", "step / one process"]
+    out = [
+        f"Median per step over the steps after the first {data.get('config', {}).get('warmup', '?')} "
+        "(`time_*` metrics of each run); '-': the phase does not exist in that case. With async the "
+        "generation runs beside the training, so a step takes less than the sum of its phases.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---|" + "---:|" * (len(head) - 1),
+    ]
+    for c in data["cases"]:
+        cells = ["-" if c.get(k) is None else f"{c[k] * 1000:,.0f} ms" for k in RAY_PHASES]
+        ratio = f"{c['step'] / local:.2f}x" if local and c.get("step") else "n/a"
+        out.append(
+            f"| `{c['case']}` | " + " | ".join(cells) + f" | {_num(c.get('samples_per_s'))} | {ratio} |"
+        )
+    return out
+
+
 def render_table(name: str) -> str:
     """One results file as Markdown: its heading, machine line, table and notes."""
     data = json.loads((RESULTS / f"{name}.json").read_text())
@@ -202,6 +229,8 @@ def _render(name: str, data: dict[str, Any]) -> list[str]:
         return render_scale(data)
     if name == "rollout":
         return render_rollout(data)
+    if name == "ray":
+        return render_ray(data)
     return render_vs_trl(data)
 
 
@@ -272,6 +301,16 @@ def render_summary() -> str:
     dates = set()
     for name, data in _results():
         dates.add(str(data["machine"].get("date", "?"))[:10])
+        if name == "ray":
+            local = next((c for c in data["cases"] if c["case"] == "local"), None)
+            for c in data["cases"]:
+                if c is local or not local or not c.get("samples_per_s"):
+                    continue
+                rows.append(
+                    f"| {name} | `{c['case']}` vs one process | samples/s | {_num(c['samples_per_s'])} | "
+                    f"{_num(local.get('samples_per_s'))} | {c['samples_per_s'] / local['samples_per_s']:.2f}x | |"
+                )
+            continue
         for c in data["cases"]:
             imp = c["impls"]
             if name == "rollout":
@@ -338,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
         print(render_table(args.table))
         return 0
     targets = [(README, START, END, render()), (TOP_README, TOP_START, TOP_END, render_summary())]
+    if (RESULTS / "ray.json").exists():
+        targets.append(
+            (TOP_README, RAY_START, RAY_END, "\n".join([RAY_START, "", render_table("ray"), "", RAY_END]))
+        )
     status = 0
     for path, start, end, body in targets:
         spliced = _splice(path, start, end, body)

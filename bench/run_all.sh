@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every benchmark (repulse vs TRL side by side, and repulse 1 vs 2 processes), writes
+# Runs every benchmark (repulse vs TRL side by side, repulse 1 vs 2 processes, Ray vs one process), writes
 # bench/results/<name>.json and renders the tables into bench/README.md.
 #
 # Usage: bash bench/run_all.sh [--quick] [--rounds N] [--threads N]
@@ -24,5 +24,11 @@ for bench in bench_sft bench_pref bench_rl bench_rollout bench_scale; do
   # Each trial has its own timeout inside the driver; this outer one only catches a wedged driver.
   timeout 7200 "$PY" "$HERE/$bench.py" "$@" || { echo "!!! $bench failed (status $?)" >&2; status=1; }
 done
+# bench_ray.py (phase timings on Ray vs one process) takes its own flags: one run of 12 steps, or
+# a 3-step smoke run under --quick (written as ray_quick.json, not rendered)
+ray_flags=()
+[[ " $* " == *" --quick "* ]] && ray_flags=(--steps 3 --warmup 1 --out "$HERE/results/ray_quick.json")
+echo "=== bench_ray ${ray_flags[*]} ==="
+timeout 3600 "$PY" "$HERE/bench_ray.py" "${ray_flags[@]}" || { echo "!!! bench_ray failed (status $?)" >&2; status=1; }
 "$PY" "$HERE/report.py" || status=1
 exit $status

@@ -24,12 +24,12 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check --progress-ba
 "${PIP[@]}" --upgrade pip >/dev/null
 # 1. torch first, from its pin (the local CPU wheel).
 "${PIP[@]}" "torch==2.13.0"
-# 2. repulse's pinned stack + deepspeed (for bench_scale) + TRL, all under the constraints.
+# 2. repulse's pinned stack + deepspeed (bench_scale) + ray (bench_ray) + TRL, all under the constraints.
 #    trl is not in constraints.txt, so it is pinned here; if its requirements conflicted with
 #    the pins, pip would fail loudly here instead of silently moving transformers.
 "${PIP[@]}" -c "$ROOT/constraints.txt" \
   transformers tokenizers huggingface-hub safetensors accelerate peft datasets \
-  deepspeed pyyaml rich tensorboard matplotlib \
+  deepspeed ray pyyaml rich tensorboard matplotlib \
   "trl==$TRL_VERSION" psutil py-spy
 # 3. repulse itself, editable, without letting its loose lower bounds re-resolve anything.
 "${PIP[@]}" -c "$ROOT/constraints.txt" -e "$ROOT"
