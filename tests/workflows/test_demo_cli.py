@@ -121,7 +121,7 @@ def test_readme_paragraph_is_rendered_from_the_summary(tmp_path, capsys):
 def test_against_repulse_elsewhere_is_what_a_baseline_won():
     """Another run's claims: a baseline's lower P(bad) and RePULSe's lower reward go against RePULSe;
     a baseline's lower reward and RePULSe's lower P(bad) do not; frontier claims are left to the sweep."""
-    from repulse.workflows.demo.report import against_repulse
+    from repulse.workflows.demo.verdicts import against_repulse
 
     other = _summary()
     c = lambda lower, than, metric: {"setting": "kl", "lower": lower, "than": than, "metric": metric}  # noqa: E731

@@ -155,7 +155,7 @@ def test_confirm_claims_keeps_only_claims_that_hold_on_every_variant():
 def test_importance_sentence_says_when_q_is_worse_than_plain_sampling():
     """4,096 samples of q against plain sampling: a seed whose plain-sampling equivalent is 1e5
     samples is a win for q, one at 85 samples is not; the sentence counts them and says so."""
-    from repulse.workflows.demo.report import importance_sentence
+    from repulse.workflows.demo.verdicts import importance_sentence
 
     rep = {
         "is_estimate": [2.0e-4, 1.2e-5],

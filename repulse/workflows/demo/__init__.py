@@ -3,8 +3,9 @@
 ``world`` builds the toy (tokenizer, LM, reward model, exact reward table); ``sweep`` is the
 experiment's design (settings, grids, the RL config of one run); ``runner`` runs the RL runs in
 worker processes with progress lines; ``evaluate`` computes every final policy's numbers
-exactly; ``stats`` the intervals over seeds and the claims; ``report`` writes summary.json,
-report.md, readme.md and the figures; ``cli`` ties them together.
+exactly; ``stats`` the intervals over seeds and the claims; ``verdicts`` says them in words
+(and renders the README paragraph); ``report`` writes summary.json, report.md, readme.md and the
+figures; ``cli`` ties them together.
 """
 
 from __future__ import annotations

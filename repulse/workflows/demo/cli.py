@@ -125,7 +125,7 @@ def _read_summary(flag: str, path: str, needs: tuple[str, ...] = SUMMARY_KEYS) -
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.readme:
-        from repulse.workflows.demo.report import readme_paragraph
+        from repulse.workflows.demo.verdicts import readme_paragraph
 
         defaults = parser().parse_args([])
         given = [k for k, v in vars(args).items() if k != "readme" and v != getattr(defaults, k)]
