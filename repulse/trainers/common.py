@@ -1,4 +1,5 @@
-"""Set-up shared by the offline trainers: batch layout, data splits, the fit spec, the engine."""
+"""Set-up shared by the offline trainers: tokenizer and model loading, batch layout, data splits,
+the fit spec, the engine."""
 
 from __future__ import annotations
 
@@ -11,6 +12,34 @@ from repulse.config.schema import to_dict
 from repulse.errors import UserError
 from repulse.run.start import Run
 from repulse.trainers.fit import FitSpec, check_batching, total_steps
+
+
+def trained_tokenizer(cfg: Any) -> Any:
+    """The tokenizer of ``--model.model_name_or_path`` as every offline trainer loads it: the
+    ``--data.tokenizer_chat_template`` override, ``--data.disable_fast_tokenizer``, right padding."""
+    from repulse.models.loading import load_tokenizer
+
+    return load_tokenizer(
+        cfg.model.model_name_or_path,
+        chat_template=cfg.data.tokenizer_chat_template,
+        use_fast=not cfg.data.disable_fast_tokenizer,
+        padding_side="right",
+    )
+
+
+def trained_model_options(cfg: Any, run: Run) -> dict[str, Any]:
+    """How an offline trainer loads the model it trains (``load_causal_lm`` / ``load_scalar_model``
+    keywords): ``--engine.param_dtype`` and ``attn_implementation``, gradient checkpointing, LoRA
+    and 4-bit from ``--model.*``, on the run's device."""
+    return dict(
+        dtype=cfg.engine.param_dtype,
+        attn=cfg.engine.attn_implementation,
+        gradient_checkpointing=cfg.model.gradient_checkpointing_enable,
+        reentrant=cfg.model.gradient_checkpointing_reentrant,
+        lora=cfg.model.lora,
+        load_in_4bit=cfg.model.load_in_4bit,
+        device=run.device,
+    )
 
 
 def token_collate(cfg: Any, pad_id: int | None):

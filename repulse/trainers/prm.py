@@ -107,21 +107,22 @@ def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.process import ProcessRewardDataset
     from repulse.engine import export_model
-    from repulse.models.loading import load_causal_lm, load_tokenizer
+    from repulse.models.loading import load_causal_lm
     from repulse.models.moe import router_aux_loss
     from repulse.run.start import start_run
-    from repulse.trainers.common import build_trained_engine, fit_spec, token_collate
+    from repulse.trainers.common import (
+        build_trained_engine,
+        fit_spec,
+        token_collate,
+        trained_model_options,
+        trained_tokenizer,
+    )
     from repulse.trainers.fit import fit
 
     validate(cfg)
     path = cfg.model.model_name_or_path
     run_ = start_run(cfg)
-    tokenizer = load_tokenizer(
-        path,
-        chat_template=cfg.data.tokenizer_chat_template,
-        use_fast=not cfg.data.disable_fast_tokenizer,
-        padding_side="right",
-    )
+    tokenizer = trained_tokenizer(cfg)
     reward_tokens = cfg.model.reward_tokens or DEFAULT_REWARD_TOKENS
     train_set, eval_set = train_eval_sets(
         cfg,
@@ -132,13 +133,7 @@ def run(cfg: OfflineConfig) -> int:
     collate = token_collate(cfg, tokenizer.pad_token_id)
     model = load_causal_lm(
         path,
-        dtype=cfg.engine.param_dtype,
-        attn=cfg.engine.attn_implementation,
-        gradient_checkpointing=cfg.model.gradient_checkpointing_enable,
-        reentrant=cfg.model.gradient_checkpointing_reentrant,
-        lora=cfg.model.lora,
-        load_in_4bit=cfg.model.load_in_4bit,
-        device=run_.device,
+        **trained_model_options(cfg, run_),
     )
     aux = router_aux_loss(model, cfg.model.aux_loss_coef, "--model.aux_loss_coef", path)
     spec = fit_spec(cfg, run_, train_set, eval_set, collate, "prm", tokenizer)

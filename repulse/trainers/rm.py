@@ -171,22 +171,22 @@ def run(cfg: OfflineConfig) -> int:
 
     from repulse.data.preference import PreferenceDataset, reward_format
     from repulse.engine import export_model
-    from repulse.models.loading import load_scalar_model, load_tokenizer, resolve_dtype, set_reward_stats
+    from repulse.models.loading import load_scalar_model, resolve_dtype, set_reward_stats
     from repulse.models.moe import router_aux_loss
     from repulse.models.scalar import set_reward_format
     from repulse.run.start import start_run
-    from repulse.trainers.common import build_trained_engine, fit_spec
+    from repulse.trainers.common import (
+        build_trained_engine,
+        fit_spec,
+        trained_model_options,
+        trained_tokenizer,
+    )
     from repulse.trainers.fit import fit
 
     validate(cfg)
     path = cfg.model.model_name_or_path
     run_ = start_run(cfg)
-    tokenizer = load_tokenizer(
-        path,
-        chat_template=cfg.data.tokenizer_chat_template,
-        use_fast=not cfg.data.disable_fast_tokenizer,
-        padding_side="right",
-    )
+    tokenizer = trained_tokenizer(cfg)
     train_set, eval_set = train_eval_sets(cfg, lambda rows: PreferenceDataset(rows, tokenizer, cfg.data))
     for name, ds in (("--data.dataset", train_set), ("--eval.dataset", eval_set)):
         if cfg.model.margin_loss_enable and ds is not None and ds.stats["no_margin"]:
@@ -200,13 +200,7 @@ def run(cfg: OfflineConfig) -> int:
         value_head_prefix=cfg.model.value_head_prefix,
         init_from_lm=True,
         pad_token_id=tokenizer.pad_token_id,
-        dtype=cfg.engine.param_dtype,
-        attn=cfg.engine.attn_implementation,
-        gradient_checkpointing=cfg.model.gradient_checkpointing_enable,
-        reentrant=cfg.model.gradient_checkpointing_reentrant,
-        lora=cfg.model.lora,
-        load_in_4bit=cfg.model.load_in_4bit,
-        device=run_.device,
+        **trained_model_options(cfg, run_),
     )
     aux = router_aux_loss(model, cfg.model.aux_loss_coef, "--model.aux_loss_coef", path)
     spec = fit_spec(cfg, run_, train_set, eval_set, collate, "rm", tokenizer)
