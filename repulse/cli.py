@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     target, _ = COMMANDS[name]
     module, func = target.split(":")
     try:
-        return int(getattr(importlib.import_module(module), func)(rest) or 0)
+        status = int(getattr(importlib.import_module(module), func)(rest) or 0)
     except UserError as exc:
         _print_error(str(exc))
         _leave_process_group()
@@ -79,13 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _print_error("interrupted; finished checkpoints are kept.")
         return 130
+    _leave_process_group()
+    return status
 
 
 def _leave_process_group() -> None:
-    """A run refused after joining its torch.distributed group tears the group down before the
-    interpreter exits: left to the exit, gloo's threads can be destroyed while still joinable,
-    which aborts the process (SIGABRT) after the paragraph was printed."""
-    if "torch.distributed" in sys.modules:
+    """A command that joined a torch.distributed group (finished, or refused with a paragraph)
+    tears the group down before the interpreter exits: left to the exit, gloo's threads can be
+    destroyed while still joinable, which aborts the process (SIGABRT, "terminate called without
+    an active exception") after its work is done. With vLLM loaded the group is left alone: the
+    engines' shutdown at exit tears it down with their own groups, and fails on one destroyed
+    before it."""
+    if "torch.distributed" in sys.modules and "vllm" not in sys.modules:
         from repulse.engine.dist import destroy
 
         destroy()
