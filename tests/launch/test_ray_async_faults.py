@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import by_role, env, placement, ray_rl
+from ray_helpers import by_role, env, placement, ray_rl
 from test_rl import first_last, load_weights, rl_cfg, steps
 from test_rm import cfg_file, metrics
 

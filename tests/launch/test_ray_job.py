@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, by_role, env, placement
+from ray_helpers import ROOT, by_role, env, placement
 from seed_commands import SEED_COMMANDS
 from test_legacy import shell_split
 

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import by_role, placement, ray_rl
+from ray_helpers import by_role, placement, ray_rl
 from test_rl import rl_cfg, steps
 from test_rm import cfg_file, metrics, torchrun
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import by_role, placement, ray_rl
+from ray_helpers import by_role, placement, ray_rl
 from test_ray_rl import assert_same_metrics, check_ok
 from test_rl import rl_cfg, steps
 from test_rm import cfg_file, cli, torchrun
