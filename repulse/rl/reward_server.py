@@ -52,7 +52,8 @@ from typing import Any
 import torch
 
 from repulse.errors import UserError, warn_once
-from repulse.rl.rewards import AUTH_ENV, RewardInput, RewardModelSource, token_matches
+from repulse.rl.reward_http import AUTH_ENV, token_matches
+from repulse.rl.rewards import RewardInput, RewardModelSource
 
 
 @dataclass

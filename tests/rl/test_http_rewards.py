@@ -32,7 +32,8 @@ from test_rl import (  # noqa: E402
 )
 
 from repulse.errors import UserError  # noqa: E402
-from repulse.rl.rewards import HTTPRewardSource, RewardInput, RewardModelSource, post_json  # noqa: E402
+from repulse.rl.reward_http import HTTPRewardSource, post_json  # noqa: E402
+from repulse.rl.rewards import RewardInput, RewardModelSource  # noqa: E402
 
 
 def e_fraction(text: str) -> float:

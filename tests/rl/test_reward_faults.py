@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from repulse.errors import NonFiniteError, UserError
-from repulse.rl.rewards import HTTPRewardSource, PythonRewardSource, RewardInput, score_rewards
+from repulse.rl.reward_http import HTTPRewardSource
+from repulse.rl.rewards import PythonRewardSource, RewardInput, score_rewards
 
 QUERIES = ["User: say hi\nAssistant: hi there", "User: say bye\nAssistant: a very long goodbye " + "x" * 300]
 

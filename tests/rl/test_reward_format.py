@@ -20,7 +20,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from repulse.rl.rewards import HTTPRewardSource, RewardInput, RewardModelSource
+from repulse.rl.reward_http import HTTPRewardSource
+from repulse.rl.rewards import RewardInput, RewardModelSource
 
 TEMPLATE = "User: {}\nAssistant: "
 

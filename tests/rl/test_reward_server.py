@@ -25,7 +25,8 @@ import pytest
 import torch
 
 from repulse.errors import UserError
-from repulse.rl.rewards import HTTPRewardSource, RewardInput, post_json
+from repulse.rl.reward_http import HTTPRewardSource, post_json
+from repulse.rl.rewards import RewardInput
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_reward_format import ServeRm  # noqa: E402

@@ -17,7 +17,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from repulse.rl.rewards import HTTPRewardSource, RewardInput, RewardModelSource, fit_to_length, input_limit
+from repulse.rl.reward_http import HTTPRewardSource
+from repulse.rl.rewards import RewardInput, RewardModelSource, fit_to_length, input_limit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_reward_format import ServeRm  # noqa: E402
