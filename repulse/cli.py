@@ -91,8 +91,14 @@ def _leave_process_group() -> None:
     engines' shutdown at exit tears it down with their own groups, and fails on one destroyed
     before it."""
     if "torch.distributed" in sys.modules and "vllm" not in sys.modules:
+        import gc
+
         from repulse.engine.dist import destroy
 
+        # first free what the finished run left unreachable but alive in reference cycles (FSDP's
+        # parameter groups hold their process group): the groups then die in destroy(), not in
+        # the interpreter's teardown
+        gc.collect()
         destroy()
 
 
