@@ -120,13 +120,7 @@ def cpu_ratio(case: dict, a: str, b: str) -> dict | None:
         y = [t["extra"].get("throughput_cpu") for t in case["trials"] if t["impl"] == b and t["round"] == rnd]
         if x and y and x[0] and y[0]:
             per_round.append(x[0] / y[0])
-    if not per_round:
-        return None
-    return {
-        "ratio_of_medians": statistics.median(per_round),
-        "paired_min": min(per_round),
-        "paired_max": max(per_round),
-    }
+    return harness.per_round_summary(per_round)
 
 
 def paired(case: dict, a: str, b: str) -> dict | None:

@@ -417,6 +417,17 @@ def run_cases(
     return [_case_summary(c, trials[c.name]) for c in cases]
 
 
+def per_round_summary(per_round: list[float]) -> dict[str, float] | None:
+    """The median of paired per-round ratios and their range (None without a round)."""
+    if not per_round:
+        return None
+    return {
+        "ratio_of_medians": statistics.median(per_round),
+        "paired_min": min(per_round),
+        "paired_max": max(per_round),
+    }
+
+
 def _median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 

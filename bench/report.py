@@ -134,15 +134,9 @@ def _generation_speedup(case: dict[str, Any], fast: str, base: str) -> dict[str,
                 times[t["impl"]] = t["extra"]["mean_time_generate"]
         if fast in times and base in times:
             per_round.append(times[base] / times[fast])
-    if not per_round:
-        return None
-    import statistics
+    from harness import per_round_summary  # standard library only, as this file
 
-    return {
-        "ratio_of_medians": statistics.median(per_round),
-        "paired_min": min(per_round),
-        "paired_max": max(per_round),
-    }
+    return per_round_summary(per_round)
 
 
 def render_rollout(data: dict[str, Any]) -> list[str]:
